@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job: set up the environment (idempotent), generate the small synthetic sample datastore
+# (CT-like volumes in which some slices carry a lesion) unless it exists, and start the MONAI Label server on it.
+# Extra arguments are passed to `monailabel start_server` (e.g. --port 8001, --conf kimg 20).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup_env.sh"
+STUDIES="${SSGL_STUDIES:-$ROOT/sample_datastore}"
+if [ ! -d "$STUDIES" ]; then
+    "$ROOT/.venv/bin/python" "$ROOT/scripts/make_sample_datastore.py" --out "$STUDIES"
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
+cd "$ROOT"
+exec monailabel start_server --app monailabel_app --studies "$STUDIES" --host "${SSGL_HOST:-127.0.0.1}" --port "${SSGL_PORT:-8000}" "$@"
