@@ -1,0 +1,427 @@
+"""The paper's label-efficiency protocol: ``python -m ss_stylegan.evaluate --data ... --out ...``.
+
+1. Embed every slice without labels: SS-StyleGAN W (train, or reuse ``--model-dir`` /
+   ``--embeddings``) and, as a baseline, raw-pixel PCA (50 components).
+2. Fit a 2-D t-SNE map of each embedding (a new seed per repeat).
+3. Select k slices per map with farthest point sampling and with random selection (seeded per repeat).
+4. Label them with the true labels, classify every other slice by 1-NN in the map, score.
+
+Two scoring scopes per run: ``all_unlabelled`` (every slice that was not labelled, as in the paper)
+and ``unseen_groups`` (only slices whose group — scan — has no labelled slice; neighbouring CT
+slices are near-duplicates, so this is the honest number). Results: ``results.json``,
+``results.md`` and PNG figures in ``--out``.
+
+Data: an ``.npz`` with ``images`` ``[N, R, R]`` uint8, ``labels`` ``[N]`` and optionally
+``classes`` and ``groups``; or a folder of NIfTI volumes with one JSON sidecar each (``slices``:
+per-slice ``label``, ``group``), slice ``j`` being ``data[:, :, j]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ss_stylegan.atomic import atomic_write_text
+from ss_stylegan.classification import NearestNeighbourClassifier
+from ss_stylegan.metrics import classification_report
+from ss_stylegan.projection import TSNEProjector
+from ss_stylegan.selection import FarthestPointSelector, RandomSelector, Selector
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("unseen_groups", "all_unlabelled")
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "macro_auc")
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run on the given data or options; the message says why."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Slices with labels. ``images`` uint8 ``[N, R, R]``, ``labels`` int ``[N]``, ``groups`` ``[N]``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    classes: list[str]
+    source: str
+
+
+class Embedder(Protocol):
+    """One embedding step: uint8 slices ``[N, R, R]`` -> vectors ``[N, D]``."""
+
+    name: str
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------------------------------- data
+def load_dataset(path: str | Path, resolution: int | None = None) -> Dataset:
+    """Read an npz or a folder of NIfTI volumes + JSON sidecars (see module doc)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in ("images", "labels") if k not in d.files]
+            if missing:
+                raise EvaluationError(f"{path} lacks {missing}; it has {d.files}")
+            images, labels = d["images"], d["labels"].astype(np.int64)
+            groups = d["groups"] if "groups" in d.files else np.arange(len(labels)).astype(str)
+            classes = [str(c) for c in d["classes"]] if "classes" in d.files else None
+    elif path.is_dir():
+        images, labels, groups, classes = _read_volumes(path)
+    else:
+        raise EvaluationError(f"--data must be an .npz file or a folder of NIfTI volumes, got {path}")
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[0] != labels.shape[0]:
+        raise EvaluationError(f"images must be [N, R, R] with one label each, got {images.shape}, {labels.shape}")
+    if images.dtype != np.uint8:
+        raise EvaluationError(f"images must be uint8 (preprocessed slices), got {images.dtype}")
+    if classes is None:
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise EvaluationError(f"labels must lie in [0, {len(classes)}), got {labels.min()}..{labels.max()}")
+    if resolution is not None and resolution != images.shape[1]:
+        images = _resize(images, resolution)
+    return Dataset(images, labels, np.asarray(groups).astype(str), classes, str(path))
+
+
+def _read_volumes(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    import nibabel as nib
+
+    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    if not files:
+        raise EvaluationError(f"no .nii / .nii.gz volumes in {folder}")
+    images, labels, groups, classes = [], [], [], None
+    for f in files:
+        stem = f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.stem
+        sidecar = f.with_name(stem + ".json")
+        if not sidecar.is_file():
+            raise EvaluationError(f"{f.name} has no sidecar {sidecar.name} with per-slice labels")
+        meta = json.loads(sidecar.read_text())
+        data = np.asarray(nib.load(str(f)).dataobj)
+        slices = meta.get("slices", [])
+        if len(slices) != data.shape[2]:
+            raise EvaluationError(f"{sidecar.name} describes {len(slices)} slices, {f.name} has {data.shape[2]}")
+        for s in slices:
+            images.append(np.asarray(data[:, :, int(s["slice"])]))
+            labels.append(int(s["label"]))
+            groups.append(str(s.get("group", f"{stem}:{s['slice']}")))
+        classes = classes or meta.get("classes")
+    return np.stack(images).astype(np.uint8), np.array(labels), np.array(groups), classes
+
+
+def _resize(images: np.ndarray, resolution: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images.astype(np.float32))[:, None]
+    y = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return y[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# ---------------------------------------------------------------------------------------- embedders
+class PixelPCAEmbedder:
+    """Raw pixels -> PCA (baseline). Refitted per repeat with that repeat's seed."""
+
+    def __init__(self, n_components: int = 50, seed: int = 0, name: str = "pixel_pca") -> None:
+        self.n_components, self.seed, self.name = n_components, seed, name
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+        n = min(self.n_components, x.shape[0] - 1, x.shape[1])
+        return PCA(n_components=n, random_state=self.seed + repeat).fit_transform(x).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "raw-pixel PCA", "n_components": self.n_components}
+
+
+class PrecomputedEmbedder:
+    """W vectors read from an npz (``embeddings`` or ``w`` key) made by an earlier run."""
+
+    def __init__(self, path: str | Path, name: str = "ss_stylegan") -> None:
+        self.path, self.name = Path(path), name
+        with np.load(self.path, allow_pickle=False) as d:
+            key = "embeddings" if "embeddings" in d.files else "w" if "w" in d.files else None
+            if key is None:
+                raise EvaluationError(f"{self.path} has no 'embeddings' (or 'w') array; it has {d.files}")
+            self.W = d[key].astype(np.float32)
+            self.info = json.loads(str(d["info"])) if "info" in d.files else {}
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        if self.W.shape[0] != images.shape[0]:
+            raise EvaluationError(f"{self.path} holds {self.W.shape[0]} embeddings for {images.shape[0]} slices")
+        return self.W
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "precomputed SS-StyleGAN W", "path": str(self.path), "retrained_per_repeat": False,
+                **self.info}
+
+
+class GANEmbedder:
+    """Train SS-StyleGAN on every slice (no labels), then embed each slice as mu(x) in W.
+
+    Trains once (repeat 0) unless ``retrain_per_repeat``; the trained model and ``embeddings.npz``
+    are kept under ``out_dir`` so a later run can reuse them with ``--embeddings``.
+    """
+
+    def __init__(self, model_cfg: Any, train_cfg: Any, out_dir: Path, device: str = "cpu",
+                 retrain_per_repeat: bool = False, model_dir: Path | None = None,
+                 name: str = "ss_stylegan") -> None:
+        self.model_cfg, self.train_cfg, self.out_dir = model_cfg, train_cfg, Path(out_dir)
+        self.device, self.retrain_per_repeat, self.model_dir, self.name = device, retrain_per_repeat, model_dir, name
+        self._cache: dict[int, np.ndarray] = {}
+        self.train_seconds: list[float] = []
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        key = repeat if self.retrain_per_repeat else 0
+        if key not in self._cache:
+            self._cache[key] = self._train_and_embed(images, key)
+        return self._cache[key]
+
+    def _train_and_embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        from ss_stylegan.checkpoint import load_model
+        from ss_stylegan.embedding import embed_images
+        from ss_stylegan.training import train
+
+        run_dir = self.model_dir or (self.out_dir / (f"gan_repeat{repeat}" if self.retrain_per_repeat else "gan"))
+        if self.model_dir is None:
+            cfg = self.train_cfg.replace(seed=self.train_cfg.seed + repeat)
+            start = time.perf_counter()
+            train(images, self.model_cfg, cfg, run_dir)
+            self.train_seconds.append(time.perf_counter() - start)
+            log.info("SS-StyleGAN trained in %.0f s (repeat %d)", self.train_seconds[-1], repeat)
+        model = load_model(run_dir, self.device)
+        W = np.asarray(embed_images(model, images, 64, self.device), dtype=np.float32)
+        info = json.dumps(self.describe())
+        np.savez(self.out_dir / f"embeddings_repeat{repeat}.npz", embeddings=W, info=np.array(info))
+        return W
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "SS-StyleGAN W (mu of the encoder)", "model": self.model_cfg.to_dict(),
+                "train": self.train_cfg.to_dict(), "device": self.device,
+                "retrained_per_repeat": self.retrain_per_repeat, "model_dir": str(self.model_dir or ""),
+                "train_seconds": [round(s, 1) for s in self.train_seconds]}
+
+
+# ---------------------------------------------------------------------------------------- protocol
+def score_selection(
+    points: np.ndarray, labels: np.ndarray, groups: np.ndarray, labelled: np.ndarray, n_classes: int
+) -> dict[str, dict[str, Any]]:
+    """Label ``labelled`` indices, 1-NN the rest in ``points``, score both scopes."""
+    clf = NearestNeighbourClassifier().fit(points[labelled], labels[labelled])
+    unlabelled = np.setdiff1d(np.arange(points.shape[0]), labelled)
+    pred = clf.predict(points[unlabelled])
+    scores = np.zeros((unlabelled.size, n_classes))
+    scores[:, clf.classes_] = pred.scores  # columns for classes without a label stay 0
+    y_pred = pred.labels.astype(np.int64)
+    unseen = ~np.isin(groups[unlabelled], groups[labelled])
+    out = {"all_unlabelled": classification_report(labels[unlabelled], y_pred, scores, n_classes)}
+    out["unseen_groups"] = classification_report(labels[unlabelled][unseen], y_pred[unseen], scores[unseen], n_classes)
+    return out
+
+
+def run_protocol(
+    data: Dataset,
+    embedders: Sequence[Embedder],
+    ks: Sequence[int] = (10, 20, 50),
+    repeats: int = 5,
+    seed: int = 0,
+    tsne_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run every (embedding, selector, k, repeat) combination; returns records, maps and picks."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1 or ks[-1] >= data.labels.size:
+        raise EvaluationError(f"k values must be between 1 and N-1 = {data.labels.size - 1}, got {ks}")
+    if repeats < 1:
+        raise EvaluationError(f"repeats must be >= 1, got {repeats}")
+    n_classes = len(data.classes)
+    records: list[dict[str, Any]] = []
+    first_maps: dict[str, np.ndarray] = {}
+    first_picks: dict[str, dict[str, np.ndarray]] = {}
+    timings: dict[str, list[float]] = {}
+    for repeat in range(repeats):
+        rs = seed + repeat
+        for emb in embedders:
+            t0 = time.perf_counter()
+            W = emb.embed(data.images, repeat)
+            t1 = time.perf_counter()
+            points = TSNEProjector(random_state=rs, **(tsne_params or {})).fit_transform(W)
+            timings.setdefault(f"{emb.name}_tsne_s", []).append(time.perf_counter() - t1)
+            timings.setdefault(f"{emb.name}_embed_s", []).append(t1 - t0)
+            selectors: dict[str, Selector] = {"fps": FarthestPointSelector(random_state=rs),
+                                              "random": RandomSelector(random_state=rs)}
+            for sel_name, selector in selectors.items():
+                order = np.array([p.index for p in selector.select(points, count=ks[-1])])
+                if repeat == 0:
+                    first_maps[emb.name] = points
+                    first_picks.setdefault(emb.name, {})[sel_name] = order
+                for k in ks:
+                    scored = score_selection(points, data.labels, data.groups, order[:k], n_classes)
+                    for scope, report in scored.items():
+                        records.append({"repeat": repeat, "embedding": emb.name, "selector": sel_name,
+                                        "method": f"{emb.name} + {sel_name}", "k": k, "scope": scope, **report})
+            log.info("repeat %d/%d: %s done", repeat + 1, repeats, emb.name)
+    return {"records": records, "summary": summarise(records), "maps": first_maps, "picks": first_picks,
+            "timings": {k: [round(v, 2) for v in vals] for k, vals in timings.items()}}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over repeats per (method, k, scope)."""
+    keys = sorted({(r["method"], r["k"], r["scope"]) for r in records})
+    rows = []
+    for method, k, scope in keys:
+        group = [r for r in records if (r["method"], r["k"], r["scope"]) == (method, k, scope)]
+        row: dict[str, Any] = {"method": method, "k": k, "scope": scope, "repeats": len(group),
+                               "n_scored_mean": float(np.mean([r["n"] for r in group]))}
+        for m in SUMMARY_METRICS:
+            vals = np.array([r[m] for r in group if m in r], dtype=float)
+            vals = vals[~np.isnan(vals)]
+            row[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0 if vals.size else math.nan
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- reports
+def markdown_report(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Tables of mean ± std per method (rows) and k (columns), for each metric and scope."""
+    summary = result["summary"]
+    ks = sorted({r["k"] for r in summary})
+    methods = sorted({r["method"] for r in summary})
+    lines = [f"# Label-efficiency evaluation: {meta['data']['source']}", "",
+             f"{meta['data']['n']} slices, classes {meta['data']['class_counts']}, {meta['data']['n_groups']} groups; "
+             f"{meta['repeats']} repeats (t-SNE and selection seeds {meta['seed']}..{meta['seed'] + meta['repeats'] - 1}).", ""]
+    for name, info in meta["embeddings"].items():
+        lines.append(f"- `{name}`: {json.dumps(info, sort_keys=True)}")
+    lines.append("")
+    metrics = ["accuracy", "balanced_accuracy", "auc" if len(meta["data"]["classes"]) == 2 else "macro_auc"]
+    for scope in SCOPES:
+        what = ("slices of groups (scans) with no labelled slice" if scope == "unseen_groups"
+                else "every slice that was not labelled (the paper's protocol)")
+        for metric in metrics:
+            lines += [f"## {metric.replace('_', ' ')} — scored on {what}", "",
+                      "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+                      "| --- | " + " | ".join("---" for _ in ks) + " |"]
+            for method in methods:
+                cells = []
+                for k in ks:
+                    row = next(r for r in summary if (r["method"], r["k"], r["scope"]) == (method, k, scope))
+                    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+                    cells.append("n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_outputs(result: dict[str, Any], data: Dataset, meta: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md``, ``tsne_maps.png`` and ``label_efficiency_*.png``."""
+    from ss_stylegan.plots import plot_label_efficiency, plot_maps
+
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "summary": result["summary"], "timings": result["timings"], "records": result["records"]}
+    paths = {"json": atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=1)),
+             "md": atomic_write_text(out / "results.md", markdown_report(result, meta))}
+    kmax = max(r["k"] for r in result["summary"])
+    paths["maps"] = plot_maps(result["maps"], data.labels, data.classes, result["picks"], out / "tsne_maps.png",
+                              title=f"t-SNE maps (repeat 0), coloured by true class; {kmax} picks marked")
+    for scope in SCOPES:
+        paths[scope] = plot_label_efficiency(result["summary"], out / f"label_efficiency_{scope}.png", scope)
+    return paths
+
+
+def dataset_meta(data: Dataset) -> dict[str, Any]:
+    counts = {c: int((data.labels == i).sum()) for i, c in enumerate(data.classes)}
+    return {"source": data.source, "n": int(data.labels.size), "resolution": int(data.images.shape[1]),
+            "classes": data.classes, "class_counts": counts, "n_groups": int(np.unique(data.groups).size)}
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ss_stylegan.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="npz (images, labels[, classes, groups]) or folder of NIfTI + JSON")
+    p.add_argument("--out", required=True, help="output folder for results.md / results.json / PNGs")
+    p.add_argument("--resolution", type=int, default=None, help="resize slices to this side (default: as stored)")
+    p.add_argument("--k", type=int, nargs="+", default=[10, 20, 50], help="numbers of labelled slices")
+    p.add_argument("--repeats", type=int, default=5, help="repetitions with different t-SNE / selection seeds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GAN training and embedding)")
+    p.add_argument("--kimg", type=float, default=None, help="GAN training length in thousands of images")
+    p.add_argument("--steps", type=int, default=None, help="GAN training length in steps (overrides --kimg)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model-config", default=None, help="JSON file or inline JSON of ModelConfig fields")
+    p.add_argument("--train-config", default=None, help="JSON file or inline JSON of TrainConfig fields")
+    p.add_argument("--retrain-per-repeat", action="store_true", help="train a new GAN for every repeat")
+    p.add_argument("--embeddings", default=None, help="npz with 'embeddings' [N, D]: skip GAN training")
+    p.add_argument("--model-dir", default=None, help="reuse a trained SS-StyleGAN folder: embed only")
+    p.add_argument("--no-gan", action="store_true", help="only the raw-pixel PCA baseline")
+    p.add_argument("--pca-components", type=int, default=50)
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--tsne-iter", type=int, default=500)
+    return p
+
+
+def _json_arg(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    text = Path(value).read_text() if Path(value).is_file() else value
+    return json.loads(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(args.data, args.resolution)
+    embedders: list[Embedder] = []
+    if args.embeddings:
+        embedders.append(PrecomputedEmbedder(args.embeddings))
+    elif not args.no_gan:
+        from ss_stylegan.config import ModelConfig, TrainConfig
+
+        model_cfg = ModelConfig.from_dict({"resolution": int(data.images.shape[1]), **_json_arg(args.model_config)})
+        overrides = {k: v for k, v in {"kimg": args.kimg, "steps": args.steps, "batch_size": args.batch_size}.items()
+                     if v is not None}
+        train_cfg = TrainConfig.from_dict({**_json_arg(args.train_config), **overrides})
+        embedders.append(GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
+                                     Path(args.model_dir) if args.model_dir else None))
+    embedders.append(PixelPCAEmbedder(args.pca_components, args.seed))
+    tsne = {"perplexity": args.perplexity, "n_iter": args.tsne_iter}
+    start = time.perf_counter()
+    result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne)
+    meta = {"data": dataset_meta(data), "ks": sorted(set(args.k)), "repeats": args.repeats, "seed": args.seed,
+            "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
+            "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv else None}
+    paths = write_outputs(result, data, meta, out)
+    print(markdown_report(result, meta))
+    print("wrote", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
