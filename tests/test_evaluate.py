@@ -1,0 +1,107 @@
+"""The evaluation harness end to end on small synthetic data written to disk (npz and NIfTI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ss_stylegan.evaluate import EvaluationError, load_dataset, main, score_selection
+
+
+def _synthetic(n_groups: int = 16, per_group: int = 6, res: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Two classes of CT-like slices: a disc (0) or a disc with a bright lesion (1), 6 slices per scan."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:res, :res]
+    images, labels, groups = [], [], []
+    for g in range(n_groups):
+        label = g % 2
+        cx, cy, r = res / 2 + rng.normal(0, 1.5), res / 2 + rng.normal(0, 1.5), res * rng.uniform(0.3, 0.4)
+        for s in range(per_group):
+            img = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < r**2, 90.0, 10.0)
+            if label:
+                lx, ly = cx + rng.normal(0, 2), cy + rng.normal(0, 2)
+                img = np.where((xx - lx) ** 2 + (yy - ly) ** 2 < (res * 0.12) ** 2, 230.0, img)
+            images.append(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8))
+            labels.append(label)
+            groups.append(f"scan{g:02d}")
+    return {"images": np.stack(images), "labels": np.array(labels), "groups": np.array(groups),
+            "classes": np.array(["normal", "lesion"])}
+
+
+def _check_outputs(out: Path, methods: set[str]) -> dict:
+    for name in ("results.md", "results.json", "tsne_maps.png", "label_efficiency_unseen_groups.png",
+                 "label_efficiency_all_unlabelled.png"):
+        assert (out / name).stat().st_size > 500, name
+    assert (out / "tsne_maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in result["summary"]} == methods
+    assert "| k=4 | k=8 |" in (out / "results.md").read_text()
+    return result
+
+
+def test_pca_path_on_npz(tmp_path: Path) -> None:
+    np.savez(tmp_path / "data.npz", **_synthetic())
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--no-gan", "--k", "4", "8",
+                 "--repeats", "2", "--pca-components", "10", "--perplexity", "10", "--tsne-iter", "200"]) == 0
+    result = _check_outputs(out, {"pixel_pca + fps", "pixel_pca + random"})
+    fps8 = next(r for r in result["summary"]
+                if (r["method"], r["k"], r["scope"]) == ("pixel_pca + fps", 8, "all_unlabelled"))
+    assert fps8["repeats"] == 2 and fps8["n_scored_mean"] == 96 - 8
+    assert fps8["accuracy_mean"] > 0.9   # the lesion is a large, easy pixel-space signal
+    assert len(result["records"]) == 2 * 2 * 2 * 2   # repeats x selectors x k x scopes
+
+
+def test_nifti_folder_matches_npz(tmp_path: Path) -> None:
+    data = _synthetic(n_groups=4)
+    for v in range(2):
+        idx = np.arange(v * 12, (v + 1) * 12)
+        nib.save(nib.Nifti1Image(np.moveaxis(data["images"][idx], 0, -1), np.eye(4)), tmp_path / f"vol{v}.nii.gz")
+        slices = [{"slice": j, "label": int(data["labels"][i]), "group": str(data["groups"][i]), "npz_index": int(i)}
+                  for j, i in enumerate(idx)]
+        (tmp_path / f"vol{v}.json").write_text(json.dumps({"classes": ["normal", "lesion"], "slices": slices}))
+    ds = load_dataset(tmp_path)
+    np.testing.assert_array_equal(ds.images, data["images"])
+    np.testing.assert_array_equal(ds.labels, data["labels"])
+    assert ds.classes == ["normal", "lesion"] and list(ds.groups) == list(data["groups"])
+    assert load_dataset(tmp_path, resolution=16).images.shape == (24, 16, 16)
+    (tmp_path / "vol1.json").unlink()
+    with pytest.raises(EvaluationError, match="sidecar"):
+        load_dataset(tmp_path)
+
+
+def test_honest_scope_excludes_groups_with_a_label() -> None:
+    points = np.array([[0.0], [0.1], [5.0], [5.1], [10.0], [10.1]])
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    out = score_selection(points, labels, groups, np.array([0, 2]), 2)
+    assert out["all_unlabelled"]["n"] == 4 and out["all_unlabelled"]["accuracy"] == 1.0
+    assert out["unseen_groups"]["n"] == 2   # only group c has no labelled slice
+
+
+def test_gan_path_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("ss_stylegan.training")
+    from ss_stylegan.config import ModelConfig
+
+    np.savez(tmp_path / "data.npz", **_synthetic(n_groups=8))
+    out = tmp_path / "out"
+    model = json.dumps(ModelConfig.tiny(32).to_dict())
+    assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--k", "4", "8", "--repeats", "2",
+                 "--model-config", model, "--steps", "20", "--batch-size", "8", "--perplexity", "10",
+                 "--tsne-iter", "200"]) == 0
+    result = _check_outputs(out, {"ss_stylegan + fps", "ss_stylegan + random",
+                                  "pixel_pca + fps", "pixel_pca + random"})
+    info = result["meta"]["embeddings"]["ss_stylegan"]
+    assert info["retrained_per_repeat"] is False and len(info["train_seconds"]) == 1
+    emb = np.load(out / "embeddings_repeat0.npz")["embeddings"]
+    assert emb.shape == (48, 32) and np.isfinite(emb).all()
+    # the saved embeddings can be reused without training
+    out2 = tmp_path / "out2"
+    assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out2), "--k", "4", "8", "--repeats", "1",
+                 "--embeddings", str(out / "embeddings_repeat0.npz"), "--perplexity", "10"]) == 0
+    assert json.loads((out2 / "results.json").read_text())["meta"]["embeddings"]["ss_stylegan"]["kind"].startswith(
+        "precomputed")

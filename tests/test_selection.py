@@ -1,0 +1,87 @@
+"""Farthest point sampling and the random baseline on small hand-made point sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ss_stylegan.selection import FarthestPointSelector, RandomSelector, SelectionError
+
+
+def _clusters(n_clusters: int = 5, per: int = 40, dim: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.stack([np.array([np.cos(a), np.sin(a)]) * 100 for a in np.linspace(0, 2 * np.pi, n_clusters, endpoint=False)])
+    if dim > 2:
+        centres = np.concatenate([centres, rng.normal(size=(n_clusters, dim - 2)) * 100], axis=1)
+    X = np.concatenate([c + rng.normal(size=(per, dim)) for c in centres])
+    return X, np.repeat(np.arange(n_clusters), per)
+
+
+@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("start", ["random", "central", "farthest"])
+def test_fps_covers_every_cluster_before_a_second_pick(dim: int, start: str) -> None:
+    X, cluster = _clusters(dim=dim)
+    picks = FarthestPointSelector(start=start, random_state=3).select(X, count=5)
+    assert sorted(cluster[[p.index for p in picks]]) == [0, 1, 2, 3, 4]
+    assert picks[0].distance is None
+    assert all(p.distance > 50 for p in picks[1:])
+
+
+def test_seeded_by_labelled_and_pending() -> None:
+    X, cluster = _clusters()
+    labelled = np.flatnonzero(cluster < 2)          # clusters 0 and 1 fully labelled
+    pending = [int(np.flatnonzero(cluster == 2)[0])]
+    picks = FarthestPointSelector().select(X, labelled=labelled, pending=pending, count=2)
+    picked = [p.index for p in picks]
+    assert not set(picked) & (set(labelled.tolist()) | set(pending))
+    assert sorted(cluster[picked]) == [3, 4]
+    # the first pick is the point farthest from every seed
+    seeds = np.concatenate([labelled, pending])
+    d = np.linalg.norm(X[:, None] - X[seeds][None], axis=2).min(axis=1)
+    d[seeds] = -1
+    assert picks[0].index == int(np.argmax(d))
+    assert picks[0].distance == pytest.approx(d.max())
+
+
+def test_batch_equals_repeated_single_picks() -> None:
+    X, _ = _clusters(seed=1)
+    for selector in (FarthestPointSelector(random_state=5), RandomSelector(random_state=5)):
+        batch = [p.index for p in selector.select(X, labelled=[0, 1], count=12)]
+        pending: list[int] = []
+        for _ in range(12):
+            pending.append(selector.select(X, labelled=[0, 1], pending=pending, count=1)[0].index)
+        assert batch == pending
+        assert len(set(batch)) == 12
+
+
+def test_duplicates_come_last_and_nothing_is_picked_twice() -> None:
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 0.0], [1.0, 0.0]])
+    picks = FarthestPointSelector().select(X, labelled=[0], count=10)
+    assert [p.index for p in picks] == [3, 4, 1, 2]   # duplicates of the labelled point last, ties -> low index
+    assert [p.distance for p in picks] == [5.0, 1.0, 0.0, 0.0]
+
+
+def test_first_pick_is_reproducible_and_depends_on_seed() -> None:
+    X, _ = _clusters()
+    a = [FarthestPointSelector(random_state=s).select(X)[0].index for s in (0, 0, 1, 2, 3)]
+    assert a[0] == a[1]
+    assert len(set(a)) > 1
+
+
+def test_nothing_left_returns_fewer_or_none() -> None:
+    X = np.arange(8, dtype=float).reshape(4, 2)
+    assert FarthestPointSelector().select(X, labelled=[0, 1, 2, 3]) == []
+    assert len(RandomSelector().select(X, labelled=[0, 1], count=5)) == 2
+    assert FarthestPointSelector().select(X, count=0) == []
+
+
+def test_bad_input_is_a_typed_error() -> None:
+    X = np.zeros((4, 2))
+    with pytest.raises(SelectionError, match="outside"):
+        FarthestPointSelector().select(X, labelled=[4])
+    with pytest.raises(SelectionError, match="count"):
+        FarthestPointSelector().select(X, count=-1)
+    with pytest.raises(SelectionError, match="NaN"):
+        FarthestPointSelector().select(np.full((3, 2), np.nan))
+    with pytest.raises(SelectionError, match="start"):
+        FarthestPointSelector(start="middle").select(X)
