@@ -205,6 +205,24 @@ class LabelSession:
                 logger.info("no world position for %s slice %d yet: %s", image, slice_index, err.detail)
         return self._world.get(key)
 
+    def slice_worlds(self, image: str) -> dict[int, tuple[float, float, float]]:
+        """Slice index -> world (R, A, S) of every slice of ``image`` whose position the server reported."""
+        return {sl: w for (img, sl), w in self._world.items() if img == image}
+
+    def class_at(self, image: str, slice_index: int) -> tuple[str | None, str]:
+        """What to show for a slice: ``(class, source)`` with source ``"label"``, ``"prediction"`` or ``""``.
+
+        A label given by a person wins over a prediction; a slice with neither gives ``(None, "")``.
+        """
+        record = self.labels.get((image, int(slice_index)))
+        if record is not None:
+            return record.class_name, "label"
+        result = self.predictions.get(image)
+        predicted = result.class_of(int(slice_index)) if result is not None else None
+        if predicted is not None:
+            return predicted, "prediction"
+        return None, ""
+
     def labelled_slices(self) -> list[SliceLabel]:
         """Labels in the order they were given (oldest first), for the 'go back' list."""
         return sorted(self.labels.values(), key=lambda r: (str(r.timestamp or ""), r.image, r.slice))

@@ -1,0 +1,655 @@
+"""3D Slicer module of SS-StyleGAN Label: label the slices a MONAI Label server suggests, classify the rest.
+
+Module / parameter node / Widget / Logic / Test, as in Slicer's scripted-module template. Everything that is
+not Slicer (HTTP, the labelling session, the map data, slice geometry) lives in the Slicer-free package
+``SSStyleGANLabelLib`` next to this file, which is tested with pytest against a real server outside Slicer.
+The widget wires the UI to the logic and draws; the logic loads studies, moves the slice views and delegates
+everything else to ``SSStyleGANLabelLib``.
+
+This file is written for Slicer's Python (3.9 in Slicer 5.8): no ``X | Y`` annotations evaluated at runtime.
+"""
+
+import logging
+import os
+import tempfile
+import time
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from SSStyleGANLabelLib import (
+    Classification,
+    CurrentSlice,
+    LabelSession,
+    MapPoints,
+    MapScene,
+    ModelState,
+    SessionError,
+    SliceLabel,
+    SSGLClient,
+    StudyFiles,
+)
+from SSStyleGANLabelLib.geometry import axial_axis, canonical_slice_world, slice_at_plane
+from SSStyleGANLabelLib.mapview import class_colour, matplotlib_available, render_png
+
+logger = logging.getLogger(__name__)
+
+VIEW_NAME = "Red"  # the axial slice view that shows the current slice and its class
+TRAINING_POLL_MS = 2000
+
+
+#
+# SSStyleGANLabel
+#
+
+
+class SSStyleGANLabel(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SS-StyleGAN Label"
+        self.parent.categories = ["Active Learning"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SS-StyleGAN Label developers"]
+        self.parent.helpText = """
+Few-label classification of CT slices with SS-StyleGAN (Cohen Hochberg, Greenspan, Giryes, IEEE TMI 2022).
+Connect to the SS-StyleGAN Label MONAI Label server, train the model on the server's studies (no labels needed),
+then label the slices it suggests with one click or the number keys 1..9, and classify every other slice.
+Press N for the next suggestion. Double-click a labelled slice to go back and relabel it; click a dot in the map
+to jump to that slice.
+"""
+        self.parent.acknowledgementText = """
+Method: SS-StyleGAN, IEEE Transactions on Medical Imaging 41(12), 2022 (arXiv 2312.15972).
+Server: MONAI Label. Map: openTSNE.
+"""
+
+
+#
+# SSStyleGANLabelParameterNode
+#
+
+
+@parameterNodeWrapper
+class SSStyleGANLabelParameterNode:
+    """Settings saved with the scene (the password never is).
+
+    serverUrl - address of the SS-StyleGAN Label server.
+    userName - stored with every label; also the login name when the server needs one.
+    kimg - training length in thousands of images; 0 keeps the server's setting.
+    strategy - "fps" (farthest point sampling, the method) or "random" (baseline).
+    batchSize - suggestions fetched per server request.
+    colourBy - colour the map by "label" or "prediction".
+    """
+
+    serverUrl: str = "http://127.0.0.1:8000"
+    userName: str = ""
+    kimg: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
+    strategy: Annotated[str, Choice(["fps", "random"])] = "fps"
+    batchSize: Annotated[int, WithinRange(1, 50)] = 1
+    colourBy: Annotated[str, Choice(["label", "prediction"])] = "label"
+
+
+#
+# SSStyleGANLabelWidget
+#
+
+
+class _ClickFilter(qt.QObject):
+    """Qt event filter calling ``callback(x, y)`` on a left click in the map view."""
+
+    def __init__(self, callback):
+        qt.QObject.__init__(self)
+        self.callback = callback
+
+    def eventFilter(self, obj, event):
+        if event.type() == qt.QEvent.MouseButtonPress and event.button() == qt.Qt.LeftButton:
+            self.callback(event.pos().x(), event.pos().y())
+            return True
+        return False
+
+
+class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the .ui to the logic and draws the results; holds no labelling state of its own."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._classButtons = []
+        self._shortcuts = []
+        self._mapScene = None
+        self._mapFilter = None
+        self._trainingTimer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SSStyleGANLabel.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SSStyleGANLabelLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.connectButton.connect("clicked(bool)", self.onConnect)
+        self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
+        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.ui.nextSuggestionButton.connect("clicked(bool)", self.onNextSuggestion)
+        self.ui.removeLabelButton.connect("clicked(bool)", self.onRemoveLabel)
+        self.ui.labelledTableWidget.connect("cellDoubleClicked(int,int)", self.onLabelledRowDoubleClicked)
+        self.ui.predictionsTableWidget.connect("cellDoubleClicked(int,int)", self.onPredictionRowDoubleClicked)
+        self.ui.refreshMapButton.connect("clicked(bool)", self.onRefreshMap)
+        self.ui.colourByComboBox.connect("currentIndexChanged(int)", lambda _index: self.drawMap())
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+
+        self._trainingTimer = qt.QTimer()
+        self._trainingTimer.setInterval(TRAINING_POLL_MS)
+        self._trainingTimer.connect("timeout()", self.onTrainingTimer)
+
+        self._mapFilter = _ClickFilter(self.onMapClicked)
+        self.ui.mapGraphicsView.viewport().installEventFilter(self._mapFilter)
+        self.ui.mapGraphicsView.setScene(qt.QGraphicsScene())
+
+        nextShortcut = qt.QShortcut(qt.QKeySequence("N"), slicer.util.mainWindow())
+        nextShortcut.connect("activated()", self.onNextSuggestion)
+        self._shortcuts.append(nextShortcut)
+
+        sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{VIEW_NAME}")
+        if sliceNode is not None:
+            self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceMoved)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._trainingTimer is not None:
+            self._trainingTimer.stop()
+        self._setShortcutsEnabled(False)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self._setShortcutsEnabled(True)
+
+    def exit(self) -> None:
+        self._setShortcutsEnabled(False)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[SSStyleGANLabelParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def _setShortcutsEnabled(self, enabled: bool) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(enabled)
+
+    # -- server and training ---------------------------------------------------------------------
+    def onConnect(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not connect to the SS-StyleGAN Label server.", waitCursor=True):
+            state = self.logic.connect(p.serverUrl, p.userName, self.ui.passwordLineEdit.text, p.strategy, p.batchSize)
+            self._buildClassButtons(state.classes)
+            self.showState(state)
+            self.updateLabelledTable()
+            if state.training:
+                self._trainingTimer.start()
+
+    def _buildClassButtons(self, classes) -> None:
+        layout = self.ui.classButtonsWidget.layout()
+        for button in self._classButtons:
+            layout.removeWidget(button)
+            button.deleteLater()
+        self._classButtons = []
+        keep = self._shortcuts[:1]  # the "N" shortcut stays
+        for shortcut in self._shortcuts[1:]:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._shortcuts = keep
+        for key, name in self.logic.requireSession().shortcuts.items():
+            red, green, blue = (int(255 * c) for c in class_colour(name, classes))
+            button = qt.QPushButton(f"{key}: {name}")
+            button.toolTip = f"Label the slice on screen as '{name}' (key {key})"
+            button.setStyleSheet(f"background-color: rgb({red},{green},{blue}); color: white; font-weight: bold")
+            button.connect("clicked(bool)", lambda _checked, n=name: self.onLabel(n))
+            layout.addWidget(button)
+            self._classButtons.append(button)
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda n=name: self.onLabel(n))
+            self._shortcuts.append(shortcut)
+
+    def showState(self, state: ModelState) -> None:
+        version = state.model_version or "none"
+        self.ui.modelStateLabel.text = (
+            f"{state.state}: {state.n_embedded}/{state.n_slices} slices in the map, "
+            f"{state.n_labelled} labelled (model {version})"
+        )
+        self.ui.classesLabel.text = ", ".join(state.classes)
+        fraction = state.progress_fraction
+        self.ui.trainingProgressBar.value = int(round(100 * fraction)) if fraction is not None else 0
+        self.ui.trainingMessageLabel.text = state.message
+        self.ui.startTrainingButton.enabled = not state.training
+        self.ui.stopTrainingButton.enabled = state.training
+        for button in (self.ui.nextSuggestionButton, self.ui.refreshMapButton, self.ui.classifyButton,
+                       self.ui.exportButton):
+            button.enabled = state.ready
+
+    def onStartTraining(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
+            self.showState(self.logic.startTraining(self._parameterNode.kimg))
+            self._trainingTimer.start()
+
+    def onStopTraining(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not stop training.", waitCursor=True):
+            self.showState(self.logic.stopTraining())
+
+    def onTrainingTimer(self) -> None:
+        try:
+            state, finished = self.logic.pollTraining()
+        except Exception as err:  # a poll that fails (server restarting) is retried at the next tick
+            self.ui.trainingMessageLabel.text = f"cannot read training progress: {err}"
+            return
+        self.showState(state)
+        if finished:
+            self._trainingTimer.stop()
+
+    # -- labelling -------------------------------------------------------------------------------
+    def onNextSuggestion(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not get the next suggestion.", waitCursor=True):
+            current = self.logic.nextSuggestion()
+            if current is None:
+                self.ui.currentSliceLabel.text = self.logic.requireSession().done_message
+            self.showCurrent()
+
+    def onLabel(self, className: str) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not store the label.", waitCursor=True):
+            current = self.logic.requireSession().current
+            self.logic.labelCurrent(className)
+            self.updateLabelledTable()
+            if current is not None and current.suggestion is not None:
+                self.logic.nextSuggestion()  # one click per slice: a labelled suggestion moves on
+            self.showCurrent()
+
+    def onRemoveLabel(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not remove the label.", waitCursor=True):
+            self.logic.removeCurrentLabel()
+            self.updateLabelledTable()
+            self.showCurrent()
+
+    def onLabelledRowDoubleClicked(self, row: int, column: int) -> None:
+        table = self.ui.labelledTableWidget
+        with slicer.util.tryWithErrorDisplay("Could not show that slice.", waitCursor=True):
+            self.logic.goTo(table.item(row, 0).text(), int(table.item(row, 1).text()))
+            self.showCurrent()
+
+    def onPredictionRowDoubleClicked(self, row: int, column: int) -> None:
+        current = self.logic.requireSession().current
+        if current is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show that slice.", waitCursor=True):
+            self.logic.goTo(current.image, int(self.ui.predictionsTableWidget.item(row, 0).text()))
+            self.showCurrent()
+
+    def showCurrent(self) -> None:
+        session = self.logic.requireSession()
+        current = session.current
+        self.ui.removeLabelButton.enabled = current is not None and current.key in session.labels
+        if current is not None:
+            className, source = session.class_at(current.image, current.slice)
+            why = f" - suggested: {current.suggestion.reason}" if current.suggestion and current.suggestion.reason else ""
+            shown = f"{className} ({source})" if className else "not labelled"
+            self.ui.currentSliceLabel.text = f"{current.image}, slice {current.slice}: {shown}{why}"
+        self.onSliceMoved()
+        self.drawMap()
+
+    def updateLabelledTable(self) -> None:
+        records = self.logic.requireSession().labelled_slices()
+        table = self.ui.labelledTableWidget
+        table.setRowCount(len(records))
+        for row, record in enumerate(records):
+            for column, value in enumerate((record.image, str(record.slice), record.class_name, record.user)):
+                table.setItem(row, column, qt.QTableWidgetItem(value))
+
+    def onSliceMoved(self, caller=None, event=None) -> None:
+        """Show the class of the slice in the axial view as a coloured corner annotation."""
+        if self.logic is None or self.logic.session is None:
+            return
+        text, rgb = self.logic.viewAnnotation(VIEW_NAME)
+        sliceWidget = slicer.app.layoutManager().sliceWidget(VIEW_NAME)
+        if sliceWidget is None:
+            return
+        view = sliceWidget.sliceView()
+        corner = view.cornerAnnotation()
+        corner.SetText(vtk.vtkCornerAnnotation.UpperRight, text)
+        corner.GetTextProperty().SetColor(*rgb)
+        view.forceRender()
+
+    # -- map -------------------------------------------------------------------------------------
+    def onRefreshMap(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not fetch the map.", waitCursor=True):
+            points = self.logic.refreshMap()
+            self.ui.mapInfoLabel.text = f"{len(points)} slices; model {points.model_version or 'unknown'}"
+            self.drawMap()
+
+    def drawMap(self) -> None:
+        session = self.logic.session
+        if session is None or session.map is None:
+            return
+        view = self.ui.mapGraphicsView
+        width, height = max(view.viewport().width, 100), max(view.viewport().height, 100)
+        current = session.current.key if session.current else None
+        self._mapScene = MapScene(session.map, session.classes, width, height, mode=self._parameterNode.colourBy,
+                                  highlighted=tuple(session.pending), current=current)
+        scene = qt.QGraphicsScene()
+        scene.setSceneRect(0, 0, width, height)
+        if matplotlib_available():
+            path = render_png(self._mapScene, os.path.join(slicer.app.temporaryPath, "SSStyleGANLabel-map.png"))
+            scene.addPixmap(qt.QPixmap(str(path)))
+        else:
+            for dot in self._mapScene.dots():
+                r = dot["radius"]
+                pen = qt.QPen(qt.QColor(*dot["ring"]), 2) if dot["ring"] else qt.QPen(qt.Qt.NoPen)
+                scene.addEllipse(dot["x"] - r, dot["y"] - r, 2 * r, 2 * r, pen, qt.QBrush(qt.QColor(*dot["rgb"])))
+        view.setScene(scene)
+        view.setSceneRect(0, 0, width, height)
+
+    def onMapClicked(self, x: int, y: int) -> None:
+        if self._mapScene is None:
+            return
+        point = self.ui.mapGraphicsView.mapToScene(qt.QPoint(x, y))
+        key = self._mapScene.pick(point.x(), point.y())
+        if key is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show that slice.", waitCursor=True):
+            self.logic.goTo(*key)
+            self.showCurrent()
+
+    # -- classification and export ---------------------------------------------------------------
+    def onClassify(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not classify the study.", waitCursor=True):
+            result = self.logic.classifyCurrent()
+            table = self.ui.predictionsTableWidget
+            table.setRowCount(len(result.slices))
+            for row, pred in enumerate(result.slices):
+                neighbour = f"{pred.neighbour.image} slice {pred.neighbour.slice}" if pred.neighbour else ""
+                for column, value in enumerate((str(pred.slice), pred.class_name, f"{pred.score:.2f}", neighbour)):
+                    table.setItem(row, column, qt.QTableWidgetItem(value))
+            counts = ", ".join(f"{name}: {n}" for name, n in result.summary.items())
+            self.ui.volumeSummaryLabel.text = f"{result.image}: {result.volume_class or 'no volume class'} ({counts})"
+            self.onSliceMoved()
+            self.drawMap()
+
+    def onExport(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), "Export labels and predictions", "ss_stylegan_labels.csv", "CSV files (*.csv)"
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not export the CSV file.", waitCursor=True):
+            written = self.logic.exportCsv(path)
+            slicer.util.infoDisplay(f"Labels and predictions written to {written}")
+
+
+#
+# SSStyleGANLabelLogic
+#
+
+
+class SSStyleGANLabelLogic(ScriptedLoadableModuleLogic):
+    """Loads studies and moves slice views; every other action is delegated to ``SSStyleGANLabelLib``.
+
+    Usable without the widget (the module test drives it directly).
+    """
+
+    IMAGE_ID_ATTRIBUTE = "SSStyleGANLabel.ImageId"
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.session: Optional[LabelSession] = None
+        self.studies: Optional[StudyFiles] = None
+
+    def getParameterNode(self):
+        return SSStyleGANLabelParameterNode(super().getParameterNode())
+
+    def requireSession(self) -> LabelSession:
+        if self.session is None:
+            raise SessionError("not connected: enter the server URL and press Connect")
+        return self.session
+
+    # -- server and training ---------------------------------------------------------------------
+    def connect(self, url: str, user: str, password: str = "", strategy: str = "fps", batchSize: int = 1,
+                downloadFolder: Optional[str] = None) -> ModelState:
+        """Connect (logging in when a password is given), read the model state and mirror the labels."""
+        client = SSGLClient(url, username=(user or None) if password else None, password=password or None)
+        session = LabelSession(client, user or "slicer", strategy=strategy, batch_size=batchSize)
+        state = session.connect()
+        self.session = session
+        host = "".join(c if c.isalnum() else "_" for c in client.url.split("://", 1)[-1])
+        self.studies = StudyFiles(client, downloadFolder or os.path.join(slicer.app.temporaryPath, "SSStyleGANLabel", host))
+        return state
+
+    def startTraining(self, kimg: float = 0.0) -> ModelState:
+        return self.requireSession().start_training(kimg=kimg if kimg and kimg > 0 else None)
+
+    def stopTraining(self) -> ModelState:
+        return self.requireSession().stop_training()
+
+    def pollTraining(self):
+        """One poll: ``(state, finished)``; the widget calls it from a ``qt.QTimer``."""
+        session = self.requireSession()
+        finished = session.training_finished()
+        return session.state, finished
+
+    # -- studies and slice views -----------------------------------------------------------------
+    def loadStudy(self, image: str):
+        """The volume node of a datastore study, downloading and loading it only the first time."""
+        loaded = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                  if n.GetAttribute(self.IMAGE_ID_ATTRIBUTE) == image]
+        if loaded:
+            node = loaded[0]
+        else:
+            if self.studies is None:
+                raise SessionError("not connected: enter the server URL and press Connect")
+            node = slicer.util.loadVolume(str(self.studies.path(image)), properties={"name": image, "show": False})
+            node.SetAttribute(self.IMAGE_ID_ATTRIBUTE, image)
+        slicer.util.setSliceViewerLayers(background=node, fit=not loaded)
+        return node
+
+    def showSlice(self, current: CurrentSlice):
+        """Load the slice's study if needed and centre every slice view on the slice."""
+        node = self.loadStudy(current.image)
+        world = current.world
+        if world is None:
+            matrix = vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(matrix)
+            world = canonical_slice_world(slicer.util.arrayFromVTKMatrix(matrix), node.GetImageData().GetDimensions(),
+                                          current.slice)
+        slicer.modules.markups.logic().JumpSlicesToLocation(world[0], world[1], world[2], True)
+        return node
+
+    def sliceWorlds(self, image: str, node):
+        """Slice index -> world centre, from the server when it reported them, else from the volume."""
+        worlds = self.requireSession().slice_worlds(image)
+        if worlds:
+            return worlds
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        ijkToRas = slicer.util.arrayFromVTKMatrix(matrix)
+        dims = node.GetImageData().GetDimensions()
+        axis, _ = axial_axis(ijkToRas)
+        return {k: canonical_slice_world(ijkToRas, dims, k) for k in range(dims[axis])}
+
+    def sliceShownIn(self, viewName: str = VIEW_NAME):
+        """``(image, slice)`` the view's plane cuts through, or None (no study of ours shown, or between slices)."""
+        composite = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceCompositeNode{viewName}")
+        sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{viewName}")
+        if composite is None or sliceNode is None:
+            return None
+        node = slicer.mrmlScene.GetNodeByID(composite.GetBackgroundVolumeID() or "")
+        image = node.GetAttribute(self.IMAGE_ID_ATTRIBUTE) if node is not None else None
+        if not image:
+            return None
+        m = sliceNode.GetSliceToRAS()
+        origin = [m.GetElement(i, 3) for i in range(3)]
+        normal = [m.GetElement(i, 2) for i in range(3)]
+        spacing = min(node.GetSpacing())
+        index = slice_at_plane(self.sliceWorlds(image, node), origin, normal, max_distance=max(spacing, 0.5))
+        return None if index is None else (image, index)
+
+    def viewAnnotation(self, viewName: str = VIEW_NAME):
+        """Text and RGB colour telling the class of the slice the view shows."""
+        shown = self.sliceShownIn(viewName)
+        if shown is None:
+            return "", (1.0, 1.0, 1.0)
+        session = self.requireSession()
+        className, source = session.class_at(*shown)
+        if className is None:
+            return f"{shown[0]} slice {shown[1]}: not labelled", (1.0, 1.0, 1.0)
+        return f"{shown[0]} slice {shown[1]}: {className} ({source})", class_colour(className, session.classes)
+
+    # -- labelling, map, classification ----------------------------------------------------------
+    def nextSuggestion(self) -> Optional[CurrentSlice]:
+        current = self.requireSession().next_suggestion()
+        if current is not None:
+            self.showSlice(current)
+        return current
+
+    def goTo(self, image: str, sliceIndex: int) -> CurrentSlice:
+        current = self.requireSession().go_to(image, sliceIndex)
+        self.showSlice(current)
+        return current
+
+    def labelCurrent(self, className: str) -> SliceLabel:
+        return self.requireSession().label_current(className)
+
+    def labelKey(self, key: str) -> SliceLabel:
+        return self.requireSession().label_key(key)
+
+    def removeCurrentLabel(self) -> None:
+        session = self.requireSession()
+        if session.current is None:
+            raise SessionError("no slice is shown")
+        session.unlabel(session.current.image, session.current.slice)
+
+    def refreshMap(self) -> MapPoints:
+        return self.requireSession().refresh_map()
+
+    def classifyCurrent(self) -> Classification:
+        return self.requireSession().classify()
+
+    def exportCsv(self, path: str) -> str:
+        session = self.requireSession()
+        if session.map is None:
+            session.refresh_map()
+        return str(session.export_csv(path))
+
+
+#
+# SSStyleGANLabelTest
+#
+
+
+class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
+    """Drives the logic against a running server: ``SSGL_TEST_SERVER`` (default http://127.0.0.1:8000).
+
+    The server's model is trained first when it is not (``SSGL_TEST_TRAIN_TIMEOUT`` seconds at most).
+    The label the test gives is removed again at the end.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LabellingLoop()
+
+    def _waitUntilReady(self, logic, timeout_s: float) -> ModelState:
+        state = logic.requireSession().refresh_state()
+        if not state.ready and not state.training:
+            state = logic.startTraining()
+        deadline = time.monotonic() + timeout_s
+        while not state.ready and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(2.0)
+            state, finished = logic.pollTraining()
+            if finished and not state.ready:
+                self.fail(f"training ended without a model: {state.state} - {state.message}")
+        self.assertTrue(state.ready, f"model not ready after {timeout_s:.0f} s: {state.state} {state.message}")
+        return state
+
+    def test_LabellingLoop(self):
+        self.delayDisplay("Connecting to the SS-StyleGAN Label server")
+        url = os.environ.get("SSGL_TEST_SERVER", "http://127.0.0.1:8000")
+        logic = SSStyleGANLabelLogic()
+        with tempfile.TemporaryDirectory() as folder:
+            state = logic.connect(url, "slicer-module-test", downloadFolder=folder)
+            self.assertGreaterEqual(len(state.classes), 2, f"server classes: {state.classes}")
+            state = self._waitUntilReady(logic, float(os.environ.get("SSGL_TEST_TRAIN_TIMEOUT", "900")))
+
+            self.delayDisplay("Next suggestion: load the study and jump to the slice")
+            current = logic.nextSuggestion()
+            self.assertIsNotNone(current, "the server had nothing to suggest")
+            self.assertTrue(current.image)
+            self.assertGreaterEqual(current.slice, 0)
+            node = logic.loadStudy(current.image)
+            self.assertEqual(node.GetAttribute(logic.IMAGE_ID_ATTRIBUTE), current.image)
+            self.assertIsNotNone(node.GetImageData())
+            self.assertIs(logic.loadStudy(current.image), node)  # loaded once, then reused
+            self.assertEqual(logic.studies.downloads, 1)
+            self.assertEqual(logic.sliceShownIn(VIEW_NAME), (current.image, current.slice))
+
+            self.delayDisplay("Label the slice, then check the server stored it")
+            className = state.classes[0]
+            record = logic.labelKey("1")
+            self.assertEqual((record.image, record.slice, record.class_name), (current.image, current.slice, className))
+            stored = {(r.image, r.slice): r.class_name for r in logic.session.client.labels(current.image)}
+            self.assertEqual(stored.get((current.image, current.slice)), className)
+            text, _ = logic.viewAnnotation(VIEW_NAME)
+            self.assertIn(className, text)
+
+            self.delayDisplay("Classify the study")
+            result = logic.classifyCurrent()
+            self.assertGreater(len(result.slices), 0)
+            self.assertTrue(all(p.class_name in state.classes for p in result.slices))
+            self.assertEqual(sum(result.summary.values()), len(result.slices))
+
+            self.delayDisplay("Map and CSV export")
+            points = logic.refreshMap()
+            self.assertGreater(len(points), 0)
+            csvPath = logic.exportCsv(os.path.join(folder, "export.csv"))
+            with open(csvPath, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            self.assertTrue(lines[0].startswith("image,slice,label"))
+            self.assertIn(f"{current.image},{current.slice},{className},", "\n".join(lines))
+
+            logic.removeCurrentLabel()
+            self.assertNotIn((current.image, current.slice), logic.session.labels)
+        self.delayDisplay("SS-StyleGAN Label logic test finished")
