@@ -2,8 +2,9 @@
 
 Windowing maps an intensity range ``[low, high]`` to ``0..255`` (0 = window low = background).
 Named windows are the usual radiology ones, in Hounsfield units, as ``(center, width)``.
-``"auto"`` uses :data:`AUTO_CT_WINDOW` when the volume looks like HU and robust percentiles of
-the volume otherwise (pictures, MR, already-windowed exports).
+``"auto"`` uses :data:`AUTO_CT_WINDOW` when the volume looks like HU, the full ``0..255`` range
+for 8-bit grey data (pictures, already windowed exports: they keep their contrast) and robust
+percentiles of the volume otherwise (MR, unscaled scanner values).
 """
 
 from __future__ import annotations
@@ -62,13 +63,14 @@ class PreprocessedSlices:
     window: tuple[float, float]
 
 
-def window_range(data: np.ndarray, is_hu: bool, cfg: SliceConfig) -> tuple[float, float]:
+def window_range(data: np.ndarray, is_hu: bool, cfg: SliceConfig, is_8bit: bool = False) -> tuple[float, float]:
     """The intensity range ``(low, high)`` that ``cfg.window`` selects for a volume.
 
     Args:
         data: the volume (any shape), finite values.
         is_hu: whether ``data`` is in Hounsfield units (decides ``"auto"``).
         cfg: slice settings.
+        is_8bit: whether ``data`` was stored as 8-bit grey (``"auto"`` then keeps ``0..255``).
 
     Raises:
         ConfigError: unknown window name, or ``"custom"`` without centre/width.
@@ -82,6 +84,8 @@ def window_range(data: np.ndarray, is_hu: bool, cfg: SliceConfig) -> tuple[float
         center, width = CT_WINDOWS[name]
     elif name == "auto" and is_hu:
         center, width = AUTO_CT_WINDOW
+    elif name == "auto" and is_8bit:
+        return 0.0, 255.0
     elif name in ("auto", "percentile"):
         return percentile_range(data, cfg.percentiles)
     else:
@@ -157,7 +161,7 @@ def preprocess_volume(volume: Volume, cfg: SliceConfig) -> PreprocessedSlices:
     Returns:
         The kept slices, in inferior -> superior order.
     """
-    low, high = window_range(volume.data, volume.is_hu, cfg)
+    low, high = window_range(volume.data, volume.is_hu, cfg, is_8bit=volume.is_8bit)
     # [X, Y, Z] -> [Z, X, Y]: slice k is data[:, :, k] with its own first axis as rows.
     slices = np.moveaxis(volume.data, 2, 0)
     windowed = apply_window(slices, low, high)

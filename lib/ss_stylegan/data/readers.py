@@ -55,12 +55,15 @@ class Volume:
         affine: ``float64 [4, 4]`` voxel index -> world RAS (mm) of ``data``.
         is_hu: whether the intensities look like CT Hounsfield units.
         path: where the study was read from.
+        is_8bit: stored as unscaled 8-bit grey (a picture or an exported, already windowed
+            slice stack), so ``0..255`` is its display range.
     """
 
     data: np.ndarray
     affine: np.ndarray
     is_hu: bool
     path: Path
+    is_8bit: bool = False
 
     @property
     def n_slices(self) -> int:
@@ -124,13 +127,13 @@ def read_volume(path: str | Path) -> Volume:
     lower = path.name.lower()
     try:
         if path.is_dir():
-            data, affine = _read_dicom_series(path)
+            data, affine, is_8bit = _read_dicom_series(path)
         elif lower.endswith(NIFTI_SUFFIXES):
-            data, affine = _read_nifti(path)
+            data, affine, is_8bit = _read_nifti(path)
         elif lower.endswith(SITK_SUFFIXES):
-            data, affine = _read_sitk_file(path)
+            data, affine, is_8bit = _read_sitk_file(path)
         elif lower.endswith(PICTURE_SUFFIXES):
-            data, affine = _read_picture(path)
+            data, affine, is_8bit = _read_picture(path)
         else:
             raise StudyReadError(
                 path,
@@ -142,7 +145,7 @@ def read_volume(path: str | Path) -> Volume:
     except Exception as exc:  # noqa: BLE001 - any decoder failure on a file is a read error of that file
         raise StudyReadError(path, f"{type(exc).__name__}: {exc}") from exc
     data = _finite(data, path)
-    return Volume(data=data, affine=affine, is_hu=looks_like_hu(data), path=path)
+    return Volume(data=data, affine=affine, is_hu=looks_like_hu(data), path=path, is_8bit=is_8bit)
 
 
 def looks_like_hu(data: np.ndarray) -> bool:
@@ -190,17 +193,19 @@ def _to_canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.
     return np.ascontiguousarray(canonical), affine
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     img = nib.load(str(path))
     if len(img.shape) > 4:
         raise StudyReadError(path, f"it has {len(img.shape)} dimensions (shape {img.shape}); expected 3-D")
     if len(img.shape) == 4 and img.shape[3] != 1:
         raise _four_d_error(path, img.shape)  # before loading every volume into memory
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    is_8bit = img.get_data_dtype() == np.uint8 and slope == 1.0 and inter == 0.0
     data = np.asanyarray(img.dataobj).astype(np.float32, copy=False)
-    return _to_canonical(data, img.affine.astype(np.float64), path)
+    return (*_to_canonical(data, img.affine.astype(np.float64), path), bool(is_8bit))
 
 
-def _sitk_to_canonical(image: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _sitk_to_canonical(image: object, path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import SimpleITK as sitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -227,16 +232,16 @@ def _sitk_to_canonical(image: object, path: Path) -> tuple[np.ndarray, np.ndarra
     lps[:dim, :dim] = direction @ np.diag(spacing)
     lps[:dim, 3] = origin
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    return _to_canonical(data, ras, path)
+    return (*_to_canonical(data, ras, path), image.GetPixelID() == sitk.sitkUInt8)
 
 
-def _read_sitk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_sitk_file(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import SimpleITK as sitk
 
     return _sitk_to_canonical(sitk.ReadImage(str(path)), path)
 
 
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -254,14 +259,12 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return _sitk_to_canonical(reader.Execute(), folder)
 
 
-def _read_picture(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_picture(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     from PIL import Image
 
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            grey = np.asarray(img, dtype=np.float32)
-        else:
-            grey = np.asarray(img.convert("L"), dtype=np.float32)
+        is_8bit = img.mode not in ("I", "I;16", "I;16B", "I;16L", "F")
+        grey = np.asarray(img.convert("L") if is_8bit else img, dtype=np.float32)
     # data[:, :, 0] is the picture as displayed: first index = row (top to bottom).
-    return grey[:, :, np.newaxis], np.eye(4)
+    return grey[:, :, np.newaxis], np.eye(4), is_8bit

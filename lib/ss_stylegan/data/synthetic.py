@@ -73,17 +73,19 @@ def synthetic_volume(
     nodules: dict[int, tuple[float, float, float]] = {}
     runs = _runs(sorted(lesion_set))
     for run in runs:
+        # centre well inside the lung on every slice of the run, so the nodule is always visible
+        scale = min(_lung_scale((k + 0.5) / n_slices) for k in run)
         side = rng.choice([-1.0, 1.0])
-        cu, cv = side * 0.38 + rng.uniform(-0.1, 0.1), 0.05 + rng.uniform(-0.18, 0.18)
-        radius = rng.uniform(0.08, 0.13)
+        cu = side * (0.38 + lung_shift) + rng.uniform(-0.5, 0.5) * 0.26 * scale
+        cv = 0.05 + rng.uniform(-0.5, 0.5) * 0.36 * scale
+        radius = rng.uniform(0.09, 0.14)
         centre, half = (run[0] + run[-1]) / 2.0, (run[-1] - run[0]) / 2.0 + 1.0
         for k in run:
-            nodules[k] = (cu, cv, radius * max(0.6, np.sqrt(1.0 - ((k - centre) / half) ** 2)))
+            nodules[k] = (cu, cv, radius * max(0.75, np.sqrt(1.0 - ((k - centre) / half) ** 2)))
 
     volume = np.empty((size, size, n_slices), dtype=np.float32)
     for k in range(n_slices):
-        t = (k + 0.5) / n_slices
-        lung_scale = 0.55 + 0.45 * np.sin(np.pi * (0.1 + 0.8 * t))
+        lung_scale = _lung_scale((k + 0.5) / n_slices)
         img = np.full((size, size), AIR_HU, dtype=np.float32)
         img[_ellipse(u, v, 0, 0, body_au, body_av)] = FAT_HU
         img[_ellipse(u, v, 0, 0, body_au - 0.07, body_av - 0.07)] = SOFT_HU
@@ -99,10 +101,15 @@ def synthetic_volume(
         img[_ellipse(u, v, 0, -0.42, 0.1, 0.1)] = BONE_HU
         if k in nodules:
             cu, cv, r = nodules[k]
-            img[_ellipse(u, v, cu, cv, r, r) & _ellipse(u, v, 0, 0, body_au - 0.07, body_av - 0.07)] = NODULE_HU
+            img[_ellipse(u, v, cu, cv, r, r) & lungs] = NODULE_HU
         volume[:, :, k] = img
     volume += rng.normal(0.0, NOISE_HU, size=volume.shape).astype(np.float32)
     return np.clip(np.rint(volume), -1024, 3071).astype(np.int16)
+
+
+def _lung_scale(t: float) -> float:
+    """Lung size at relative height ``t`` in (0, 1): small at apex and base, largest mid-chest."""
+    return 0.55 + 0.45 * float(np.sin(np.pi * (0.1 + 0.8 * t)))
 
 
 def _runs(indices: list[int]) -> list[list[int]]:
