@@ -520,8 +520,11 @@ class SSStyleGANLabelLogic(ScriptedLoadableModuleLogic):
         m = sliceNode.GetSliceToRAS()
         origin = [m.GetElement(i, 3) for i in range(3)]
         normal = [m.GetElement(i, 2) for i in range(3)]
-        spacing = min(node.GetSpacing())
-        index = slice_at_plane(self.sliceWorlds(image, node), origin, normal, max_distance=max(spacing, 0.5))
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        axis, _ = axial_axis(slicer.util.arrayFromVTKMatrix(matrix))
+        halfSpacing = 0.5 * node.GetSpacing()[axis]  # the plane lies within half a slice of the slice centre
+        index = slice_at_plane(self.sliceWorlds(image, node), origin, normal, max_distance=halfSpacing + 1e-3)
         return None if index is None else (image, index)
 
     def viewAnnotation(self, viewName: str = VIEW_NAME):

@@ -1,0 +1,162 @@
+"""The Slicer module's files are sound Python/XML without Slicer, and the Slicer-free package stays Slicer-free.
+
+3D Slicer is not available where these tests run: the module file is compiled and inspected with ``ast``
+(class names and bases, the widget names it uses), the ``.ui`` file is parsed as XML, and the package is
+checked for imports of ``slicer`` / ``qt`` / ``vtk`` / ``ctk``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "slicer_module"
+MODULE_DIR = ROOT / "SSStyleGANLabel"
+MODULE_FILE = MODULE_DIR / "SSStyleGANLabel.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SSStyleGANLabel.ui"
+ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "SSStyleGANLabel.png"
+LIB_DIR = MODULE_DIR / "SSStyleGANLabelLib"
+SLICER_ONLY = {"slicer", "qt", "vtk", "ctk", "__main__"}
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
+
+
+def _classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def _base_names(cls: ast.ClassDef) -> list[str]:
+    return [ast.unparse(base).split(".")[-1] for base in cls.bases]
+
+
+def _imported_roots(tree: ast.AST) -> set[str]:
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_python_file_compiles(path: Path) -> None:
+    compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def test_module_classes_follow_the_scripted_module_template() -> None:
+    classes = _classes(_module_tree())
+    expected_bases = {
+        "SSStyleGANLabel": ["ScriptedLoadableModule"],
+        "SSStyleGANLabelWidget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
+        "SSStyleGANLabelLogic": ["ScriptedLoadableModuleLogic"],
+        "SSStyleGANLabelTest": ["ScriptedLoadableModuleTest"],
+    }
+    for name, bases in expected_bases.items():
+        assert name in classes, f"{MODULE_FILE.name} lacks class {name}"
+        assert _base_names(classes[name]) == bases, f"{name} derives from {_base_names(classes[name])}"
+
+    node = classes["SSStyleGANLabelParameterNode"]
+    assert [ast.unparse(d) for d in node.decorator_list] == ["parameterNodeWrapper"]
+    fields = {stmt.target.id for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
+    assert {"serverUrl", "userName", "kimg", "strategy", "batchSize", "colourBy"} <= fields
+
+
+def test_module_test_asserts_real_results() -> None:
+    test_cls = _classes(_module_tree())["SSStyleGANLabelTest"]
+    methods = {f.name: f for f in test_cls.body if isinstance(f, ast.FunctionDef)}
+    assert "runTest" in methods and "test_LabellingLoop" in methods
+    asserts = [n for n in ast.walk(methods["test_LabellingLoop"])
+               if isinstance(n, ast.Call) and ast.unparse(n.func).startswith("self.assert")]
+    assert len(asserts) >= 10, "the module test must check real logic output"
+    source = ast.unparse(methods["test_LabellingLoop"])
+    for call in ("nextSuggestion", "labelKey", "classifyCurrent", "refreshMap", "exportCsv", "loadStudy"):
+        assert f"logic.{call}(" in source, f"the module test does not exercise logic.{call}"
+
+
+def _ui_widgets() -> dict[str, str]:
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui"
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+def test_ui_file_has_every_widget_the_module_uses() -> None:
+    widgets = _ui_widgets()
+    assert widgets["SSStyleGANLabel"] == "qMRMLWidget"
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
+    assert used, "the widget uses no .ui widgets"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"widgets used by the module but missing from {UI_FILE.name}: {missing}"
+
+
+def test_ui_parameter_names_match_the_parameter_node() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    bound = {
+        prop.findtext("string")
+        for prop in root.iter("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    node = _classes(_module_tree())["SSStyleGANLabelParameterNode"]
+    fields = {stmt.target.id for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
+    assert bound == fields, f"parameter node fields {sorted(fields)} vs .ui bindings {sorted(bound)}"
+    combos = {w.get("name"): [i.findtext("property/string") for i in w.findall("item")]
+              for w in root.iter("widget") if w.get("class") == "QComboBox"}
+    assert combos["strategyComboBox"] == ["fps", "random"]
+    assert combos["colourByComboBox"] == ["label", "prediction"]
+
+
+def test_slicer_free_package_imports_no_slicer_modules() -> None:
+    for path in sorted(LIB_DIR.glob("*.py")):
+        roots = _imported_roots(ast.parse(path.read_text(encoding="utf-8")))
+        assert not roots & SLICER_ONLY, f"{path.name} imports {sorted(roots & SLICER_ONLY)}"
+        assert roots <= {"__future__", "collections", "csv", "dataclasses", "io", "json", "logging", "os", "re",
+                         "socket", "tempfile", "typing", "urllib", "uuid", "pathlib", "numpy", "matplotlib"}, (
+            f"{path.name} imports {sorted(roots)}: the package may use only the standard library, numpy and "
+            "(optionally) matplotlib, which Slicer's Python has"
+        )
+
+
+def test_cmake_lists_every_package_file_and_resource() -> None:
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "slicerMacroBuildScriptedModule" in cmake
+    for path in sorted(LIB_DIR.glob("*.py")):
+        assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake, f"{path.name} is not in MODULE_PYTHON_SCRIPTS"
+    assert "Resources/Icons/${MODULE_NAME}.png" in cmake and "Resources/UI/${MODULE_NAME}.ui" in cmake
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    for needle in ("project(SSStyleGANLabel)", "EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
+                   "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "find_package(Slicer REQUIRED)",
+                   "include(${Slicer_USE_FILE})", "add_subdirectory(SSStyleGANLabel)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needle in top, f"slicer_module/CMakeLists.txt lacks {needle}"
+    s4ext = (ROOT / "SSStyleGANLabel.s4ext").read_text(encoding="utf-8")
+    keys = {line.split()[0] for line in s4ext.splitlines() if line.strip() and not line.startswith("#")}
+    assert {"scm", "scmurl", "depends", "build_subdirectory", "category", "description", "iconurl"} <= keys
+
+
+def test_icon_is_a_128_pixel_png() -> None:
+    data = ICON_FILE.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+
+
+def test_names_the_module_imports_from_the_package_exist() -> None:
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        for node in ast.walk(_module_tree()):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("SSStyleGANLabelLib"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+    finally:
+        sys.path.remove(str(MODULE_DIR))
