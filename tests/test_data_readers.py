@@ -240,3 +240,19 @@ def test_shared_volumes_keep_sidecar_slice_order() -> None:
         slices = read_study_slices(path, SliceConfig(resolution=64))
         index = [sidecar["slices"][k]["npz_index"] for k in slices.slice_indices]
         np.testing.assert_array_equal(slices.images, images[index])  # 64 px, auto window: identical
+
+
+def test_resize_is_antialiased() -> None:
+    checker = (np.indices((96, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)[None]
+    out = resize_square(checker, 32)  # 3x down: plain bilinear would sample pure 0/255 pixels
+    assert abs(float(out.mean()) - 127.5) < 3 and out.std() < 30
+
+
+def test_max_slices_per_study_is_evenly_spaced(tmp_path: Path) -> None:
+    path = _save_nifti(tmp_path / "long.nii.gz", _phantom((8, 8, 21)), np.eye(4))
+    slices = read_study_slices(path, SliceConfig(resolution=32, max_slices_per_study=5))
+    assert slices.slice_indices.tolist() == [0, 5, 10, 15, 20]
+    with pytest.raises(ConfigError, match="max_slices_per_study"):
+        SliceConfig(max_slices_per_study=0).validate()
+    with pytest.raises(ConfigError, match="positive window_width"):
+        SliceConfig(window="custom", window_center=40.0, window_width=-5.0).validate()

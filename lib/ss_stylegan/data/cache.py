@@ -101,7 +101,8 @@ def find_studies(folder: str | Path) -> list[Study]:
     """List the studies directly inside ``folder``, sorted by image id.
 
     A study is a file with an image suffix (``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``,
-    ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``) or a sub-folder holding DICOM files. Hidden entries
+    ``.mhd``, ``.png``, ``.jpg``, ``.jpeg``) or a sub-folder with DICOM files directly inside it
+    (one series; nested patient/study folders are not searched). Hidden entries
     (``.ss_stylegan``), MONAI Label's ``labels/`` folder and ``datastore_v2.json`` and every
     other file are ignored. When two files share an image id, the first by name is used.
 
@@ -287,12 +288,16 @@ class SliceCache:
             SliceCacheError: no finished build is there.
         """
         cache_dir = Path(cache_dir)
-        try:
-            key = json.loads((cache_dir / "current.json").read_text())["key"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise SliceCacheError(
-                f"no slice cache in '{cache_dir}' ({exc}); build it with SliceCache.build (training does)"
-            ) from exc
+        for attempt in range(2):
+            try:
+                key = json.loads((cache_dir / "current.json").read_text())["key"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise SliceCacheError(
+                    f"no slice cache in '{cache_dir}' ({exc}); build it with SliceCache.build (training does)"
+                ) from exc
+            if attempt == 0 and not (cache_dir / f"index-{key}.npz").exists():
+                continue  # a concurrent build replaced this key between the two reads: read the pointer again
+            break
         return cls._open_key(cache_dir, key)
 
     @classmethod
