@@ -126,5 +126,11 @@ def test_empty_inputs(tmp_path: Path) -> None:
     assert len(cache) == 0 and cache.images.shape == (0, 32, 32) and cache.refs() == []
     missing = SliceCache.build([Study("gone", tmp_path / "gone.nii.gz")], CFG, tmp_path / "cache")
     assert len(missing) == 0 and "gone.nii.gz" in missing.errors[0].message
+    nib.save(nib.Nifti1Image(np.full((8, 8, 3), 5, np.int16), np.eye(4)), str(tmp_path / "blank.nii.gz"))
+    for _ in range(2):  # built, then reused: a study whose every slice is skipped is kept as a summary
+        blank = SliceCache.build(find_studies(tmp_path), CFG, tmp_path / "cache")
+        assert len(blank) == 0 and blank.errors == []
+        assert blank.studies[0].image_id == "blank" and blank.studies[0].n_slices == 3
+        assert blank.studies[0].kept.tolist() == []
     with pytest.raises(SliceCacheError, match="no slice cache"):
         SliceCache.open(tmp_path / "nothing")
