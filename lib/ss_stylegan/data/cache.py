@@ -17,6 +17,7 @@ the per-study JSON is written last, so an interrupted build never leaves a half 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Bumped whenever the preprocessing changes what a cached slice holds."""
+
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+"""Header formats whose voxels live in a separate file next to them."""
 
 IGNORED_NAMES = frozenset({"labels", "datastore_v2.json", "datastore.json"})
 """Entries of a datastore folder that MONAI Label writes and that are never studies."""
@@ -336,11 +340,17 @@ def _is_dicom_folder(folder: Path) -> bool:
 
 
 def _fingerprint(path: Path) -> list[Any]:
-    """Path, size and mtime of a file, or of every file of a folder (a DICOM series)."""
+    """Path, size and mtime of a file, or of every file of a folder (a DICOM series).
+
+    A detached header (``.nhdr``, ``.mhd``) also covers its data files: siblings with the same stem.
+    """
     path = path.resolve()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
         return [str(path)] + [[p.name, *_stat(p)] for p in files]
+    if path.suffix.lower() in DETACHED_HEADER_SUFFIXES:
+        data_files = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p != path and p.is_file())
+        return [str(path), *_stat(path)] + [[p.name, *_stat(p)] for p in data_files]
     return [str(path), *_stat(path)]
 
 

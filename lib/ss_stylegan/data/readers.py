@@ -143,7 +143,10 @@ def read_volume(path: str | Path) -> Volume:
     except StudyReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure on a file is a read error of that file
-        raise StudyReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        detail = " ".join(str(exc).split())  # decoders (ITK) write multi-line reports
+        if len(detail) > 300:
+            detail = detail[:300] + " ..."
+        raise StudyReadError(path, f"{type(exc).__name__}: {detail}") from exc
     data = _finite(data, path)
     return Volume(data=data, affine=affine, is_hu=looks_like_hu(data), path=path, is_8bit=is_8bit)
 
