@@ -37,6 +37,7 @@ PARAMS_FILE = "tsne_map.json"
 FORMAT_VERSION = 1
 METRICS = ("euclidean", "cosine")
 NEIGHBOR_METHODS = ("auto", "exact", "annoy", "pynndescent")
+FFT_MIN_POINTS = 10_000  # reference maps at least this large place new points with FFT gradients
 
 
 class ProjectionError(ValueError):
@@ -311,10 +312,14 @@ class TSNEProjector:
 
     def _build(self, embedding: np.ndarray) -> None:
         affinities = _ReferenceAffinities(self.reference_, self.metric, int(self.n_jobs))
+        # openTSNE's "auto" would choose by the number of *new* points and pick Barnes-Hut, which
+        # rebuilds a quad tree of the whole reference map every iteration; for large maps the FFT
+        # method interpolates on a grid that is computed once and reused by every transform.
+        method = "bh" if embedding.shape[0] < FFT_MIN_POINTS else "fft"
         self._tsne_embedding = TSNEEmbedding(
             embedding,
             affinities,
-            negative_gradient_method="auto",
+            negative_gradient_method=method,
             random_state=self.random_state,
             n_jobs=int(self.n_jobs),
         )
