@@ -1,0 +1,1 @@
+"""SS-StyleGAN Label app adapters."""

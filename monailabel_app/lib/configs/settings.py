@@ -1,0 +1,156 @@
+"""Every ``--conf`` setting of the app, parsed in one place into typed settings.
+
+``AppSettings.from_conf(conf)`` turns MONAI Label's string ``--conf key value`` pairs into the library's
+dataclasses (:class:`~ss_stylegan.config.SliceConfig`, :class:`~ss_stylegan.config.ModelConfig`,
+:class:`~ss_stylegan.config.TrainConfig`) plus the app's own options. A bad value raises
+:class:`~ss_stylegan.config.ConfigError` naming the setting and what is allowed, so the server refuses
+to start instead of failing later.
+
+| key | default | meaning |
+| --- | --- | --- |
+| classes | normal,lesion | slice class names (at least two) |
+| resolution | 64 | model resolution (32, 64, 128, 256) |
+| window | auto | intensity window: auto, lung, abdomen, brain, bone, soft_tissue, mediastinum, percentile, or C:W |
+| preset | default | model size: ``default`` (StyleGAN2-like, GPU) or ``tiny`` (CPU smoke runs) |
+| kimg | 200 | training length in thousands of images shown |
+| steps | (unset) | training length in steps; overrides kimg |
+| batch_size | 32 | images per training step |
+| device | auto | cpu, cuda, cuda:N or auto (cuda when available) |
+| perplexity | 30 | t-SNE perplexity (clamped for tiny datastores) |
+| random_state | 0 | seed of training, t-SNE and random suggestions |
+| checkpoint_interval | 500 | training steps between checkpoints |
+| suggestion_ttl | 600 | seconds a suggested slice stays reserved for the client it was given to |
+| workspace | <studies>/.ss_stylegan | where the cache, checkpoints and slice map live |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
+from ss_stylegan.labels import LabelError, parse_classes
+
+KNOWN_KEYS = (
+    "classes", "resolution", "window", "preset", "kimg", "steps", "batch_size", "device", "perplexity",
+    "random_state", "checkpoint_interval", "suggestion_ttl", "workspace",
+)
+# keys MONAI Label itself puts into conf
+_MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
+PRESETS = ("default", "tiny")
+TRAIN_REQUEST_KEYS = ("kimg", "steps", "batch_size", "device")
+
+
+@dataclasses.dataclass
+class AppSettings:
+    """Typed settings of one server (see the module docstring for keys and defaults)."""
+
+    classes: list[str]
+    slice_cfg: SliceConfig
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    preset: str
+    device: str
+    perplexity: float
+    random_state: int
+    suggestion_ttl_s: float
+    workspace: Path
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str], studies: str | Path) -> AppSettings:
+        """Parse MONAI Label's ``--conf`` dict.
+
+        Raises:
+            ConfigError: an unknown key or an invalid value; the message says which and what is allowed.
+        """
+        conf = {k: str(v) for k, v in (conf or {}).items() if k not in _MONAI_KEYS}
+        unknown = sorted(set(conf) - set(KNOWN_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown --conf setting(s) {unknown}; valid settings are {list(KNOWN_KEYS)}")
+        try:
+            classes = parse_classes(conf.get("classes", "normal,lesion"))
+        except LabelError as err:
+            raise ConfigError(f"--conf classes: {err}") from err
+        resolution = _int(conf, "resolution", 64)
+        slice_cfg = SliceConfig.from_dict({"resolution": resolution, **_window(conf.get("window", "auto"))})
+        preset = conf.get("preset", "default")
+        if preset not in PRESETS:
+            raise ConfigError(f"--conf preset must be one of {PRESETS}, got {preset!r}")
+        model_cfg = ModelConfig.tiny(resolution) if preset == "tiny" else ModelConfig(resolution=resolution)
+        train_cfg = train_config(
+            TrainConfig(seed=_int(conf, "random_state", 0),
+                        checkpoint_interval=_int(conf, "checkpoint_interval", 500), kimg=200.0),
+            {k: conf[k] for k in ("kimg", "steps", "batch_size") if k in conf},
+        )
+        perplexity = _float(conf, "perplexity", 30.0)
+        if not perplexity > 0:
+            raise ConfigError(f"--conf perplexity must be > 0, got {perplexity}")
+        ttl = _float(conf, "suggestion_ttl", 600.0)
+        if not ttl > 0:
+            raise ConfigError(f"--conf suggestion_ttl must be > 0 seconds, got {ttl}")
+        workspace = Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan"
+        return cls(
+            classes=classes,
+            slice_cfg=slice_cfg,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            preset=preset,
+            device=parse_device(conf.get("device", "auto")),
+            perplexity=perplexity,
+            random_state=_int(conf, "random_state", 0),
+            suggestion_ttl_s=ttl,
+            workspace=workspace,
+        )
+
+
+def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
+    """``base`` with ``kimg`` / ``steps`` / ``batch_size`` overridden (strings or numbers); validated."""
+    changes: dict[str, object] = {}
+    if "kimg" in overrides:
+        changes["kimg"] = _number(overrides["kimg"], "kimg", float)
+        changes["steps"] = None
+    if "steps" in overrides:
+        changes["steps"] = int(_number(overrides["steps"], "steps", int))
+    if "batch_size" in overrides:
+        changes["batch_size"] = int(_number(overrides["batch_size"], "batch_size", int))
+    return base.replace(**changes)
+
+
+def parse_device(value: str) -> str:
+    """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N``; ``auto`` and a missing GPU resolve to ``cpu``."""
+    import torch
+
+    value = str(value).strip().lower()
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cpu":
+        return "cpu"
+    if value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {value!r} asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+        return value
+    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def _window(value: str) -> dict[str, object]:
+    value = value.strip()
+    if ":" in value:
+        centre, width = value.split(":", 1)
+        return {"window": "custom", "window_center": _number(centre, "window centre", float),
+                "window_width": _number(width, "window width", float)}
+    return {"window": value}
+
+
+def _number(value: object, name: str, kind: type) -> float:
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from err
+
+
+def _int(conf: dict[str, str], key: str, default: int) -> int:
+    return int(_number(conf[key], f"--conf {key}", int)) if key in conf else default
+
+
+def _float(conf: dict[str, str], key: str, default: float) -> float:
+    return float(_number(conf[key], f"--conf {key}", float)) if key in conf else default

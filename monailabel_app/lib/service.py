@@ -1,0 +1,409 @@
+"""The server-side state of one datastore: slice map, labels, reservations, and the requests over them.
+
+One :class:`SliceLabelService` lives in the server process (created by the app class). Request handlers
+(strategies, the classifier, the ``/slicelabels/`` routes, ``/info/``) call it; it only reads the slice
+map that training wrote, so every call costs milliseconds. Studies added to the datastore after training
+are embedded into the existing map by a background thread (:meth:`SliceLabelService.refresh`), never by
+refitting the map.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ss_stylegan.classification import NearestNeighbourClassifier
+from ss_stylegan.data.cache import IGNORED_NAMES, find_studies, read_study_slices
+from ss_stylegan.data.readers import StudyReadError, is_volume_file, read_volume
+from ss_stylegan.labels import SliceLabelStore
+from ss_stylegan.selection import FarthestPointSelector, RandomSelector
+from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace, WorkspaceError
+
+from lib.configs.settings import AppSettings
+from lib.embedder import MapEmbedder
+
+log = logging.getLogger(__name__)
+
+LABEL_TAG = "slice_class"
+STRATEGIES = ("fps", "random")
+
+
+class NotReadyError(RuntimeError):
+    """The request needs something that does not exist yet (a trained model, a label); HTTP 409."""
+
+
+class NotFoundError(LookupError):
+    """An image id that the datastore does not hold; HTTP 404."""
+
+
+class SliceLabelService:
+    """Suggestions, labels and classification over one datastore's slice map.
+
+    Args:
+        settings: parsed ``--conf`` settings.
+        studies: the datastore folder.
+        image_path: callable giving the file of a datastore image id ('' when unknown).
+        training_running: callable telling whether MONAI Label's training subprocess runs now.
+    """
+
+    def __init__(self, settings: AppSettings, studies: str | Path, image_path: Any, training_running: Any) -> None:
+        self.settings = settings
+        self.studies = Path(studies)
+        self.workspace = Workspace(settings.workspace)
+        self.image_path = image_path
+        self.training_running = training_running
+        self.pending = PendingSuggestions(settings.suggestion_ttl_s)
+        self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of)
+        self.embedder = MapEmbedder(self.workspace, settings)
+        self._map_lock = threading.RLock()
+        self._map: SliceMap | None = None
+        self._map_stamp: float | None = None
+        self._depths: dict[tuple[str, float], int] = {}
+        self._refresh_lock = threading.Lock()
+        self._refresh_thread: threading.Thread | None = None
+        self._refresh_errors: dict[str, str] = {}
+        self.on_labels_changed: Callable[[str], None] | None = None
+
+    # -- slice map --------------------------------------------------------------------------------------
+    def slice_map(self) -> SliceMap | None:
+        """The current map (reloaded when training or a refresh rewrote it), or None before training."""
+        stamp = self.workspace.map_stamp()
+        with self._map_lock:
+            if stamp is None:
+                self._map, self._map_stamp = None, None
+            elif stamp != self._map_stamp:
+                try:
+                    self._map = self.workspace.load_map()
+                    self._map_stamp = stamp
+                    log.info("slice map loaded: %d slices, model %s", len(self._map), self._map.model_version)
+                except WorkspaceError as err:
+                    log.error("%s", err)
+                    self._map = None
+            return self._map
+
+    def require_map(self) -> SliceMap:
+        slice_map = self.slice_map()
+        if slice_map is None or len(slice_map) == 0:
+            if self.training_running():
+                raise NotReadyError("the model is still training; suggestions and classification start when it ends")
+            raise NotReadyError("the model is not trained yet: start training with POST /train/ss_stylegan")
+        return slice_map
+
+    def depth_of(self, image_id: str) -> int | None:
+        """Number of slices of a datastore image (None when the datastore has no such image)."""
+        path = self.image_path(image_id)
+        if not path:
+            return None
+        slice_map = self.slice_map()
+        if slice_map is not None and image_id in slice_map.depths:
+            return slice_map.depths[image_id]
+        try:
+            key = (str(path), Path(path).stat().st_mtime)
+        except OSError:
+            return None
+        if key not in self._depths:
+            try:
+                self._depths[key] = read_volume(path).n_slices
+            except StudyReadError as err:
+                log.warning("%s", err)
+                return None
+        return self._depths[key]
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The ``ss_stylegan`` block of ``GET /info/``."""
+        status = self.workspace.read_status()
+        slice_map = self.slice_map()
+        running = self.training_running()
+        if running:
+            state, message = "training", status.message or "training"
+        elif slice_map is not None and len(slice_map):
+            state, message = "ready", f"{len(slice_map)} slices embedded with model {slice_map.model_version}"
+            if status.state == "failed":
+                message += f"; the last training failed: {status.message}"
+        elif status.state == "failed":
+            state, message = "failed", status.message
+        elif status.state == "training":
+            state = "untrained"
+            message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
+        else:
+            state, message = "untrained", "not trained yet: POST /train/ss_stylegan"
+        errors = dict(slice_map.errors) if slice_map is not None else {}
+        errors.update(self._refresh_errors)
+        self.maybe_refresh()
+        return {
+            "state": state,
+            "message": message,
+            "classes": list(self.settings.classes),
+            "n_slices": len(slice_map) if slice_map is not None else 0,
+            "n_embedded": len(slice_map) if slice_map is not None else 0,
+            "n_images_embedded": len(slice_map.image_set()) if slice_map is not None else 0,
+            "n_labelled": len(self.labels),
+            "model_version": slice_map.model_version if slice_map is not None else None,
+            "progress": status.progress,
+            "errors": errors,
+            "ignored_files": self.ignored_files(),
+            "settings": {
+                "resolution": self.settings.slice_cfg.resolution,
+                "window": self.settings.slice_cfg.window,
+                "preset": self.settings.preset,
+                "device": self.settings.device,
+                "kimg": self.settings.train_cfg.kimg,
+                "steps": self.settings.train_cfg.steps,
+                "batch_size": self.settings.train_cfg.batch_size,
+                "perplexity": self.settings.perplexity,
+            },
+        }
+
+    def ignored_files(self) -> list[str]:
+        """Files in the studies folder that are not studies (not images), so a user sees why they are unused."""
+        out = []
+        for entry in sorted(self.studies.iterdir(), key=lambda p: p.name):
+            if entry.name.startswith(".") or entry.name in IGNORED_NAMES or entry.is_dir():
+                continue
+            if not is_volume_file(entry):
+                out.append(entry.name)
+        return out
+
+    # -- refresh: embed studies added after training ----------------------------------------------------
+    def maybe_refresh(self) -> bool:
+        """Start a background embedding of studies missing from the map; return whether one was started."""
+        slice_map = self.slice_map()
+        if slice_map is None or self.training_running():
+            return False
+        known = slice_map.image_set() | set(slice_map.errors) | set(self._refresh_errors)
+        known |= set(slice_map.depths)
+        new = [s for s in find_studies(self.studies) if s.image_id not in known]
+        if not new:
+            return False
+        with self._refresh_lock:
+            if self._refresh_thread is not None and self._refresh_thread.is_alive():
+                return False
+            self._refresh_thread = threading.Thread(
+                target=self._refresh, args=(new,), name="ss_stylegan-refresh", daemon=True
+            )
+            self._refresh_thread.start()
+        return True
+
+    def wait_refresh(self, timeout_s: float = 60.0) -> None:
+        thread = self._refresh_thread
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _refresh(self, studies: list[Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            with self._map_lock:
+                slice_map = self.slice_map()
+                if slice_map is None:
+                    return
+                ids, slices, positions, ws, xys, depths, errors = [], [], [], [], [], {}, {}
+                for study in studies:
+                    try:
+                        study_slices = read_study_slices(study.path, self.settings.slice_cfg, study.image_id)
+                    except StudyReadError as err:
+                        errors[study.image_id] = str(err)
+                        continue
+                    depths[study.image_id] = study_slices.n_slices
+                    if len(study_slices.images) == 0:
+                        continue
+                    w, xy = self.embedder.embed_and_place(study_slices.images, slice_map.model_version)
+                    ids += [study.image_id] * len(w)
+                    slices.append(study_slices.slice_indices)
+                    positions.append(study_slices.positions)
+                    ws.append(w)
+                    xys.append(xy)
+                if not ws:
+                    self._refresh_errors.update(errors)
+                    new_map = slice_map.extended([], [], np.zeros((0, 3)), np.zeros((0, slice_map.w.shape[1])),
+                                                 np.zeros((0, 2)), errors=errors, depths=depths)
+                else:
+                    new_map = slice_map.extended(
+                        np.asarray(ids), np.concatenate(slices), np.concatenate(positions),
+                        np.concatenate(ws), np.concatenate(xys), errors=errors, depths=depths,
+                    )
+                self.workspace.save_map(new_map)
+                self._map, self._map_stamp = new_map, self.workspace.map_stamp()
+            log.info("embedded %d new slices of %d new studies in %.2f s", len(ids), len(studies),
+                     time.monotonic() - t0)
+        except Exception as err:  # a background thread must report, not die silently
+            log.exception("embedding new studies failed")
+            for study in studies:
+                self._refresh_errors.setdefault(study.image_id, f"embedding failed: {err}")
+
+    # -- suggestions ------------------------------------------------------------------------------------
+    def suggest(self, strategy: str, count: int = 1, client_id: str = "") -> dict[str, Any]:
+        """The next slice(s) to label: farthest from every labelled or reserved slice (``fps``) or random."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; valid strategies are {list(STRATEGIES)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1 or count > 1000:
+            raise ValueError(f"count must be an integer between 1 and 1000, got {count!r}")
+        slice_map = self.require_map()
+        self.maybe_refresh()
+        client = str(client_id or "anonymous")
+        row_of = slice_map.row_lookup()
+        labelled = [row_of[k] for k in self.labels.labelled_keys() if k in row_of]
+        with self.pending.selection_lock:
+            reserved = [row_of[k] for k in self.pending.reserved(exclude_client=client) if k in row_of]
+            if strategy == "fps":
+                selector = FarthestPointSelector(start="central", random_state=self.settings.random_state)
+            else:
+                selector = RandomSelector(random_state=int(time.time_ns() % (2**31)))
+            picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count)
+            keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
+            self.pending.reserve(client, keys)
+        if not picks:
+            message = (
+                "every embedded slice is labelled" if len(labelled) >= len(slice_map)
+                else "every unlabelled slice is currently suggested to another annotator; try again later"
+            )
+            return {"done": True, "message": message, "suggestions": [], "n_labelled": len(labelled)}
+        suggestions = []
+        for pick in picks:
+            row = pick.index
+            suggestions.append({
+                "id": str(slice_map.image_ids[row]),
+                "slice": int(slice_map.slices[row]),
+                "position": [float(v) for v in slice_map.xy[row]],
+                "world": [float(v) for v in slice_map.positions[row]],
+                "distance": None if pick.distance is None else float(pick.distance),
+                "reason": pick.reason,
+                "strategy": strategy,
+            })
+        return {**suggestions[0], "suggestions": suggestions}
+
+    # -- labels -----------------------------------------------------------------------------------------
+    def set_label(self, image_id: str, slice_index: int, class_name: str, user: str = "") -> dict[str, Any]:
+        record = self.labels.set(image_id, slice_index, class_name, user)
+        self.pending.release((image_id, int(slice_index)))
+        if self.on_labels_changed is not None:
+            self.on_labels_changed(image_id)
+        return record
+
+    def remove_label(self, image_id: str, slice_index: int) -> bool:
+        removed = self.labels.remove(image_id, slice_index)
+        if removed and self.on_labels_changed is not None:
+            self.on_labels_changed(image_id)
+        return removed
+
+    # -- classification ---------------------------------------------------------------------------------
+    def _classifier(self, slice_map: SliceMap) -> tuple[NearestNeighbourClassifier, list[tuple[str, int, str]]]:
+        row_of = slice_map.row_lookup()
+        labelled = [(img, s, c) for (img, s), c in self.labels.labelled_keys().items() if (img, s) in row_of]
+        if not labelled:
+            raise NotReadyError(
+                "no embedded slice is labelled yet: label at least one slice of each class "
+                f"({', '.join(self.settings.classes)}) with PUT /slicelabels/ before classifying"
+            )
+        labelled.sort()
+        rows = [row_of[(img, s)] for img, s, _ in labelled]
+        clf = NearestNeighbourClassifier().fit(slice_map.xy[rows], [c for _, _, c in labelled])
+        return clf, labelled
+
+    def _answer(self, clf: NearestNeighbourClassifier, labelled: list[tuple[str, int, str]], xy: np.ndarray,
+                slices: np.ndarray, positions: np.ndarray, depth: int | None) -> dict[str, Any]:
+        pred = clf.predict(xy)
+        out_slices = []
+        summary = {c: 0 for c in self.settings.classes}
+        for i in range(len(xy)):
+            n_img, n_slice, n_class = labelled[int(pred.neighbour[i])]
+            cls = str(pred.labels[i])
+            summary[cls] = summary.get(cls, 0) + 1
+            out_slices.append({
+                "slice": int(slices[i]),
+                "class": cls,
+                "score": float(pred.score[i]),
+                "scores": {str(c): float(s) for c, s in zip(clf.classes_, pred.scores[i])},
+                "neighbour": {"image": n_img, "slice": int(n_slice), "class": n_class,
+                              "distance": float(pred.distance[i])},
+                "position": [float(v) for v in xy[i]],
+                "world": [float(v) for v in positions[i]],
+            })
+        counts = {c: n for c, n in summary.items() if c != self.settings.classes[0]}
+        abnormal = max(counts, key=lambda c: counts[c]) if any(counts.values()) else None
+        answer: dict[str, Any] = {
+            "slices": out_slices,
+            "summary": summary,
+            "volume_class": abnormal or self.settings.classes[0],
+            "n_slices": depth,
+            "labelled_classes": [str(c) for c in clf.classes_],
+        }
+        if len(clf.classes_) < 2:
+            answer["warning"] = (
+                f"only class {clf.classes_[0]!r} is labelled, so every slice gets it; label slices of "
+                "the other classes for a meaningful classification"
+            )
+        return answer
+
+    def classify_image(self, image_id: str) -> dict[str, Any]:
+        """Classify every embedded slice of a datastore image.
+
+        The volume class is the first (normal) class when no slice is predicted as another class, else
+        the other class with the most slices.
+        """
+        if not self.image_path(image_id):
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+        slice_map = self.require_map()
+        rows = slice_map.rows_of(image_id)
+        if len(rows) == 0:
+            if self.maybe_refresh() or (self._refresh_thread is not None and self._refresh_thread.is_alive()):
+                self.wait_refresh()
+                slice_map = self.require_map()
+                rows = slice_map.rows_of(image_id)
+            if len(rows) == 0:
+                reason = slice_map.errors.get(image_id) or self._refresh_errors.get(image_id) or (
+                    "it has no slice with enough foreground")
+                raise NotReadyError(f"image {image_id!r} has no embedded slice: {reason}")
+        clf, labelled = self._classifier(slice_map)
+        answer = self._answer(clf, labelled, slice_map.xy[rows], slice_map.slices[rows],
+                              slice_map.positions[rows], slice_map.depths.get(image_id))
+        answer["image"] = image_id
+        answer["model_version"] = slice_map.model_version
+        return answer
+
+    def classify_file(self, path: str | Path) -> dict[str, Any]:
+        """Classify a study that is not in the datastore: read, embed, place into the map, 1-NN."""
+        slice_map = self.require_map()
+        clf, labelled = self._classifier(slice_map)
+        study = read_study_slices(path, self.settings.slice_cfg)
+        if len(study.images) == 0:
+            raise StudyReadError(path, "no slice has enough foreground to classify",
+                                 "check the intensity window (--conf window) or the file")
+        _, xy = self.embedder.embed_and_place(study.images, slice_map.model_version)
+        answer = self._answer(clf, labelled, xy, study.slice_indices, study.positions, study.n_slices)
+        answer["image"] = None
+        answer["model_version"] = slice_map.model_version
+        return answer
+
+    def points(self) -> dict[str, Any]:
+        """Every embedded slice with its map position, label and (when labels exist) prediction."""
+        slice_map = self.require_map()
+        keys = self.labels.labelled_keys()
+        label = [keys.get((img, int(s))) for img, s in zip(slice_map.image_ids.tolist(), slice_map.slices.tolist())]
+        prediction: list[str | None] = [None] * len(slice_map)
+        score: list[float | None] = [None] * len(slice_map)
+        try:
+            clf, _ = self._classifier(slice_map)
+            pred = clf.predict(slice_map.xy)
+            prediction = [str(c) for c in pred.labels]
+            score = [float(s) for s in pred.score]
+        except NotReadyError:
+            pass
+        return {
+            "model_version": slice_map.model_version,
+            "points": {
+                "image": slice_map.image_ids.tolist(),
+                "slice": slice_map.slices.tolist(),
+                "x": slice_map.xy[:, 0].astype(float).tolist(),
+                "y": slice_map.xy[:, 1].astype(float).tolist(),
+                "label": label,
+                "prediction": prediction,
+                "score": score,
+            },
+        }

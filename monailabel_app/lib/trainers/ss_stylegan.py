@@ -1,0 +1,169 @@
+"""Trainer ``ss_stylegan``: unlabelled SS-StyleGAN training, then the slice map (W + t-SNE) of every slice.
+
+Runs in MONAI Label's training subprocess. Steps, each reported in the workspace status file that the
+server shows in ``GET /info/`` and ``GET /train/``:
+
+1. build (or update) the slice cache of every study in the datastore;
+2. train SS-StyleGAN (resuming from the last checkpoint; stoppable by ``DELETE /train/``, which kills
+   this process, or by the workspace ``STOP`` file);
+3. embed every slice into W with the encoder, fit the t-SNE map, publish the checkpoint and write the
+   slice map atomically, so suggestions and classification cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from ss_stylegan.checkpoint import load_model
+from ss_stylegan.config import ConfigError, TrainConfig
+from ss_stylegan.data.cache import SliceCache, find_studies
+from ss_stylegan.embedding import embed_images
+from ss_stylegan.projection import TSNEProjector
+from ss_stylegan.training import TrainProgress, train
+from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace
+
+from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
+
+log = logging.getLogger(__name__)
+
+
+class TrainingBusyError(RuntimeError):
+    """Another training process holds this workspace."""
+
+
+@contextmanager
+def workspace_lock(workspace: Workspace) -> Iterator[None]:
+    """Exclusive lock of a workspace for one training process (released when the process dies)."""
+    path = workspace.root / "train.lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise TrainingBusyError(f"another training is running on {workspace.root}; wait for it or stop it") from err
+        yield
+    finally:
+        fh.close()
+
+
+class SSStyleGANTrainer(TrainTask):
+    """MONAI Label training task over the whole datastore (no labels needed).
+
+    Request fields (all optional): ``kimg``, ``steps``, ``batch_size``, ``device``.
+    """
+
+    def __init__(self, settings: AppSettings, studies: str | Path) -> None:
+        super().__init__("SS-StyleGAN: self-supervised StyleGAN2 + encoder on every slice, then the t-SNE slice map")
+        self.settings = settings
+        self.studies = Path(studies)
+        self.workspace = Workspace(settings.workspace)
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.settings.train_cfg
+        return {"kimg": cfg.kimg, "steps": cfg.steps, "batch_size": cfg.batch_size, "device": self.settings.device}
+
+    def stats(self) -> dict[str, Any]:
+        return self.workspace.read_status().to_dict()
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        try:
+            train_cfg = train_config(self.settings.train_cfg,
+                                     {k: request[k] for k in TRAIN_REQUEST_KEYS if k in request and k != "device"})
+            device = parse_device(str(request.get("device", self.settings.device)))
+        except ConfigError as err:
+            self._status("failed", f"invalid training request: {err}")
+            raise
+        with workspace_lock(self.workspace):
+            return run_training(self.workspace, self.studies, self.settings, train_cfg, device)
+
+    def _status(self, state: str, message: str, progress: Mapping[str, Any] | None = None) -> None:
+        self.workspace.write_status(TrainingStatus(state=state, message=message, progress=dict(progress or {}),
+                                                   pid=os.getpid()))
+
+
+def run_training(
+    workspace: Workspace, studies: Path, settings: AppSettings, train_cfg: TrainConfig, device: str
+) -> dict[str, Any]:
+    """Cache -> train -> embed -> map, with status updates; returns a summary (also the final status)."""
+    t_start = time.monotonic()
+    progress: dict[str, Any] = {"phase": "cache"}
+
+    def status(state: str, message: str) -> None:
+        workspace.write_status(TrainingStatus(state=state, message=message, progress=dict(progress), pid=os.getpid()))
+
+    workspace.clear_stop()
+    try:
+        status("training", "reading and caching every slice of the datastore")
+        cache = SliceCache.build(find_studies(studies), settings.slice_cfg, workspace.cache_dir)
+        errors = {e.image_id: e.message for e in cache.errors}
+        if len(cache) < 4:
+            raise ValueError(
+                f"only {len(cache)} usable slice(s) in {studies} (at least 4 are needed); add studies"
+                + (f"; unreadable: {errors}" if errors else "")
+            )
+        progress.update({"phase": "train", "n_slices": len(cache), "n_studies": len(cache.studies),
+                         "errors": errors, "total_steps": train_cfg.total_steps()})
+        status("training", f"training SS-StyleGAN on {len(cache)} slices")
+        last_write = [0.0]
+
+        def on_progress(p: TrainProgress) -> None:
+            progress.update({
+                "step": p.step, "total_steps": p.total_steps, "images_seen": p.images_seen,
+                "losses": {k: float(v) for k, v in p.losses.items()}, "elapsed_s": round(p.elapsed, 1),
+                "eta_s": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+                "images_per_second": round(p.images_per_second, 1),
+            })
+            now = time.monotonic()
+            if now - last_write[0] >= 0.5 or p.step >= p.total_steps:
+                last_write[0] = now
+                status("training", f"training SS-StyleGAN on {len(cache)} slices: step {p.step}/{p.total_steps}")
+                log.info("progress: step %d/%d, %d images, losses %s", p.step, p.total_steps, p.images_seen,
+                         progress["losses"])
+
+        out_dir = workspace.checkpoint_dir_for(settings.model_cfg.to_dict())
+        result = train(cache.images, settings.model_cfg, train_cfg, out_dir,
+                       progress=on_progress, should_stop=workspace.stop_requested, device=device,
+                       progress_bar=False)
+        if result.stopped:
+            workspace.clear_stop()
+            progress["phase"] = "stopped"
+            status("ready" if workspace.has_map() else "untrained",
+                   "training stopped on request; POST /train/ss_stylegan resumes from the last checkpoint")
+            return {"stopped": True, **progress}
+
+        progress["phase"] = "embed"
+        status("training", f"embedding {len(cache)} slices into W")
+        checkpoint = result.checkpoint
+        model = load_model(checkpoint, device=device)
+        w = embed_images(model, cache.images, batch_size=max(train_cfg.batch_size, 64), device=device)
+
+        progress["phase"] = "map"
+        status("training", f"fitting the t-SNE map of {len(w)} slices")
+        projector = TSNEProjector(perplexity=settings.perplexity, random_state=settings.random_state)
+        xy = projector.fit_transform(w, model_version=model.model_version)
+        projector.save(workspace.projection_dir)
+        workspace.publish_checkpoint(checkpoint)
+        workspace.save_map(SliceMap(
+            image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,
+            model_version=model.model_version, errors=errors,
+            depths={s.image_id: int(s.n_slices) for s in cache.studies},
+        ))
+        progress.update({"phase": "done", "model_version": model.model_version,
+                         "elapsed_s": round(time.monotonic() - t_start, 1)})
+        status("ready", f"model {model.model_version}: {len(w)} slices embedded and mapped")
+        return dict(progress)
+    except BaseException as err:
+        progress["phase"] = "failed"
+        status("failed", f"{type(err).__name__}: {err}")
+        raise
+
