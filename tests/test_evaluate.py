@@ -91,7 +91,7 @@ def test_gan_path_tiny(tmp_path: Path) -> None:
     out = tmp_path / "out"
     model = json.dumps(ModelConfig.tiny(32).to_dict())
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--k", "4", "8", "--repeats", "2",
-                 "--model-config", model, "--steps", "20", "--batch-size", "8", "--perplexity", "10",
+                 "--model-config", model, "--steps", "12", "--batch-size", "8", "--perplexity", "10",
                  "--tsne-iter", "200"]) == 0
     result = _check_outputs(out, {"ss_stylegan + fps", "ss_stylegan + random",
                                   "pixel_pca + fps", "pixel_pca + random"})

@@ -167,7 +167,7 @@ class PrecomputedEmbedder:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "precomputed SS-StyleGAN W", "path": str(self.path), "retrained_per_repeat": False,
-                **self.info}
+                "made_by": self.info}
 
 
 class GANEmbedder:
@@ -184,6 +184,8 @@ class GANEmbedder:
         self.device, self.retrain_per_repeat, self.model_dir, self.name = device, retrain_per_repeat, model_dir, name
         self._cache: dict[int, np.ndarray] = {}
         self.train_seconds: list[float] = []
+        self.trained: list[dict[str, Any]] = []
+        self.model_versions: list[str] = []
 
     def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
         key = repeat if self.retrain_per_repeat else 0
@@ -200,10 +202,14 @@ class GANEmbedder:
         if self.model_dir is None:
             cfg = self.train_cfg.replace(seed=self.train_cfg.seed + repeat)
             start = time.perf_counter()
-            train(images, self.model_cfg, cfg, run_dir)
+            result = train(images, self.model_cfg, cfg, run_dir, device=self.device, progress=_log_progress,
+                           progress_bar=False)
             self.train_seconds.append(time.perf_counter() - start)
+            self.trained.append({"steps": result.step, "images_seen": result.images_seen,
+                                 "final_losses": {k: round(float(v), 4) for k, v in result.losses.items()}})
             log.info("SS-StyleGAN trained in %.0f s (repeat %d)", self.train_seconds[-1], repeat)
         model = load_model(run_dir, self.device)
+        self.model_versions.append(str(model.model_version))
         W = np.asarray(embed_images(model, images, 64, self.device), dtype=np.float32)
         info = json.dumps(self.describe())
         np.savez(self.out_dir / f"embeddings_repeat{repeat}.npz", embeddings=W, info=np.array(info))
@@ -213,7 +219,13 @@ class GANEmbedder:
         return {"kind": "SS-StyleGAN W (mu of the encoder)", "model": self.model_cfg.to_dict(),
                 "train": self.train_cfg.to_dict(), "device": self.device,
                 "retrained_per_repeat": self.retrain_per_repeat, "model_dir": str(self.model_dir or ""),
-                "train_seconds": [round(s, 1) for s in self.train_seconds]}
+                "train_seconds": [round(s, 1) for s in self.train_seconds], "trained": self.trained,
+                "model_versions": self.model_versions}
+
+
+def _log_progress(p: Any) -> None:
+    log.info("GAN step %d/%d, %.0f s, %.1f img/s, losses %s", p.step, p.total_steps, p.elapsed,
+             p.images_per_second, {k: round(float(v), 3) for k, v in p.losses.items()})
 
 
 # ---------------------------------------------------------------------------------------- protocol
