@@ -119,7 +119,7 @@ class ModelConfig(_Settings):
     def tiny(cls, resolution: int = 32) -> ModelConfig:
         """A small model for tests and CPU smoke runs (seconds per hundred steps at 32x32)."""
         return cls(resolution=resolution, z_dim=32, w_dim=32, mapping_layers=2,
-                   channel_base=1024, channel_max=64, mbstd_group_size=4)
+                   channel_base=512, channel_max=32, mbstd_group_size=4)
 
     @property
     def num_blocks(self) -> int:

@@ -1,0 +1,162 @@
+"""Command line: ``python -m ss_stylegan train|embed ...``.
+
+Train on every slice of a folder of studies (no labels needed)::
+
+    python -m ss_stylegan train --studies ./studies --out ./run --resolution 64 --kimg 500 --device cuda
+
+Embed every slice into W with a trained model::
+
+    python -m ss_stylegan embed --studies ./studies --model ./run --out embeddings.npz
+
+``--config file.json`` holds ``{"slice": {...}, "model": {...}, "train": {...}}`` (any section may be
+omitted; keys are the fields of :class:`~ss_stylegan.config.SliceConfig`, ``ModelConfig`` and
+``TrainConfig``); flags given on the command line override it. The resolved settings are written
+to ``<out>/config.json`` and ``<out>/slice_config.json`` (the latter is reused by ``embed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
+
+logger = logging.getLogger("ss_stylegan.cli")
+
+SLICE_CONFIG_NAME = "slice_config.json"
+
+
+class CLIError(RuntimeError):
+    """A command cannot run as asked; the message says what to change."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ss_stylegan", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train SS-StyleGAN on every slice of a folder of studies")
+    t.add_argument("--studies", required=True, type=Path, help="folder of studies (NIfTI, NRRD, DICOM, PNG, ...)")
+    t.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics, grids)")
+    t.add_argument("--config", type=Path, help='JSON file {"slice": {...}, "model": {...}, "train": {...}}')
+    t.add_argument("--resolution", type=int, help="slice / model resolution: 32, 64, 128 or 256")
+    t.add_argument("--kimg", type=float, help="training length in thousands of images")
+    t.add_argument("--steps", type=int, help="training length in steps (overrides --kimg)")
+    t.add_argument("--batch-size", type=int, help="images per step")
+    t.add_argument("--seed", type=int, help="random seed")
+    t.add_argument("--tiny", action="store_true", help="tiny network (CPU smoke runs and tests)")
+    t.add_argument("--cache-dir", type=Path, help="slice cache folder (default <out>/slice_cache)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if <out> holds a checkpoint")
+
+    e = sub.add_parser("embed", help="embed every slice of a folder of studies into W")
+    e.add_argument("--studies", required=True, type=Path, help="folder of studies")
+    e.add_argument("--model", required=True, type=Path, help="training output folder or checkpoint file")
+    e.add_argument("--out", required=True, type=Path, help="output .npz (image_ids, slice_indices, w, model_version)")
+    e.add_argument("--batch-size", type=int, default=256, help="slices per forward pass")
+    e.add_argument("--cache-dir", type=Path, help="slice cache folder (default <model dir>/slice_cache)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    return p
+
+
+def _load_sections(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - {"slice", "model", "train"})
+    if not isinstance(data, dict) or unknown:
+        raise CLIError(f"config file {path}: top-level keys must be 'slice', 'model', 'train'; got {unknown}")
+    return data
+
+
+def _build_cache(studies: Path, slice_cfg: SliceConfig, cache_dir: Path):  # noqa: ANN202 - SliceCache
+    from ss_stylegan.data.cache import SliceCache, find_studies
+
+    if not studies.is_dir():
+        raise CLIError(f"studies folder {studies} does not exist")
+    found = find_studies(studies)
+    if not found:
+        raise CLIError(f"no studies (NIfTI, NRRD, DICOM, PNG, JPEG) found in {studies}")
+    cache = SliceCache.build(found, slice_cfg, cache_dir)
+    for err in cache.errors:
+        logger.warning("skipped study %s: %s", err.image_id, err.message)
+    if len(cache) == 0:
+        raise CLIError(f"no usable slice in {studies} ({len(cache.errors)} studies failed to read)")
+    return cache
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ss_stylegan.atomic import atomic_write_text
+    from ss_stylegan.training import train
+
+    sections = _load_sections(args.config)
+    model_d = dict(sections.get("model", {}))
+    if args.tiny:
+        model_d = {**ModelConfig.tiny(args.resolution or model_d.get("resolution", 32)).to_dict(), **model_d}
+    if args.resolution:
+        model_d["resolution"] = args.resolution
+    model_cfg = ModelConfig.from_dict(model_d)
+    slice_cfg = SliceConfig.from_dict({**sections.get("slice", {}), "resolution": model_cfg.resolution})
+    train_d = dict(sections.get("train", {}))
+    for flag, key in (("kimg", "kimg"), ("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            train_d[key] = getattr(args, flag)
+    if args.no_resume:
+        train_d["resume"] = False
+    train_cfg = TrainConfig.from_dict(train_d)
+
+    cache = _build_cache(args.studies, slice_cfg, args.cache_dir or args.out / "slice_cache")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / SLICE_CONFIG_NAME, json.dumps(slice_cfg.to_dict(), indent=2, sort_keys=True))
+    logger.info("training on %d slices at %dx%d for %d steps", len(cache), model_cfg.resolution,
+                model_cfg.resolution, train_cfg.total_steps())
+    result = train(cache.images, model_cfg, train_cfg, args.out, device=args.device, progress_bar=True)
+    print(json.dumps({"checkpoint": str(result.checkpoint), "model_version": result.model_version,
+                      "step": result.step, "images_seen": result.images_seen, "losses": result.losses}))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ss_stylegan.atomic import atomic_write
+    from ss_stylegan.checkpoint import load_model
+    from ss_stylegan.embedding import embed_images
+
+    model = load_model(args.model, device=args.device)
+    model_dir = args.model if args.model.is_dir() else args.model.parent
+    cfg_path = model_dir / SLICE_CONFIG_NAME
+    slice_cfg = SliceConfig.load(cfg_path) if cfg_path.exists() else SliceConfig(resolution=model.cfg.resolution)
+    if slice_cfg.resolution != model.cfg.resolution:
+        raise CLIError(f"{cfg_path} has resolution {slice_cfg.resolution} but the model {model.cfg.resolution}")
+    cache = _build_cache(args.studies, slice_cfg, args.cache_dir or model_dir / "slice_cache")
+    w = embed_images(model, cache.images, batch_size=args.batch_size, device=args.device)
+    arrays = {"image_ids": np.asarray(cache.image_ids, dtype=str), "slice_indices": np.asarray(cache.slice_indices),
+              "w": w, "model_version": np.asarray(model.model_version)}
+    out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
+    atomic_write(out, lambda fh: np.savez(fh, **arrays))
+    print(json.dumps({"out": str(out), "n_slices": int(w.shape[0]), "w_dim": int(w.shape[1]),
+                      "model_version": model.model_version}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (1 for a clear, expected error)."""
+    from ss_stylegan.checkpoint import CheckpointError
+    from ss_stylegan.data.cache import SliceCacheError
+    from ss_stylegan.networks import ShapeError
+    from ss_stylegan.training import TrainingError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return cmd_train(args) if args.command == "train" else cmd_embed(args)
+    except (CLIError, ConfigError, CheckpointError, TrainingError, ShapeError, SliceCacheError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,174 @@
+"""SS-StyleGAN losses as one object with named phases.
+
+Each phase sets ``requires_grad`` so that its backward pass reaches exactly the parameters that
+phase is meant to move, then accumulates gradients and returns named statistics:
+
+========  ==============================================================  ===============================
+phase     loss                                                            moves
+========  ==============================================================  ===============================
+Gmain     non-saturating logistic: softplus(-D(aug(G(z))))                generator (mapping + synthesis)
+Erec      beta * MSE(x, synthesis(mu(x))) on real x (paper Eq. 1)          synthesis + encoder (+ shared trunk)
+Dmain     softplus(D(aug(G(z)))) + softplus(-D(aug(x)))                   discriminator (+ shared trunk)
+Enll      -lambda * log N(w; mu(G(w)), Sigma(G(w))) (paper Eq. 2)          encoder (+ shared trunk)
+Dr1       gamma/2 * |grad_x D(aug(x))|^2 * r1_interval (lazy R1)          discriminator (+ shared trunk)
+========  ==============================================================  ===============================
+
+Design choices:
+
+* **Enll does not reach G.** The paper trains the encoder together with the discriminator on
+  generated pairs. If G also minimised the encoder's likelihood it would be rewarded for images that
+  are easy to invert (exaggerated, w-revealing features) rather than realistic ones, a pressure
+  outside the adversarial game; the generated pairs are therefore detached from G.
+* **Erec reaches the encoder and the synthesis network, not the mapping** (mu(x) lives in W, the
+  mapping is not on the path) and not the discriminator-only layers. As in the paper it moves both
+  E and G: G learns to render the encoder's codes of real slices, E learns codes G can render.
+* Neither encoder loss runs the minibatch-stddev layer: mu(x) of an image never depends on its batch.
+* The NLL is averaged over W dimensions (not summed), so lambda does not need retuning with w_dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ss_stylegan.augment import DiffAugment
+from ss_stylegan.config import TrainConfig
+from ss_stylegan.networks import SSStyleGAN, check_images
+
+PHASES = ("Gmain", "Erec", "Dmain", "Enll", "Dr1")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class Generated:
+    """A batch of generated pairs: ``ws [N, num_ws, w_dim]`` and ``images [N, C, R, R]`` (no graph)."""
+
+    ws: torch.Tensor
+    images: torch.Tensor
+
+
+def gaussian_nll(w: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean per-dimension negative log-likelihood of ``w`` under ``N(mu, diag(exp(logvar)))``, all ``[N, D]``."""
+    return 0.5 * (logvar + (w - mu).square() * torch.exp(-logvar) + _LOG_2PI).mean()
+
+
+class SSStyleGANLoss:
+    """The SS-StyleGAN objective, split into the phases listed in the module docstring.
+
+    Args:
+        model: the networks; phases toggle ``requires_grad`` on its parameters.
+        cfg: loss weights (``enc_weight`` = lambda, ``rec_weight`` = beta, ``r1_gamma``), ``r1_interval``
+            and the augmentation policy.
+    """
+
+    def __init__(self, model: SSStyleGAN, cfg: TrainConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.augment = DiffAugment(cfg.augment)
+        self.r1_gamma = cfg.resolved_r1_gamma(model.cfg.resolution)
+        d = model.discriminator
+        g = model.generator
+        self._groups: dict[str, list[torch.nn.Parameter]] = {
+            "Gmain": list(g.parameters()),
+            "Erec": list(g.synthesis.parameters()) + d.shared_parameters() + d.encoder_only_parameters(),
+            "Dmain": d.shared_parameters() + d.discriminator_only_parameters(),
+            "Enll": d.shared_parameters() + d.encoder_only_parameters(),
+            "Dr1": d.shared_parameters() + d.discriminator_only_parameters(),
+        }
+
+    def trainable(self, phase: str) -> list[torch.nn.Parameter]:
+        """Parameters the given phase moves."""
+        if phase not in self._groups:
+            raise ValueError(f"unknown loss phase {phase!r}; phases are {list(PHASES)}")
+        return self._groups[phase]
+
+    def _select(self, phase: str) -> None:
+        self.model.generator.requires_grad_(False)
+        self.model.discriminator.requires_grad_(False)
+        for p in self.trainable(phase):
+            p.requires_grad_(True)
+
+    def _d(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.discriminator(self.augment(images) if self.augment else images)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> Generated:
+        """Generated pairs for the D-side phases (no graph into G): ``z [N, z_dim]``."""
+        g = self.model.generator
+        ws = g.mapping(z)
+        return Generated(ws=ws, images=g.synthesis(ws))
+
+    def accumulate_gradients(
+        self,
+        phase: str,
+        *,
+        real: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+        fake: Generated | None = None,
+    ) -> dict[str, float]:
+        """Run one phase's forward and backward pass; gradients add to ``.grad``.
+
+        Args:
+            phase: one of :data:`PHASES`.
+            real: real images ``[N, C, R, R]`` in [-1, 1] (Erec, Dmain, Dr1).
+            z: latents ``[N, z_dim]`` (Gmain; Dmain / Enll when ``fake`` is not given).
+            fake: pre-generated pairs from :meth:`generate` (Dmain, Enll), so both phases share them.
+
+        Returns:
+            Named scalar statistics, e.g. ``{"loss/G": 0.69}``.
+        """
+        self._select(phase)
+        if phase in ("Erec", "Dmain", "Dr1"):
+            if real is None:
+                raise ValueError(f"phase {phase} needs real images")
+            check_images(real, self.model.cfg, f"{phase} real images")
+        if phase in ("Gmain",) or (phase in ("Dmain", "Enll") and fake is None):
+            if z is None:
+                raise ValueError(f"phase {phase} needs z (or pre-generated fake pairs)")
+        if phase in ("Dmain", "Enll") and fake is None:
+            fake = self.generate(z)
+        return getattr(self, f"_{phase.lower()}")(real=real, z=z, fake=fake)
+
+    def _gmain(self, *, z: torch.Tensor, **_: object) -> dict[str, float]:
+        g = self.model.generator
+        images = g.synthesis(g.mapping(z, update_w_avg=True))
+        loss = F.softplus(-self._d(images)).mean()
+        loss.backward()
+        return {"loss/G": loss.item()}
+
+    def _erec(self, *, real: torch.Tensor, **_: object) -> dict[str, float]:
+        g = self.model.generator
+        mu, _ = self.model.encode(real)
+        mse = (g.synthesis(g.broadcast(mu)) - real).square().mean()
+        (mse * self.cfg.rec_weight).backward()
+        return {"loss/E_rec": mse.item()}
+
+    def _dmain(self, *, real: torch.Tensor, fake: Generated, **_: object) -> dict[str, float]:
+        logits_fake = self._d(fake.images)
+        logits_real = self._d(real)
+        loss_fake = F.softplus(logits_fake).mean()
+        loss_real = F.softplus(-logits_real).mean()
+        (loss_fake + loss_real).backward()
+        return {
+            "loss/D": (loss_fake + loss_real).item(),
+            "scores/fake": logits_fake.mean().item(),
+            "scores/real": logits_real.mean().item(),
+        }
+
+    def _enll(self, *, fake: Generated, **_: object) -> dict[str, float]:
+        w = fake.ws[:, 0]
+        mu, logvar = self.model.encode(fake.images)
+        nll = gaussian_nll(w, mu, logvar)
+        (nll * self.cfg.enc_weight).backward()
+        return {"loss/E_nll": nll.item(), "E/w_mse": (mu.detach() - w).square().mean().item()}
+
+    def _dr1(self, *, real: torch.Tensor, **_: object) -> dict[str, float]:
+        real = real.detach().requires_grad_(True)
+        logits = self._d(real)
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        penalty = grad.square().sum(dim=[1, 2, 3]).mean()
+        (penalty * (self.r1_gamma / 2) * max(self.cfg.r1_interval, 1)).backward()
+        return {"loss/D_r1": penalty.item()}
