@@ -77,6 +77,7 @@ class SSGLClient:
         form: Mapping[str, str] | None = None,
         files: Mapping[str, Path] | None = None,
         authorise: bool = True,
+        retry_login: bool = True,
     ) -> tuple[bytes, Mapping[str, str]]:
         """Send one request; return ``(body, headers)`` of a 2xx answer or raise a typed error."""
         if authorise and self.username and not self._logged_in:
@@ -109,8 +110,13 @@ class SSGLClient:
             except json.JSONDecodeError:
                 payload = raw.decode("utf-8", errors="replace")
             detail = format_detail(payload)
-            kind = AuthenticationError if err.code in (401, 403) else ServerError
-            raise kind(err.code, detail, method, path) from None
+            if err.code == 401 and authorise and self.username and retry_login:
+                self._logged_in, self._token = False, None  # the token may have expired: log in once more
+                return self._send(method, path, query, json_body, form, files, authorise, retry_login=False)
+            if err.code in (401, 403):
+                hint = "" if self.username else "; this server needs a login: enter a user name and password"
+                raise AuthenticationError(err.code, detail + hint, method, path) from None
+            raise ServerError(err.code, detail, method, path) from None
         except urllib.error.URLError as err:
             raise ServerUnreachableError(self.url, _reason(err.reason)) from None
         except (TimeoutError, socket.timeout):
@@ -130,7 +136,8 @@ class SSGLClient:
         """Fetch a bearer token with the credentials given (MONAI Label ``POST /auth/token``).
 
         Returns:
-            The token, or None when the server runs without authentication.
+            The token, or None when the server runs without authentication (MONAI Label then has no
+            ``/auth/`` routes at all, or answers a null token).
 
         Raises:
             AuthenticationError: the server refused the user name / password.
@@ -142,9 +149,12 @@ class SSGLClient:
                 "POST", "/auth/token", form={"username": self.username, "password": self.password}, authorise=False
             )
         except ServerError as err:
-            raise AuthenticationError(
-                err.status, f"login as '{self.username}' failed: {err.detail}", "POST", "/auth/token"
-            ) from None
+            if err.status == 404:
+                answer = {"access_token": None}
+            else:
+                raise AuthenticationError(
+                    err.status, f"login as '{self.username}' failed: {err.detail}", "POST", "/auth/token"
+                ) from None
         self._token = answer.get("access_token") if isinstance(answer, dict) else None
         self._logged_in = True
         if self._token is None:
@@ -153,8 +163,13 @@ class SSGLClient:
 
     @property
     def auth_enabled(self) -> bool:
-        """Whether the server asks for credentials (MONAI Label ``GET /auth/``)."""
-        answer = self._json("GET", "/auth/", authorise=False)
+        """Whether the server asks for credentials (MONAI Label ``GET /auth/``; absent when auth is off)."""
+        try:
+            answer = self._json("GET", "/auth/", authorise=False)
+        except ServerError as err:
+            if err.status == 404:
+                return False
+            raise
         return bool(answer.get("enabled")) if isinstance(answer, dict) else False
 
     def raw_info(self) -> dict[str, Any]:
