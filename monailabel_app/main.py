@@ -12,9 +12,13 @@ is imported here, at module level.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
+from monailabel.config import settings as monai_settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,12 +26,14 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import processes
 
 import lib.activelearning.slice_strategy  # noqa: F401  (import eagerly: see module docstring)
+import lib.datastore  # noqa: F401
 import lib.embedder  # noqa: F401
 import lib.infers.classify  # noqa: F401
 import lib.routes  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.configs.settings import AppSettings
+from lib.datastore import AtomicLocalDatastore, set_aside_unreadable
 from lib.infers.classify import SliceClassifier
 from lib.routes import build_router, install
 from lib.service import LABEL_TAG, SliceLabelService
@@ -44,7 +50,8 @@ class SSStyleGANLabelApp(MONAILabelApp):
         self.service = SliceLabelService(
             self.settings,
             studies,
-            image_path=lambda image_id: self.datastore().get_image_uri(image_id),
+            image_path=self._image_path,
+            list_images=lambda: self.datastore().list_images(),
             training_running=lambda: len(processes("train")) > 0,
         )
         super().__init__(
@@ -57,6 +64,26 @@ class SSStyleGANLabelApp(MONAILabelApp):
             labels=list(self.settings.classes),
         )
         self.service.on_labels_changed = self.mirror_labels
+
+    def _image_path(self, image_id: str) -> str:
+        """File of a datastore image ('' when unknown), refreshing the datastore once for a new file."""
+        path = self.datastore().get_image_uri(image_id)
+        if not path and (Path(self.studies) / image_id).parent == Path(self.studies):
+            self.datastore().refresh()
+            path = self.datastore().get_image_uri(image_id)
+        return path
+
+    def init_datastore(self) -> Datastore:
+        """The local datastore, written atomically; an unreadable state file is set aside first."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        set_aside_unreadable(self.studies)
+        return AtomicLocalDatastore(
+            self.studies,
+            extensions=monai_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=monai_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=monai_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def init_infers(self) -> dict[str, InferTask]:
         return {"classify": SliceClassifier(self.service)}
@@ -80,6 +107,16 @@ class SSStyleGANLabelApp(MONAILabelApp):
         meta["ss_stylegan"] = self.service.state()
         meta["classifier"] = "classify"
         return meta
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        """MONAI Label's infer, after a datastore refresh when the image id is new (a file just copied in)."""
+        image = request.get("image")
+        if isinstance(image, str) and image and not os.path.exists(image) and not self.known_image(image):
+            self.datastore().refresh()
+        return super().infer(request, datastore)
+
+    def known_image(self, image_id: str) -> bool:
+        return bool(self.datastore().get_image_uri(image_id))
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """Like MONAI Label's, but a ``{"done": true}`` answer (nothing left to label) is passed through."""

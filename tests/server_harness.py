@@ -34,6 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "monailabel_app"
 DEFAULT_START_TIMEOUT_S = 120.0
 
+TINY_CONF: dict[str, str] = {
+    "preset": "tiny", "resolution": "32", "steps": "4", "batch_size": "4", "checkpoint_interval": "2",
+    "perplexity": "5", "device": "cpu",
+}
+"""``--conf`` for a model that trains in seconds on a CPU (tests): 4 steps of 4 slices at 32x32."""
+
 
 class ServerStartError(RuntimeError):
     """The server process exited or did not answer ``GET /info/`` in time; the message holds its log tail."""
@@ -240,6 +246,20 @@ class RunningServer:
             return status, json.loads(text)
         except json.JSONDecodeError:
             return status, text
+
+    def wait_for_training(self, timeout_s: float = 300.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Block until ``/info/`` no longer reports ``training`` (after one was started); return its ss_stylegan block.
+
+        Raises:
+            AssertionError: still training after ``timeout_s`` (the message holds the server log).
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            task = self.get_json("/train/")  # the latest training task (MONAI Label) + progress
+            if task.get("status") not in ("SUBMITTED", "RUNNING"):  # DONE, ERROR, STOPPED or none
+                return self.get_json("/info/")["ss_stylegan"]
+            time.sleep(poll_s)
+        raise AssertionError(f"training still running after {timeout_s:.0f} s\n--- server log ---\n{self.log()}")
 
     def get_json(self, path: str, timeout_s: float = 60.0) -> Any:
         """``GET path`` and return the JSON answer; raise ``AssertionError`` with the log on a non-200 answer."""

@@ -49,14 +49,24 @@ class SliceLabelService:
         settings: parsed ``--conf`` settings.
         studies: the datastore folder.
         image_path: callable giving the file of a datastore image id ('' when unknown).
+        list_images: callable giving every datastore image id.
         training_running: callable telling whether MONAI Label's training subprocess runs now.
     """
 
-    def __init__(self, settings: AppSettings, studies: str | Path, image_path: Any, training_running: Any) -> None:
+    def __init__(
+        self,
+        settings: AppSettings,
+        studies: str | Path,
+        image_path: Callable[[str], str],
+        list_images: Callable[[], list[str]],
+        training_running: Callable[[], bool],
+    ) -> None:
         self.settings = settings
         self.studies = Path(studies)
         self.workspace = Workspace(settings.workspace)
         self.image_path = image_path
+        self.list_images = list_images
+        self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
         self.training_running = training_running
         self.pending = PendingSuggestions(settings.suggestion_ttl_s)
         self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of)
@@ -237,6 +247,16 @@ class SliceLabelService:
             for study in studies:
                 self._refresh_errors.setdefault(study.image_id, f"embedding failed: {err}")
 
+    def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
+        """Rows of the map whose image has left the datastore (never suggested), cached per image set."""
+        images = frozenset(self.list_images())
+        key = (id(slice_map), images)
+        if self._gone[0] != key:
+            gone = slice_map.image_set() - images
+            rows = np.concatenate([slice_map.rows_of(i) for i in gone]) if gone else np.zeros(0, dtype=np.int64)
+            self._gone = (key, rows)
+        return self._gone[1]
+
     # -- suggestions ------------------------------------------------------------------------------------
     def suggest(self, strategy: str, count: int = 1, client_id: str = "") -> dict[str, Any]:
         """The next slice(s) to label: farthest from every labelled or reserved slice (``fps``) or random."""
@@ -251,6 +271,7 @@ class SliceLabelService:
         labelled = [row_of[k] for k in self.labels.labelled_keys() if k in row_of]
         with self.pending.selection_lock:
             reserved = [row_of[k] for k in self.pending.reserved(exclude_client=client) if k in row_of]
+            reserved += self.removed_rows(slice_map).tolist()
             if strategy == "fps":
                 selector = FarthestPointSelector(start="central", random_state=self.settings.random_state)
             else:
@@ -259,8 +280,9 @@ class SliceLabelService:
             keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
             self.pending.reserve(client, keys)
         if not picks:
+            n_active = len(slice_map) - len(self.removed_rows(slice_map))
             message = (
-                "every embedded slice is labelled" if len(labelled) >= len(slice_map)
+                "every embedded slice is labelled" if len(labelled) >= n_active
                 else "every unlabelled slice is currently suggested to another annotator; try again later"
             )
             return {"done": True, "message": message, "suggestions": [], "n_labelled": len(labelled)}

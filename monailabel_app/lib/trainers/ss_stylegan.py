@@ -24,7 +24,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ss_stylegan.checkpoint import load_model
+from ss_stylegan.checkpoint import latest_checkpoint, load_model, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.embedding import embed_images
@@ -131,6 +131,8 @@ def run_training(
                          progress["losses"])
 
         out_dir = workspace.checkpoint_dir_for(settings.model_cfg.to_dict())
+        previous = latest_checkpoint(out_dir) if train_cfg.resume else None
+        progress["resumed_from_step"] = int(read_record(previous)["step"]) if previous is not None else 0
         result = train(cache.images, settings.model_cfg, train_cfg, out_dir,
                        progress=on_progress, should_stop=workspace.stop_requested, device=device,
                        progress_bar=False)
