@@ -133,7 +133,7 @@ class LabelSession:
         if state.training:
             return False
         status = self.client.training_status()
-        return str(status.get("status", "")).upper() not in ("RUNNING", "QUEUED")
+        return str(status.get("status", "")).upper() not in ("SUBMITTED", "RUNNING", "QUEUED")
 
     # -- suggestions ---------------------------------------------------------------------------------
     def next_suggestion(self) -> CurrentSlice | None:
