@@ -1,0 +1,150 @@
+"""Training: it learns, a stopped-and-resumed run equals an uninterrupted one, outputs, errors, CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ss_stylegan.checkpoint import load_checkpoint, load_model
+from ss_stylegan.cli import main as cli_main
+from ss_stylegan.config import ModelConfig, TrainConfig
+from ss_stylegan.embedding import embed_images, reconstruction_error, w_recovery_error
+from ss_stylegan.networks import SSStyleGAN
+from ss_stylegan.training import TrainingError, TrainProgress, train
+
+TINY = ModelConfig.tiny(32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def discs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Bright discs of random centre, radius and intensity on black: uint8 [n, size, size]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(size * 0.25, size * 0.75, 2)
+        radius, value = rng.uniform(size * 0.12, size * 0.3), rng.uniform(120, 255)
+        out[i] = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < radius**2, value, 0).astype(np.uint8)
+    return out
+
+
+def test_training_learns_encoder_and_reconstruction(tmp_path: Path) -> None:
+    """About a CPU-minute of training clearly improves W recovery and reconstruction of real slices."""
+    images = discs(300)
+    torch.manual_seed(0)   # train() seeds its own forked RNG with the same seed: this is the untrained model
+    start = SSStyleGAN(TINY).eval()
+    w0, r0 = w_recovery_error(start, 128), reconstruction_error(start, images[:128])
+    cfg = TrainConfig(batch_size=16, steps=90, ema_kimg=1.0, log_interval=30, checkpoint_interval=1000)
+    train(images, TINY, cfg, tmp_path, device="cpu", progress_bar=False)
+    model = load_model(tmp_path)
+    w1, r1 = w_recovery_error(model, 128), reconstruction_error(model, images[:128])
+    mean_image_mse = float((((images[:128] / 127.5 - 1) - (images / 127.5 - 1).mean(0)) ** 2).mean())
+    assert w1 < 0.7 * w0, f"W recovery error {w0:.3f} -> {w1:.3f}"
+    assert r1 < 0.3 * r0, f"reconstruction error {r0:.3f} -> {r1:.3f}"
+    assert r1 < mean_image_mse, "G(mu(x)) should beat the mean image: mu(x) must encode the slice"
+
+
+def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
+    images = discs(40)
+    cfg = TrainConfig(batch_size=4, steps=6, checkpoint_interval=100, log_interval=1, r1_interval=2)
+    full = train(images, TINY, cfg, tmp_path / "full", device="cpu", progress_bar=False)
+    calls: list[int] = []
+    first = train(images, TINY, cfg, tmp_path / "split", device="cpu", progress_bar=False,
+                  should_stop=lambda: calls.append(1) is None and len(calls) >= 3)
+    assert first.stopped and first.step == 3 and first.checkpoint.name == "ckpt-00000003.pt"
+    second = train(images, TINY, cfg, tmp_path / "split", device="cpu", progress_bar=False)
+    assert not second.stopped and second.step == 6 and second.images_seen == 24
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(second.checkpoint)
+    for key in ("generator", "generator_ema", "discriminator"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: v for k, v in ra.items() if k.startswith("loss/")} == {
+            k: v for k, v in rb.items() if k.startswith("loss/")}
+    assert "loss/D_r1" in rows_a[0] and "loss/D_r1" not in rows_a[1]     # lazy R1 every 2nd step
+    # a finished run is not trained again
+    again = train(images, TINY, cfg, tmp_path / "full", device="cpu", progress_bar=False)
+    assert again.step == 6 and again.checkpoint == full.checkpoint
+
+
+def test_outputs_progress_and_memmap_input(tmp_path: Path) -> None:
+    path = tmp_path / "slices.u8"
+    mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=(20, 32, 32))
+    mm[:] = discs(20)
+    mm.flush()
+    images = np.memmap(path, dtype=np.uint8, mode="r", shape=(20, 32, 32))
+    seen: list[TrainProgress] = []
+    out = tmp_path / "run"
+    result = train(images, TINY, TrainConfig(batch_size=4, steps=4, log_interval=2, checkpoint_interval=2),
+                   out, device="cpu", progress=seen.append, progress_bar=False)
+    assert [p.step for p in seen] == [2, 4]
+    last = seen[-1]
+    assert last.total_steps == 4 and last.images_seen == 16 and last.eta_seconds == pytest.approx(0.0)
+    assert set(last.losses) >= {"loss/G", "loss/D", "loss/E_nll", "loss/E_rec"} and last.images_per_second > 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and rows[-1]["images_seen"] == 16 and "time" in rows[-1]
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["model"] == TINY.to_dict() and resolved["resolved"]["total_steps"] == 4
+    assert resolved["resolved"]["r1_gamma"] == pytest.approx(0.0002 * 32**2 / 4)
+    assert Image.open(out / "samples.png").size == (4 * 32, 4 * 32)
+    assert Image.open(out / "reconstructions.png").size == (8 * 32, 2 * 32)    # reals over G(mu(x))
+    assert result.model_version.startswith("step00000004-")
+    w = embed_images(load_model(out), images, batch_size=7)
+    assert w.shape == (20, TINY.w_dim) and w.dtype == np.float32 and np.isfinite(w).all()
+    model = load_model(out)
+    with torch.no_grad():
+        ref, _ = model.encode(torch.from_numpy(np.array(images[5:6])).float()[:, None] / 127.5 - 1)
+    np.testing.assert_allclose(w[5], ref[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    cfg = TrainConfig(batch_size=4, steps=1)
+    with pytest.raises(TrainingError, match=r"uint8 \[N, 32, 32\].*got float64"):
+        train(np.zeros((4, 32, 32)), TINY, cfg, tmp_path, device="cpu")
+    with pytest.raises(TrainingError, match=r"got uint8 \[4, 64, 64\]; rebuild the slice cache at resolution 32"):
+        train(np.zeros((4, 64, 64), np.uint8), TINY, cfg, tmp_path, device="cpu")
+    with pytest.raises(TrainingError, match="no slices"):
+        train(np.zeros((0, 32, 32), np.uint8), TINY, cfg, tmp_path, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            train(discs(4), TINY, cfg, tmp_path, device="cuda")
+
+
+def test_cli_train_and_embed_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ss_stylegan.data.synthetic import make_synthetic_datastore
+
+    studies = tmp_path / "studies"
+    make_synthetic_datastore(studies, n_studies=2, n_slices=6, size=48, random_state=0)
+    run = tmp_path / "run"
+    code = cli_main(["train", "--studies", str(studies), "--out", str(run), "--tiny", "--resolution", "32",
+                     "--steps", "3", "--batch-size", "4", "--device", "cpu"])
+    assert code == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["step"] == 3 and (run / "slice_config.json").exists()
+    out = tmp_path / "embeddings.npz"
+    assert cli_main(["embed", "--studies", str(studies), "--model", str(run), "--out", str(out)]) == 0
+    with np.load(out) as npz:
+        assert set(npz.files) == {"image_ids", "slice_indices", "w", "model_version"}
+        n = len(npz["image_ids"])
+        assert 0 < n <= 12 and npz["w"].shape == (n, TINY.w_dim) and npz["slice_indices"].shape == (n,)
+        assert set(npz["image_ids"].tolist()) == {"study_00", "study_01"}
+        assert str(npz["model_version"]) == trained["model_version"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["train", "--studies", str(empty), "--out", str(tmp_path / "r2"), "--tiny"]) == 1
+    assert "no studies" in capsys.readouterr().err
