@@ -211,7 +211,7 @@ def test_map_shows_labels_and_a_click_goes_to_the_slice(lab, session: LabelSessi
     assert points.model_version == session.state.model_version
     index = points.index_of("study_01", 4)
     assert points.labels[index] == "lesion"
-    assert sum(lab is not None for lab in points.labels) == 1
+    assert sum(label is not None for label in points.labels) == 1
 
     scene = MapScene(points, session.classes, width=400, height=300)
     px, py = scene.to_pixels(points.xy[index : index + 1])[0]

@@ -132,6 +132,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         self._mapScene = None
         self._mapFilter = None
+        self._predictionsImage = None  # the study whose slices fill the predictions table
         self._trainingTimer = None
 
     def setup(self) -> None:
@@ -311,11 +312,10 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showCurrent()
 
     def onPredictionRowDoubleClicked(self, row: int, column: int) -> None:
-        current = self.logic.requireSession().current
-        if current is None:
+        if self._predictionsImage is None:
             return
         with slicer.util.tryWithErrorDisplay("Could not show that slice.", waitCursor=True):
-            self.logic.goTo(current.image, int(self.ui.predictionsTableWidget.item(row, 0).text()))
+            self.logic.goTo(self._predictionsImage, int(self.ui.predictionsTableWidget.item(row, 0).text()))
             self.showCurrent()
 
     def showCurrent(self) -> None:
@@ -396,6 +396,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onClassify(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not classify the study.", waitCursor=True):
             result = self.logic.classifyCurrent()
+            self._predictionsImage = result.image
             table = self.ui.predictionsTableWidget
             table.setRowCount(len(result.slices))
             for row, pred in enumerate(result.slices):

@@ -211,7 +211,7 @@ class SlicePrediction:
         return cls(
             slice=int(_field(payload, "slice", "slice prediction")),
             class_name=str(_field(payload, "class", "slice prediction")),
-            score=float(payload.get("score") if payload.get("score") is not None else float("nan")),
+            score=float("nan") if payload.get("score") is None else float(payload["score"]),
             neighbour=neighbour,
             world=_world(payload.get("world")),
         )

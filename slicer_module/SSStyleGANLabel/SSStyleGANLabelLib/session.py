@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -305,7 +306,7 @@ class LabelSession:
                 pred = self.map.predictions[i]
                 if pred is not None:
                     score = self.map.scores[i]
-                    row(self.map.key(i)).update(prediction=pred, score="" if score != score else float(score),
+                    row(self.map.key(i)).update(prediction=pred, score="" if math.isnan(score) else float(score),
                                                 source="map")
         for image, result in self.predictions.items():
             for p in result.slices:
