@@ -160,3 +160,16 @@ def test_names_the_module_imports_from_the_package_exist() -> None:
                     assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
     finally:
         sys.path.remove(str(MODULE_DIR))
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_sources_parse_as_python_3_9_of_slicer_5_8(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
+    if future:
+        return  # annotations stay strings; `X | None` in them is never evaluated
+    annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation]
+    annotations += [n.returns for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.returns]
+    unions = [ast.unparse(a) for a in annotations
+              if any(isinstance(b, ast.BinOp) and isinstance(b.op, ast.BitOr) for b in ast.walk(a))]
+    assert not unions, f"{path.name}: `X | Y` annotations fail at runtime on Slicer's Python 3.9: {unions}"
