@@ -35,6 +35,10 @@ class UnknownImageError(LabelError):
     """The image id is not in the datastore."""
 
 
+class UnreadableImageError(LabelError):
+    """The image is in the datastore but cannot be read, so its slices are unknown."""
+
+
 class UnknownClassError(LabelError):
     """The class name is not one of the configured classes."""
 
@@ -65,8 +69,9 @@ class SliceLabelStore:
     Args:
         folder: directory holding ``<image_id>.json`` files (created when missing).
         classes: valid class names.
-        n_slices: callable giving the number of slices of an image id, or None for an unknown image.
-            Used to refuse unknown images and slice indices out of range.
+        n_slices: callable giving the number of slices of an image id, or None for an unknown image;
+            it may raise :class:`UnreadableImageError`. Used to refuse unknown images and slice indices
+            out of range.
     """
 
     def __init__(self, folder: str | Path, classes: list[str], n_slices: Callable[[str], int | None]) -> None:

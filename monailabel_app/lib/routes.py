@@ -19,7 +19,7 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks as async_tasks
 from pydantic import BaseModel, Field
 
-from ss_stylegan.labels import SliceOutOfRangeError, UnknownClassError, UnknownImageError
+from ss_stylegan.labels import SliceOutOfRangeError, UnknownClassError, UnknownImageError, UnreadableImageError
 
 from lib.service import STRATEGIES, NotReadyError, SliceLabelService
 
@@ -42,7 +42,7 @@ def build_router(service: SliceLabelService) -> APIRouter:
             return service.set_label(body.image, body.slice, body.class_, body.user)
         except UnknownImageError as err:
             raise HTTPException(status_code=404, detail=str(err)) from err
-        except (UnknownClassError, SliceOutOfRangeError) as err:
+        except (UnknownClassError, SliceOutOfRangeError, UnreadableImageError) as err:
             raise HTTPException(status_code=422, detail=str(err)) from err
 
     @router.delete("/slicelabels/", tags=["SliceLabels"], summary="Remove the label of one slice")

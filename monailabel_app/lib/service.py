@@ -21,7 +21,7 @@ import numpy as np
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.data.cache import IGNORED_NAMES, find_studies, read_study_slices
 from ss_stylegan.data.readers import StudyReadError, is_volume_file, read_volume
-from ss_stylegan.labels import SliceLabelStore
+from ss_stylegan.labels import SliceLabelStore, UnreadableImageError
 from ss_stylegan.selection import FarthestPointSelector, RandomSelector
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace, WorkspaceError
 
@@ -106,7 +106,11 @@ class SliceLabelService:
         return slice_map
 
     def depth_of(self, image_id: str) -> int | None:
-        """Number of slices of a datastore image (None when the datastore has no such image)."""
+        """Number of slices of a datastore image (None when the datastore has no such image).
+
+        Raises:
+            UnreadableImageError: the image is in the datastore but cannot be read.
+        """
         path = self.image_path(image_id)
         if not path:
             return None
@@ -121,8 +125,7 @@ class SliceLabelService:
             try:
                 self._depths[key] = read_volume(path).n_slices
             except StudyReadError as err:
-                log.warning("%s", err)
-                return None
+                raise UnreadableImageError(str(err)) from err
         return self._depths[key]
 
     # -- state ------------------------------------------------------------------------------------------
@@ -379,9 +382,13 @@ class SliceLabelService:
                 slice_map = self.require_map()
                 rows = slice_map.rows_of(image_id)
             if len(rows) == 0:
-                reason = slice_map.errors.get(image_id) or self._refresh_errors.get(image_id) or (
-                    "it has no slice with enough foreground")
-                raise NotReadyError(f"image {image_id!r} has no embedded slice: {reason}")
+                error = slice_map.errors.get(image_id) or self._refresh_errors.get(image_id)
+                if error:
+                    raise UnreadableImageError(f"image {image_id!r} could not be used: {error}")
+                raise NotReadyError(
+                    f"image {image_id!r} has no embedded slice: no slice has enough foreground "
+                    "(a blank or constant image?); check the file or the intensity window (--conf window)"
+                )
         clf, labelled = self._classifier(slice_map)
         answer = self._answer(clf, labelled, slice_map.xy[rows], slice_map.slices[rows],
                               slice_map.positions[rows], slice_map.depths.get(image_id))

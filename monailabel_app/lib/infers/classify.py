@@ -9,6 +9,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ss_stylegan.data.readers import StudyReadError, image_id_of
+from ss_stylegan.labels import UnreadableImageError
 
 from lib.service import NotFoundError, NotReadyError, SliceLabelService
 
@@ -50,5 +51,5 @@ class SliceClassifier(InferTask):
             raise HTTPException(status_code=404, detail=str(err)) from err
         except NotReadyError as err:
             raise HTTPException(status_code=409, detail=str(err)) from err
-        except StudyReadError as err:
+        except (StudyReadError, UnreadableImageError) as err:
             raise HTTPException(status_code=422, detail=str(err)) from err
