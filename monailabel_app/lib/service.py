@@ -67,6 +67,7 @@ class SliceLabelService:
         self.image_path = image_path
         self.list_images = list_images
         self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
+        self._scan_cache: tuple[int | None, tuple[list[Any], list[str]]] = (None, ([], []))
         self.training_running = training_running
         self.pending = PendingSuggestions(settings.suggestion_ttl_s)
         self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of)
@@ -174,15 +175,20 @@ class SliceLabelService:
             },
         }
 
+    def _scan(self) -> tuple[list[Any], list[str]]:
+        """``(studies, ignored file names)`` of the studies folder, rescanned only when the folder changes."""
+        stamp = self.studies.stat().st_mtime_ns
+        if self._scan_cache[0] != stamp:
+            ignored = [
+                e.name for e in sorted(self.studies.iterdir(), key=lambda p: p.name)
+                if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
+            ]
+            self._scan_cache = (stamp, (find_studies(self.studies), ignored))
+        return self._scan_cache[1]
+
     def ignored_files(self) -> list[str]:
         """Files in the studies folder that are not studies (not images), so a user sees why they are unused."""
-        out = []
-        for entry in sorted(self.studies.iterdir(), key=lambda p: p.name):
-            if entry.name.startswith(".") or entry.name in IGNORED_NAMES or entry.is_dir():
-                continue
-            if not is_volume_file(entry):
-                out.append(entry.name)
-        return out
+        return list(self._scan()[1])
 
     # -- refresh: embed studies added after training ----------------------------------------------------
     def maybe_refresh(self) -> bool:
@@ -192,7 +198,7 @@ class SliceLabelService:
             return False
         known = slice_map.image_set() | set(slice_map.errors) | set(self._refresh_errors)
         known |= set(slice_map.depths)
-        new = [s for s in find_studies(self.studies) if s.image_id not in known]
+        new = [s for s in self._scan()[0] if s.image_id not in known]
         if not new:
             return False
         with self._refresh_lock:

@@ -1,0 +1,125 @@
+"""Latency of ``POST /activelearning/fps`` and ``POST /infer/classify`` on a large slice map, and start-up time.
+
+The server runs for real (subprocess on 127.0.0.1, like the tests), but the trained state is synthetic:
+this script writes a workspace directly, with random W vectors and a random 2-D map (Gaussian blobs) of
+``--slices`` slices spread over studies of 100 slices each, and one placeholder ``.nii.gz`` file per study
+so the MONAI Label datastore holds the image ids (suggestions and classification only read the map, so
+the files are never opened). Then it labels 20 slices over HTTP and times:
+
+- ``fps`` with one client (sequential calls) and with 16 concurrent clients (``count`` 1, own client ids);
+- ``classify`` of one study (100 slices) with one client and 16 concurrent clients;
+- server start-up (process start until ``/info/`` answers) over that datastore.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_server.py --slices 10000 100000
+
+Prints medians and 95th percentiles in milliseconds. Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from server_harness import RunningServer, start_server  # noqa: E402
+
+from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace  # noqa: E402
+
+SLICES_PER_STUDY = 100
+W_DIM = 32
+
+
+def write_synthetic_workspace(studies: Path, n_slices: int, random_state: int = 0) -> None:
+    """Placeholder study files + a workspace holding a random slice map of ``n_slices`` slices."""
+    rng = np.random.default_rng(random_state)
+    n_studies = max(1, n_slices // SLICES_PER_STUDY)
+    studies.mkdir(parents=True)
+    ids = [f"img_{i:05d}" for i in range(n_studies)]
+    for image_id in ids:
+        (studies / f"{image_id}.nii.gz").write_bytes(b"")
+    image_ids = np.repeat(np.asarray(ids), SLICES_PER_STUDY)[:n_slices]
+    slices = np.tile(np.arange(SLICES_PER_STUDY), n_studies)[:n_slices]
+    centres = rng.normal(scale=30.0, size=(20, 2))
+    xy = centres[rng.integers(0, 20, n_slices)] + rng.normal(size=(n_slices, 2))
+    positions = np.stack([np.zeros(n_slices), np.zeros(n_slices), slices * 2.5], axis=1)
+    ws = Workspace(studies / ".ss_stylegan")
+    ws.save_map(SliceMap(image_ids=image_ids, slices=slices, positions=positions,
+                         w=rng.normal(size=(n_slices, W_DIM)).astype(np.float32), xy=xy.astype(np.float32),
+                         model_version="bench", depths={i: SLICES_PER_STUDY for i in ids}))
+    ws.write_status(TrainingStatus(state="ready", message="synthetic benchmark workspace"))
+
+
+def timed(server: RunningServer, method: str, path: str, body: dict) -> float:
+    t0 = time.perf_counter()
+    status, answer = server.request(method, path, body)
+    elapsed = (time.perf_counter() - t0) * 1000.0
+    if status != 200:
+        raise RuntimeError(f"{method} {path} -> {status}: {answer}")
+    return elapsed
+
+
+def measure(server: RunningServer, method: str, path: str, make_body, n_calls: int, clients: int) -> list[float]:
+    if clients == 1:
+        return [timed(server, method, path, make_body(0, i)) for i in range(n_calls)]
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(timed, server, method, path, make_body(c, i))
+                   for i in range(n_calls // clients) for c in range(clients)]
+        return [f.result() for f in futures]
+
+
+def summary(ms: list[float]) -> str:
+    ms = sorted(ms)
+    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+    return f"median {statistics.median(ms):8.1f} ms   p95 {p95:8.1f} ms   (n={len(ms)})"
+
+
+def run(n_slices: int, n_calls: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
+        studies = Path(tmp) / "studies"
+        t0 = time.perf_counter()
+        write_synthetic_workspace(studies, n_slices)
+        print(f"\n== {n_slices} embedded slices ({n_slices // SLICES_PER_STUDY} studies); "
+              f"workspace written in {time.perf_counter() - t0:.1f} s")
+        with start_server(studies, {"device": "cpu"}, log_path=Path(tmp) / "server.log") as server:
+            print(f"start-up (process start -> /info/ answers): {server.startup_s:.1f} s")
+            for k in range(20):
+                status, body = server.request("PUT", "/slicelabels/", {
+                    "image": f"img_{k * (n_slices // SLICES_PER_STUDY) // 20:05d}", "slice": k,
+                    "class": "normal" if k % 2 else "lesion", "user": "bench"})
+                assert status == 200, body
+            timed(server, "POST", "/activelearning/fps", {"client_id": "warmup"})
+            timed(server, "POST", "/infer/classify?image=img_00001", {})
+
+            fps = lambda c, i: {"count": 1, "client_id": f"client{c}"}  # noqa: E731
+            cls = lambda c, i: {}  # noqa: E731
+            print("fps       1 client   " + summary(measure(server, "POST", "/activelearning/fps", fps, n_calls, 1)))
+            print("fps      16 clients  " + summary(measure(server, "POST", "/activelearning/fps", fps, n_calls, 16)))
+            path = "/infer/classify?image=img_00001"
+            print("classify  1 client   " + summary(measure(server, "POST", path, cls, n_calls, 1)))
+            print("classify 16 clients  " + summary(measure(server, "POST", path, cls, n_calls, 16)))
+            print("info      1 client   " + summary(measure(server, "GET", "/info/", cls, 20, 1)))
+            server.stop()
+            server.start()
+            print(f"restart start-up with the map on disk: {server.startup_s:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--calls", type=int, default=64, help="requests per measurement (multiple of 16)")
+    args = parser.parse_args()
+    for n in args.slices:
+        run(n, args.calls)
+
+
+if __name__ == "__main__":
+    main()
