@@ -1,0 +1,125 @@
+"""Library parts of the app without a server: slice label store, slice map files, reservations."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ss_stylegan.labels import (
+    SliceLabelStore,
+    SliceOutOfRangeError,
+    UnknownClassError,
+    UnknownImageError,
+    parse_classes,
+)
+from ss_stylegan.workspace import PendingSuggestions, SliceMap, TrainingStatus, Workspace, WorkspaceError
+
+DEPTHS = {"a": 10, "b": 1}
+
+
+def _store(folder: Path) -> SliceLabelStore:
+    return SliceLabelStore(folder, ["normal", "lesion"], DEPTHS.get)
+
+
+def test_label_store_round_trip_and_csv(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.set("a", 3, "lesion", "alice")
+    store.set("a", 3, "normal", "bob")  # change
+    store.set("b", 0, "lesion")
+    assert [(r["image"], r["slice"], r["class"]) for r in store.records()] == [("a", 3, "normal"), ("b", 0, "lesion")]
+    reopened = _store(tmp_path)
+    assert reopened.labelled_keys() == {("a", 3): "normal", ("b", 0): "lesion"}
+    rows = list(csv.DictReader(io.StringIO(reopened.to_csv())))
+    assert [(r["image"], r["slice"], r["class"], r["user"]) for r in rows] == [("a", "3", "normal", "bob"),
+                                                                             ("b", "0", "lesion", "")]
+    assert reopened.remove("b", 0) and not reopened.remove("b", 0)
+    assert not (tmp_path / "b.json").exists() and len(_store(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("image", "slice_index", "cls", "error", "message"),
+    [
+        ("zzz", 0, "normal", UnknownImageError, "not in the datastore"),
+        ("../a", 0, "normal", UnknownImageError, "invalid image id"),
+        ("a", 10, "normal", SliceOutOfRangeError, "0..9"),
+        ("a", -1, "normal", SliceOutOfRangeError, "out of range"),
+        ("a", 1.5, "normal", SliceOutOfRangeError, "integer"),
+        ("a", 1, "tumour", UnknownClassError, "valid classes are"),
+    ],
+)
+def test_label_store_refuses_bad_input(tmp_path: Path, image: str, slice_index: int, cls: str,
+                                       error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        _store(tmp_path).set(image, slice_index, cls)
+
+
+def test_label_store_concurrent_writers_keep_every_label(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    threads = [threading.Thread(target=store.set, args=("a", k, "lesion", f"user{k}")) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(json.loads((tmp_path / "a.json").read_text())) == 10 and len(_store(tmp_path)) == 10
+
+
+def test_parse_classes() -> None:
+    assert parse_classes(" normal , lesion ") == ["normal", "lesion"]
+    with pytest.raises(ValueError, match="at least two"):
+        parse_classes("normal")
+
+
+def test_slice_map_save_load_extend(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="train the model first"):
+        ws.load_map()
+    rng = np.random.default_rng(0)
+    m = SliceMap(image_ids=["a", "a", "b"], slices=[1, 0, 0], positions=rng.normal(size=(3, 3)),
+                 w=rng.normal(size=(3, 8)), xy=rng.normal(size=(3, 2)), model_version="v1",
+                 errors={"bad": "cannot read"}, depths={"a": 10, "b": 1})
+    ws.save_map(m)
+    loaded = ws.load_map()
+    assert loaded.model_version == "v1" and loaded.errors == {"bad": "cannot read"} and loaded.depths == DEPTHS
+    np.testing.assert_array_equal(loaded.xy, m.xy)
+    assert loaded.rows_of("a").tolist() == [1, 0] and loaded.row_lookup()[("b", 0)] == 2
+    bigger = loaded.extended(["c"], [4], np.zeros((1, 3)), np.ones((1, 8)), np.ones((1, 2)), depths={"c": 5})
+    assert len(bigger) == 4 and bigger.image_set() == {"a", "b", "c"} and bigger.depths["c"] == 5
+    (ws.map_path).write_bytes(b"truncated")
+    with pytest.raises(WorkspaceError, match="retrain"):
+        ws.load_map()
+
+
+def test_status_and_stop_flag(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    assert ws.read_status().state == "untrained"
+    ws.write_status(TrainingStatus(state="training", progress={"step": 3}))
+    assert ws.read_status().progress == {"step": 3} and ws.read_status().updated > 0
+    ws.status_path.write_text("{")
+    assert ws.read_status().state == "untrained"
+    assert not ws.stop_requested()
+    ws.request_stop()
+    assert ws.stop_requested()
+    ws.clear_stop()
+    assert not ws.stop_requested()
+    with pytest.raises(ValueError, match="state must be one of"):
+        ws.write_status(TrainingStatus(state="bogus"))
+
+
+def test_pending_suggestions_per_client_with_expiry() -> None:
+    pending = PendingSuggestions(ttl_s=0.2)
+    pending.reserve("alice", [("a", 1), ("a", 2)])
+    pending.reserve("bob", [("a", 3)])
+    assert pending.reserved(exclude_client="bob") == {("a", 1), ("a", 2)}
+    pending.reserve("alice", [("a", 4)])  # replaces alice's earlier reservations
+    assert pending.reserved() == {("a", 3), ("a", 4)}
+    pending.release(("a", 3))
+    assert pending.reserved() == {("a", 4)}
+    time.sleep(0.25)
+    assert pending.reserved() == set()
