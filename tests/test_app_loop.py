@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from pathlib import Path
 
 import pytest
 import requests
