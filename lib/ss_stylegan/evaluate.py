@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,9 +180,10 @@ class GANEmbedder:
 
     def __init__(self, model_cfg: Any, train_cfg: Any, out_dir: Path, device: str = "cpu",
                  retrain_per_repeat: bool = False, model_dir: Path | None = None,
-                 name: str = "ss_stylegan") -> None:
+                 max_train_seconds: float | None = None, name: str = "ss_stylegan") -> None:
         self.model_cfg, self.train_cfg, self.out_dir = model_cfg, train_cfg, Path(out_dir)
         self.device, self.retrain_per_repeat, self.model_dir, self.name = device, retrain_per_repeat, model_dir, name
+        self.max_train_seconds = max_train_seconds
         self._cache: dict[int, np.ndarray] = {}
         self.train_seconds: list[float] = []
         self.trained: list[dict[str, Any]] = []
@@ -202,10 +204,16 @@ class GANEmbedder:
         if self.model_dir is None:
             cfg = self.train_cfg.replace(seed=self.train_cfg.seed + repeat)
             start = time.perf_counter()
+            limit = self.max_train_seconds
+
+            def out_of_time() -> bool:
+                return limit is not None and time.perf_counter() - start > limit
+
             result = train(images, self.model_cfg, cfg, run_dir, device=self.device, progress=_log_progress,
-                           progress_bar=False)
+                           should_stop=out_of_time, progress_bar=False)
             self.train_seconds.append(time.perf_counter() - start)
-            self.trained.append({"steps": result.step, "images_seen": result.images_seen,
+            self.trained.append({"steps": result.step, "planned_steps": result.total_steps,
+                                 "stopped_by_time_limit": result.stopped, "images_seen": result.images_seen,
                                  "final_losses": {k: round(float(v), 4) for k, v in result.losses.items()}})
             log.info("SS-StyleGAN trained in %.0f s (repeat %d)", self.train_seconds[-1], repeat)
         model = load_model(run_dir, self.device)
@@ -219,6 +227,7 @@ class GANEmbedder:
         return {"kind": "SS-StyleGAN W (mu of the encoder)", "model": self.model_cfg.to_dict(),
                 "train": self.train_cfg.to_dict(), "device": self.device,
                 "retrained_per_repeat": self.retrain_per_repeat, "model_dir": str(self.model_dir or ""),
+                "max_train_seconds": self.max_train_seconds,
                 "train_seconds": [round(s, 1) for s in self.train_seconds], "trained": self.trained,
                 "model_versions": self.model_versions}
 
@@ -387,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--model-config", default=None, help="JSON file or inline JSON of ModelConfig fields")
     p.add_argument("--train-config", default=None, help="JSON file or inline JSON of TrainConfig fields")
+    p.add_argument("--max-train-minutes", type=float, default=None,
+                   help="stop each GAN training after this long (the results record the steps done)")
     p.add_argument("--retrain-per-repeat", action="store_true", help="train a new GAN for every repeat")
     p.add_argument("--embeddings", default=None, help="npz with 'embeddings' [N, D]: skip GAN training")
     p.add_argument("--model-dir", default=None, help="reuse a trained SS-StyleGAN folder: embed only")
@@ -421,14 +432,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      if v is not None}
         train_cfg = TrainConfig.from_dict({**_json_arg(args.train_config), **overrides})
         embedders.append(GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
-                                     Path(args.model_dir) if args.model_dir else None))
+                                     Path(args.model_dir) if args.model_dir else None,
+                                     args.max_train_minutes * 60 if args.max_train_minutes else None))
     embedders.append(PixelPCAEmbedder(args.pca_components, args.seed))
     tsne = {"perplexity": args.perplexity, "n_iter": args.tsne_iter}
     start = time.perf_counter()
     result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne)
     meta = {"data": dataset_meta(data), "ks": sorted(set(args.k)), "repeats": args.repeats, "seed": args.seed,
             "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
-            "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv else None}
+            "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv is not None else sys.argv[1:]}
     paths = write_outputs(result, data, meta, out)
     print(markdown_report(result, meta))
     print("wrote", ", ".join(str(p) for p in paths.values()))
