@@ -143,14 +143,19 @@ def train(
     rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(train_cfg.seed)
-        run = _Run(images_u8, model_cfg, train_cfg, out, dev)
+        run = Trainer(images_u8, model_cfg, train_cfg, out, dev)
         if progress_bar is None:
             progress_bar = sys.stderr.isatty()
         return run.loop(progress, should_stop, progress_bar)
 
 
-class _Run:
-    """State of one training run (one output folder); :func:`train` is its only user."""
+class Trainer:
+    """State of one training run in one output folder; :func:`train` is the usual way to drive it.
+
+    Constructing it builds the model and optimisers, resumes from the newest good checkpoint (when
+    ``cfg.resume``) and writes ``config.json``; :meth:`train_step` runs one step (used by benchmarks).
+    Call it inside a seeded RNG context as :func:`train` does if runs must be reproducible.
+    """
 
     def __init__(self, images: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
                  device: torch.device) -> None:
@@ -257,7 +262,8 @@ class _Run:
         idx = torch.randint(self.images.shape[0], (self.cfg.batch_size,), generator=self.data_rng).numpy()
         return to_model_input(self.images[np.sort(idx)], self.device)
 
-    def _train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float]:
+        """One G step, one D/encoder step and the EMA update; returns the named losses of this step."""
         cfg, loss, z_dim, b = self.cfg, self.loss, self.model_cfg.z_dim, self.cfg.batch_size
         real = self._batch()
         self.opt_g.zero_grad(set_to_none=True)
@@ -306,7 +312,7 @@ class _Run:
         bar = tqdm(total=self.total, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
         try:
             while self.step < self.total:
-                stats = self._train_step()
+                stats = self.train_step()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
