@@ -108,7 +108,7 @@ class SSStyleGANLoss:
         real: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
         fake: Generated | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Run one phase's forward and backward pass; gradients add to ``.grad``.
 
         Args:
@@ -118,7 +118,8 @@ class SSStyleGANLoss:
             fake: pre-generated pairs from :meth:`generate` (Dmain, Enll), so both phases share them.
 
         Returns:
-            Named scalar statistics, e.g. ``{"loss/G": 0.69}``.
+            Named statistics as detached 0-dim tensors on the model's device, e.g. ``{"loss/G": 0.69}``
+            (no host sync here: a GPU keeps running until the caller converts them).
         """
         self._select(phase)
         if phase in ("Erec", "Dmain", "Dr1"):
@@ -132,43 +133,43 @@ class SSStyleGANLoss:
             fake = self.generate(z)
         return getattr(self, f"_{phase.lower()}")(real=real, z=z, fake=fake)
 
-    def _gmain(self, *, z: torch.Tensor, **_: object) -> dict[str, float]:
+    def _gmain(self, *, z: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
         g = self.model.generator
         images = g.synthesis(g.mapping(z, update_w_avg=True))
         loss = F.softplus(-self._d(images)).mean()
         loss.backward()
-        return {"loss/G": loss.item()}
+        return {"loss/G": loss.detach()}
 
-    def _erec(self, *, real: torch.Tensor, **_: object) -> dict[str, float]:
+    def _erec(self, *, real: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
         g = self.model.generator
         mu, _ = self.model.encode(real)
         mse = (g.synthesis(g.broadcast(mu)) - real).square().mean()
         (mse * self.cfg.rec_weight).backward()
-        return {"loss/E_rec": mse.item()}
+        return {"loss/E_rec": mse.detach()}
 
-    def _dmain(self, *, real: torch.Tensor, fake: Generated, **_: object) -> dict[str, float]:
+    def _dmain(self, *, real: torch.Tensor, fake: Generated, **_: object) -> dict[str, torch.Tensor]:
         logits_fake = self._d(fake.images)
         logits_real = self._d(real)
         loss_fake = F.softplus(logits_fake).mean()
         loss_real = F.softplus(-logits_real).mean()
         (loss_fake + loss_real).backward()
         return {
-            "loss/D": (loss_fake + loss_real).item(),
-            "scores/fake": logits_fake.mean().item(),
-            "scores/real": logits_real.mean().item(),
+            "loss/D": (loss_fake + loss_real).detach(),
+            "scores/fake": logits_fake.detach().mean(),
+            "scores/real": logits_real.detach().mean(),
         }
 
-    def _enll(self, *, fake: Generated, **_: object) -> dict[str, float]:
+    def _enll(self, *, fake: Generated, **_: object) -> dict[str, torch.Tensor]:
         w = fake.ws[:, 0]
         mu, logvar = self.model.encode(fake.images)
         nll = gaussian_nll(w, mu, logvar)
         (nll * self.cfg.enc_weight).backward()
-        return {"loss/E_nll": nll.item(), "E/w_mse": (mu.detach() - w).square().mean().item()}
+        return {"loss/E_nll": nll.detach(), "E/w_mse": (mu.detach() - w).square().mean()}
 
-    def _dr1(self, *, real: torch.Tensor, **_: object) -> dict[str, float]:
+    def _dr1(self, *, real: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
         real = real.detach().requires_grad_(True)
         logits = self._d(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=[1, 2, 3]).mean()
         (penalty * (self.r1_gamma / 2) * max(self.cfg.r1_interval, 1)).backward()
-        return {"loss/D_r1": penalty.item()}
+        return {"loss/D_r1": penalty.detach()}

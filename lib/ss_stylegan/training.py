@@ -165,9 +165,10 @@ class Trainer:
         self.loss = SSStyleGANLoss(self.model, cfg)
         r1_on = cfg.r1_interval > 0 and self.loss.r1_gamma > 0
         c = cfg.r1_interval / (cfg.r1_interval + 1) if r1_on else 1.0   # lazy-regularisation correction
-        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.g_lr, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=cfg.d_lr * c,
-                                      betas=(cfg.betas[0] ** c, cfg.betas[1] ** c))
+        b1, b2 = float(cfg.betas[0]), float(cfg.betas[1])
+        self.opt_hparams = [{"lr": cfg.g_lr, "betas": (b1, b2)}, {"lr": cfg.d_lr * c, "betas": (b1**c, b2**c)}]
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), **self.opt_hparams[0])
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), **self.opt_hparams[1])
         self.r1_on = r1_on
         self.data_rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -206,8 +207,10 @@ class Trainer:
         m.generator.load_state_dict(state["generator"])
         m.generator_ema.load_state_dict(state["generator_ema"])
         m.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        for opt, key, hparams in zip((self.opt_g, self.opt_d), ("opt_g", "opt_d"), self.opt_hparams):
+            opt.load_state_dict(state[key])
+            for group in opt.param_groups:   # this run's settings win over the saved ones (e.g. a new lr)
+                group.update(hparams)
         rng = state["rng"]
         torch.set_rng_state(rng["torch_cpu"])
         if self.device.type == "cuda" and rng.get("torch_cuda") is not None:
@@ -262,8 +265,8 @@ class Trainer:
         idx = torch.randint(self.images.shape[0], (self.cfg.batch_size,), generator=self.data_rng).numpy()
         return to_model_input(self.images[np.sort(idx)], self.device)
 
-    def train_step(self) -> dict[str, float]:
-        """One G step, one D/encoder step and the EMA update; returns the named losses of this step."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One G step, one D/encoder step and the EMA update; returns this step's named losses (0-dim tensors)."""
         cfg, loss, z_dim, b = self.cfg, self.loss, self.model_cfg.z_dim, self.cfg.batch_size
         real = self._batch()
         self.opt_g.zero_grad(set_to_none=True)
@@ -282,12 +285,6 @@ class Trainer:
         self.step += 1
         self.images_seen += b
         self._update_ema()
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingError(
-                f"training diverged at step {self.step}: {bad} not finite; lower g_lr/d_lr or raise r1_gamma "
-                "and restart from the last checkpoint"
-            )
         return stats
 
     @torch.no_grad()
@@ -305,8 +302,9 @@ class Trainer:
     def loop(self, progress: Callable[[TrainProgress], None] | None, should_stop: Callable[[], bool] | None,
              progress_bar: bool) -> TrainResult:
         start, start_step = time.perf_counter(), self.step
-        sums: dict[str, float] = {}
-        count, last_log_t, last_log_step = 0, start, self.step
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        last_log_t, last_log_step = start, self.step
         stopped, last = False, {}
         ckpt: Path | None = None
         bar = tqdm(total=self.total, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
@@ -314,18 +312,19 @@ class Trainer:
             while self.step < self.total:
                 stats = self.train_step()
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                    sums[k] = sums[k] + v if k in sums else v
+                    counts[k] = counts.get(k, 0) + 1
                 bar.update(1)
                 stopped = bool(should_stop and should_stop())
                 done = stopped or self.step >= self.total
-                if count and (self.step % self.cfg.log_interval == 0 or done):
+                save = done or self.step % self.cfg.checkpoint_interval == 0
+                if save or self.step % self.cfg.log_interval == 0:   # losses are checked before every save
                     now = time.perf_counter()
-                    last = {k: v / count for k, v in sums.items()}
+                    last = self._averages(sums, counts)
                     rate = (self.step - last_log_step) * self.cfg.batch_size / max(now - last_log_t, 1e-9)
                     self._log(last, now - start, start_step, rate, progress, bar)
-                    sums, count, last_log_t, last_log_step = {}, 0, now, self.step
-                if done or self.step % self.cfg.checkpoint_interval == 0:
+                    sums, counts, last_log_t, last_log_step = {}, {}, now, self.step
+                if save:
                     ckpt = self._save(self.elapsed_before + time.perf_counter() - start)
                 if stopped:
                     logger.info("training stopped on request at step %d", self.step)
@@ -337,6 +336,17 @@ class Trainer:
         return TrainResult(out_dir=self.out, checkpoint=ckpt, model_version=checkpoint_version(ckpt),
                            step=self.step, total_steps=self.total, images_seen=self.images_seen,
                            stopped=stopped, losses=last)
+
+    def _averages(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+        """Mean of each statistic over the steps that produced it; raises when training has diverged."""
+        means = {k: float(v) / counts[k] for k, v in sums.items()}
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(
+                f"training diverged before step {self.step}: {bad} not finite; lower g_lr/d_lr or raise "
+                "r1_gamma, then resume (the last checkpoint was written before this happened)"
+            )
+        return means
 
     def _log(self, losses: dict[str, float], session_elapsed: float, start_step: int, rate: float,
              progress: Callable[[TrainProgress], None] | None, bar: Any) -> None:
