@@ -11,7 +11,6 @@ good one. Loads use ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.atomic import atomic_write, atomic_write_text
 from ss_stylegan.config import ModelConfig
 from ss_stylegan.networks import SSStyleGAN
 
@@ -53,7 +52,7 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any], keep: int = 2) -
         out_dir: training output folder.
         state: plain dict with at least ``step`` (int) and ``model_config`` (dict); values must be
             tensors, numbers, strings, lists, tuples or dicts of those (``weights_only`` loadable).
-        keep: newest checkpoints to keep; older ones are deleted only after this one is verified.
+        keep: newest checkpoints to keep; older ones are deleted only after this one and its record are written.
 
     Returns:
         Path of the checkpoint written.
@@ -61,12 +60,9 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any], keep: int = 2) -
     out_dir = Path(out_dir)
     step = int(state["step"])
     path = out_dir / checkpoint_name(step)
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    digest = hashlib.sha256(data).hexdigest()
-    record = {"format": FORMAT, "file": path.name, "size": len(data), "sha256": digest, "step": step,
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))   # streamed, not held in memory
+    digest = _sha256(path)                  # hash what reached the disk (fsynced by atomic_write)
+    record = {"format": FORMAT, "file": path.name, "size": path.stat().st_size, "sha256": digest, "step": step,
               "model_version": model_version(step, digest)}
     atomic_write_text(_record_path(path), json.dumps(record, indent=2))
     _prune(out_dir, keep)
