@@ -33,11 +33,11 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(device: torch.device, resolution: int, batch_size: int, steps: int, embed_n: int,
-          repeats: int) -> tuple[float, float, float]:
+          repeats: int, preset: str = "default") -> tuple[float, float, float]:
     """Returns (train images/s, embed slices/s, parameters in millions)."""
     rng = np.random.default_rng(0)
     images = (rng.random((max(batch_size * 4, embed_n), resolution, resolution)) * 255).astype(np.uint8)
-    cfg = ModelConfig(resolution=resolution)
+    cfg = ModelConfig(resolution=resolution) if preset == "default" else getattr(ModelConfig, preset)(resolution)
     with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(0)
         trainer = Trainer(images, cfg, TrainConfig(batch_size=batch_size, resume=False), Path(tmp), device)
@@ -73,13 +73,15 @@ def main() -> None:
     p.add_argument("--cuda-steps", type=int, default=10)
     p.add_argument("--cuda-embed", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3, help="embedding repeats (median reported)")
+    p.add_argument("--preset", default="default", choices=["default", "small", "tiny"],
+                   help="model size: default (GPU), small (CPU servers), tiny (tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+    print(f"preset {args.preset}; torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
           f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
     print(f"{'device':6} {'res':>4} {'params':>8} {'batch':>5} {'train img/s':>12} {'embed slices/s':>15}")
     for device in devices:
@@ -91,6 +93,7 @@ def main() -> None:
                 steps=args.cpu_steps if cpu else args.cuda_steps,
                 embed_n=args.cpu_embed if cpu else args.cuda_embed,
                 repeats=args.repeats,
+                preset=args.preset,
             )
             batch = args.cpu_batch if cpu else args.cuda_batch
             print(f"{device.type:6} {res:>4} {n_params:>7.1f}M {batch:>5} {train_rate:>12.2f} {embed_rate:>15.1f}",

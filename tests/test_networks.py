@@ -44,6 +44,7 @@ def test_channels_dict_and_default_presets() -> None:
     assert ModelConfig(resolution=64).channels() == {4: 512, 8: 512, 16: 512, 32: 512, 64: 256}
     assert ModelConfig(resolution=256).channels()[256] == 64
     assert ModelConfig.tiny(32).channels() == {4: 32, 8: 32, 16: 32, 32: 16}
+    assert ModelConfig.small(64).channels() == {4: 128, 8: 128, 16: 128, 32: 128, 64: 64}
     cfg = ModelConfig(resolution=128)
     assert cfg.num_blocks == 5 and cfg.resolved_shared_blocks == 4
 
