@@ -23,7 +23,7 @@ def _write_odd_studies(studies: Path) -> None:
     eye = np.eye(4)
     good = nib.load(str(studies / "study_00.nii.gz")).get_fdata().astype(np.float32)
     (studies / "corrupt.nii.gz").write_bytes((studies / "study_01.nii.gz").read_bytes()[:400])  # truncated
-    (studies / "notes.txt").write_text("not an image")
+    (studies / "notes.txt").write_text("not an image", encoding="utf-8")
     nib.save(nib.Nifti1Image(np.stack([good, good], axis=-1), eye), str(studies / "fourd.nii.gz"))
     nib.save(nib.Nifti1Image(good[:, :, 5:6], eye), str(studies / "single.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 6), np.float32), eye), str(studies / "constant.nii.gz"))
@@ -33,7 +33,7 @@ def _write_odd_studies(studies: Path) -> None:
     nib.save(nib.Nifti1Image(partly, eye), str(studies / "somenan.nii.gz"))
     picture = (np.clip(good[:, :, 6], -1000, 400) + 1000) / 1400 * 255
     Image.fromarray(picture.astype(np.uint8)).save(studies / "picture.png")
-    (studies / "datastore_v2.json").write_text('{"name": "trunc')  # a state file cut short by a crash
+    (studies / "datastore_v2.json").write_text('{"name": "trunc', encoding="utf-8")  # a state file cut short by a crash
 
 
 def _checkpoint_steps(studies: Path) -> list[int]:

@@ -67,7 +67,7 @@ def test_label_store_concurrent_writers_keep_every_label(tmp_path: Path) -> None
         t.start()
     for t in threads:
         t.join()
-    assert len(json.loads((tmp_path / "a.json").read_text())) == 10 and len(_store(tmp_path)) == 10
+    assert len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10 and len(_store(tmp_path)) == 10
 
 
 def test_parse_classes() -> None:
@@ -101,7 +101,7 @@ def test_status_and_stop_flag(tmp_path: Path) -> None:
     assert ws.read_status().state == "untrained"
     ws.write_status(TrainingStatus(state="training", progress={"step": 3}))
     assert ws.read_status().progress == {"step": 3} and ws.read_status().updated > 0
-    ws.status_path.write_text("{")
+    ws.status_path.write_text("{", encoding="utf-8")
     assert ws.read_status().state == "untrained"
     assert not ws.stop_requested()
     ws.request_stop()

@@ -44,7 +44,7 @@ def _state(step: int) -> dict:
 def test_round_trip_and_integrity_record(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path, _state(7))
     assert path.name == "ckpt-00000007.pt"
-    record = json.loads((tmp_path / "ckpt-00000007.pt.json").read_text())
+    record = json.loads((tmp_path / "ckpt-00000007.pt.json").read_text(encoding="utf-8"))
     assert record["size"] == path.stat().st_size and len(record["sha256"]) == 64
     state = load_checkpoint(path)
     assert state["step"] == 7 and torch.equal(state["weights"], torch.arange(5.0) * 7)
@@ -112,7 +112,7 @@ def test_resume_after_a_truncated_checkpoint_matches_uninterrupted_run(tmp_path:
     for key in ("generator", "generator_ema", "discriminator"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert steps == [1, 2, 3, 4]                                          # rows past the good checkpoint dropped
 
 

@@ -31,8 +31,8 @@ def _touch_later(path: Path) -> None:
 
 
 def test_find_studies_ignores_non_studies(datastore: Path) -> None:
-    (datastore / "notes.txt").write_text("not an image")
-    (datastore / "datastore_v2.json").write_text("{}")
+    (datastore / "notes.txt").write_text("not an image", encoding="utf-8")
+    (datastore / "datastore_v2.json").write_text("{}", encoding="utf-8")
     (datastore / "labels" / "final").mkdir(parents=True)
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4)), str(datastore / "labels" / "final" / "x.nii.gz"))
     (datastore / ".ss_stylegan").mkdir()
@@ -107,7 +107,7 @@ def test_second_build_reuses_and_changed_file_is_reread(datastore: Path, tmp_pat
 def test_corrupt_and_fake_files_are_errors_while_others_are_used(datastore: Path, tmp_path: Path) -> None:
     raw = (datastore / "study_00.nii.gz").read_bytes()
     (datastore / "broken.nii.gz").write_bytes(raw[: len(raw) // 3])
-    (datastore / "fake.png").write_text("this is text, not a picture")
+    (datastore / "fake.png").write_text("this is text, not a picture", encoding="utf-8")
     cache = SliceCache.build(find_studies(datastore), CFG, tmp_path / "cache")
     assert sorted(e.image_id for e in cache.errors) == ["broken", "fake"]
     messages = {e.image_id: e.message for e in cache.errors}

@@ -217,10 +217,10 @@ def test_bad_files_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.nii.gz").write_bytes(gzip.compress(b"not a nifti header" * 30))
     with pytest.raises(StudyReadError, match=r"bad\.nii\.gz"):
         read_volume(tmp_path / "bad.nii.gz")
-    (tmp_path / "fake.png").write_text("hello")
+    (tmp_path / "fake.png").write_text("hello", encoding="utf-8")
     with pytest.raises(StudyReadError, match=r"fake\.png"):
         read_volume(tmp_path / "fake.png")
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(StudyReadError, match=r"notes\.txt.*unsupported file type"):
         read_volume(tmp_path / "notes.txt")
     with pytest.raises(StudyReadError, match="does not exist"):
@@ -232,7 +232,7 @@ def test_bad_files_name_the_file(tmp_path: Path) -> None:
 def test_shared_volumes_keep_sidecar_slice_order() -> None:
     images = np.load(SHARED_NPZ)["images"]
     for path in sorted(SHARED_VOLUMES.glob("*.nii.gz"))[:3]:
-        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
         vol = read_volume(path)
         assert vol.is_8bit and not vol.is_hu
         for entry in sidecar["slices"]:

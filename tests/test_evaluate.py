@@ -37,9 +37,9 @@ def _check_outputs(out: Path, methods: set[str]) -> dict:
                  "label_efficiency_all_unlabelled.png"):
         assert (out / name).stat().st_size > 500, name
     assert (out / "tsne_maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = json.loads((out / "results.json").read_text())
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {r["method"] for r in result["summary"]} == methods
-    assert "| k=4 | k=8 |" in (out / "results.md").read_text()
+    assert "| k=4 | k=8 |" in (out / "results.md").read_text(encoding="utf-8")
     return result
 
 
@@ -63,7 +63,7 @@ def test_nifti_folder_matches_npz(tmp_path: Path) -> None:
         nib.save(nib.Nifti1Image(np.moveaxis(data["images"][idx], 0, -1), np.eye(4)), tmp_path / f"vol{v}.nii.gz")
         slices = [{"slice": j, "label": int(data["labels"][i]), "group": str(data["groups"][i]), "npz_index": int(i)}
                   for j, i in enumerate(idx)]
-        (tmp_path / f"vol{v}.json").write_text(json.dumps({"classes": ["normal", "lesion"], "slices": slices}))
+        (tmp_path / f"vol{v}.json").write_text(json.dumps({"classes": ["normal", "lesion"], "slices": slices}), encoding="utf-8")
     ds = load_dataset(tmp_path)
     np.testing.assert_array_equal(ds.images, data["images"])
     np.testing.assert_array_equal(ds.labels, data["labels"])
@@ -103,5 +103,5 @@ def test_gan_path_tiny(tmp_path: Path) -> None:
     out2 = tmp_path / "out2"
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out2), "--k", "4", "8", "--repeats", "1",
                  "--embeddings", str(out / "embeddings_repeat0.npz"), "--perplexity", "10"]) == 0
-    assert json.loads((out2 / "results.json").read_text())["meta"]["embeddings"]["ss_stylegan"]["kind"].startswith(
+    assert json.loads((out2 / "results.json").read_text(encoding="utf-8"))["meta"]["embeddings"]["ss_stylegan"]["kind"].startswith(
         "precomputed")

@@ -53,7 +53,7 @@ def test_save_load_round_trip_without_pickle(fitted: tuple[TSNEProjector, np.nda
     with np.load(tmp_path / "tsne_map.npz", allow_pickle=False) as d:   # plain arrays only
         assert all(d[k].dtype != object for k in d.files)
     assert zipfile.is_zipfile(tmp_path / "tsne_map.npz")
-    meta = json.loads((tmp_path / "tsne_map.json").read_text())
+    meta = json.loads((tmp_path / "tsne_map.json").read_text(encoding="utf-8"))
     assert meta["model_version"] == "v1" and meta["n_points"] == 240
     loaded = TSNEProjector.load(tmp_path, model_version="v1")
     np.testing.assert_array_equal(loaded.embedding_, proj.embedding_)

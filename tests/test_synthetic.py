@@ -27,7 +27,7 @@ def test_study_file_sidecar_and_hu_content(tmp_path: Path) -> None:
     img = nib.load(tmp_path / "chest.nii.gz")
     assert img.shape == (64, 64, 10) and img.get_data_dtype() == np.int16
     np.testing.assert_allclose(img.header.get_zooms(), (0.7 * 8, 0.7 * 8, 5.0))
-    on_disk = json.loads((tmp_path / "chest.json").read_text())
+    on_disk = json.loads((tmp_path / "chest.json").read_text(encoding="utf-8"))
     assert on_disk == sidecar
     assert on_disk["classes"] == ["normal", "lesion"] and on_disk["n_slices"] == 10
     assert [s["label"] for s in on_disk["slices"]] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
@@ -46,7 +46,7 @@ def test_study_file_sidecar_and_hu_content(tmp_path: Path) -> None:
 def test_sidecar_keys_mirror_shared_layout(tmp_path: Path) -> None:
     sidecar = make_synthetic_study(tmp_path / "a.nii.gz", n_slices=4, size=32, random_state=1)
     if SHARED_SIDECAR.exists():
-        shared = json.loads(SHARED_SIDECAR.read_text())
+        shared = json.loads(SHARED_SIDECAR.read_text(encoding="utf-8"))
         assert {"classes", "n_slices", "class_counts", "slices"} <= set(shared) & set(sidecar)
         assert {"slice", "label", "class"} <= set(shared["slices"][0]) & set(sidecar["slices"][0])
     assert read_sidecar_labels(tmp_path / "a.nii.gz").tolist() == [s["label"] for s in sidecar["slices"]]
@@ -102,4 +102,4 @@ def test_sample_datastore_script(tmp_path: Path) -> None:
     pictures = find_studies(out / "pictures")
     assert len(pictures) == 2 and all(s.path.suffix == ".png" for s in pictures)
     assert read_volume(pictures[0].path).data.shape == (32, 32, 1)
-    assert json.loads((out / "pictures" / "labels.json").read_text())[pictures[0].image_id] in ("normal", "lesion")
+    assert json.loads((out / "pictures" / "labels.json").read_text(encoding="utf-8"))[pictures[0].image_id] in ("normal", "lesion")

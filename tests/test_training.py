@@ -70,8 +70,8 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     for key in ("generator", "generator_ema", "discriminator"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(rows_a, rows_b):
         assert {k: v for k, v in ra.items() if k.startswith("loss/")} == {
@@ -96,9 +96,9 @@ def test_outputs_progress_and_memmap_input(tmp_path: Path) -> None:
     last = seen[-1]
     assert last.total_steps == 4 and last.images_seen == 16 and last.eta_seconds == pytest.approx(0.0)
     assert set(last.losses) >= {"loss/G", "loss/D", "loss/E_nll", "loss/E_rec"} and last.images_per_second > 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in rows] == [2, 4] and rows[-1]["images_seen"] == 16 and "time" in rows[-1]
-    resolved = json.loads((out / "config.json").read_text())
+    resolved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert resolved["model"] == TINY.to_dict() and resolved["resolved"]["total_steps"] == 4
     assert resolved["resolved"]["r1_gamma"] == pytest.approx(0.0002 * 32**2 / 4)
     assert Image.open(out / "samples.png").size == (4 * 32, 4 * 32)

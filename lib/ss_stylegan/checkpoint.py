@@ -80,7 +80,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     rec_path = _record_path(path)
     try:
-        record = json.loads(rec_path.read_text())
+        record = json.loads(rec_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path} has no readable integrity record {rec_path.name} ({exc}); it was not "
@@ -121,7 +121,7 @@ def checkpoint_version(path: str | Path) -> str:
     """Model version recorded for a checkpoint (reads the integrity record only; no hashing)."""
     path = Path(path)
     try:
-        return str(json.loads(_record_path(path).read_text())["model_version"])
+        return str(json.loads(_record_path(path).read_text(encoding="utf-8"))["model_version"])
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} has no readable integrity record: {exc}") from exc
 

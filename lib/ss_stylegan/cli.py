@@ -68,7 +68,7 @@ def _load_sections(path: Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read config file {path}: {exc}") from exc
     unknown = sorted(set(data) - {"slice", "model", "train"})

@@ -60,7 +60,7 @@ class _Settings:
 
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 @dataclasses.dataclass

@@ -109,7 +109,7 @@ def _read_volumes(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
         sidecar = f.with_name(stem + ".json")
         if not sidecar.is_file():
             raise EvaluationError(f"{f.name} has no sidecar {sidecar.name} with per-slice labels")
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
         data = np.asarray(nib.load(str(f)).dataobj)
         slices = meta.get("slices", [])
         if len(slices) != data.shape[2]:
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _json_arg(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    text = Path(value).read_text() if Path(value).is_file() else value
+    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
     return json.loads(text)
 
 

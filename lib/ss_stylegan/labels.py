@@ -90,7 +90,7 @@ class SliceLabelStore:
     def _load(self) -> None:
         for path in sorted(self.folder.glob("*.json")):
             try:
-                records = json.loads(path.read_text())
+                records = json.loads(path.read_text(encoding="utf-8"))
                 image_id = path.name[: -len(".json")]
                 self._labels[image_id] = {int(r["slice"]): dict(r) for r in records}
             except (ValueError, KeyError, TypeError) as err:

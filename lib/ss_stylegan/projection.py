@@ -266,7 +266,7 @@ class TSNEProjector:
         params_path, arrays_path = folder / PARAMS_FILE, folder / ARRAYS_FILE
         if not params_path.is_file() or not arrays_path.is_file():
             raise ProjectionError(f"no saved t-SNE map in {folder} (expected {PARAMS_FILE} and {ARRAYS_FILE})")
-        meta = json.loads(params_path.read_text())
+        meta = json.loads(params_path.read_text(encoding="utf-8"))
         if meta.get("format_version") != FORMAT_VERSION:
             raise ProjectionError(
                 f"{params_path} has format_version {meta.get('format_version')}, this code reads "

@@ -225,7 +225,7 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _save(self, elapsed: float) -> Path:
@@ -355,7 +355,7 @@ class Trainer:
         elapsed = self.elapsed_before + session_elapsed
         record = {"step": self.step, "images_seen": self.images_seen, "kimg": self.images_seen / 1000,
                   **losses, "time": round(elapsed, 3), "images_per_second": round(rate, 2)}
-        with open(self.out / "metrics.jsonl", "a") as fh:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items() if k.startswith("loss/")})
         logger.debug("step %d: %s", self.step, record)

@@ -227,7 +227,7 @@ class Workspace:
     def read_status(self) -> TrainingStatus:
         """The last status written, or an ``untrained`` status when none (or an unreadable one) exists."""
         try:
-            data = json.loads(self.status_path.read_text())
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
             return TrainingStatus(**{k: data[k] for k in data if k in TrainingStatus.__dataclass_fields__})
         except FileNotFoundError:
             return TrainingStatus()
@@ -309,7 +309,7 @@ class Workspace:
         if not self.has_map():
             raise WorkspaceError(f"no slice map in {self.root}: train the model first")
         try:
-            meta = json.loads(self.map_meta_path.read_text())
+            meta = json.loads(self.map_meta_path.read_text(encoding="utf-8"))
             with np.load(self.map_path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in ("image_ids", "slices", "positions", "w", "xy")}
         except (OSError, ValueError, KeyError) as err:

@@ -28,7 +28,7 @@ def set_aside_unreadable(studies: str | Path) -> Path | None:
     """Move an empty or invalid ``datastore_v2.json`` aside; return where it went (None when it was fine)."""
     path = Path(studies) / DATASTORE_FILE
     try:
-        json.loads(path.read_text())
+        json.loads(path.read_text(encoding="utf-8"))
         return None
     except FileNotFoundError:
         return None

@@ -294,7 +294,7 @@ class SliceCache:
         cache_dir = Path(cache_dir)
         for attempt in range(2):
             try:
-                key = json.loads((cache_dir / "current.json").read_text())["key"]
+                key = json.loads((cache_dir / "current.json").read_text(encoding="utf-8"))["key"]
             except (OSError, ValueError, KeyError) as exc:
                 raise SliceCacheError(
                     f"no slice cache in '{cache_dir}' ({exc}); build it with SliceCache.build (training does)"
@@ -369,7 +369,7 @@ def _load_entry(study: Study, study_dir: Path, key: str) -> StudySummary | None:
     if not (meta_path.exists() and (study_dir / f"{key}.npy").exists()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return StudySummary(study.image_id, study.path, int(meta["n_slices"]), np.asarray(meta["kept"], np.int64))
@@ -399,7 +399,7 @@ def _prune_stale(study_dir: Path, keep: set[str], paths: Iterable[str]) -> None:
         if key in keep:
             continue
         try:
-            path = json.loads(meta_path.read_text()).get("path")
+            path = json.loads(meta_path.read_text(encoding="utf-8")).get("path")
         except (OSError, ValueError):
             path = None
         if path is None or path in resolved:
@@ -424,7 +424,7 @@ def _write_combined(cache_dir: Path, key: str, entries: list[tuple[StudySummary,
 
     image_ids, slice_indices, positions = [], [], []
     for summary, npy, k in entries:
-        meta = json.loads((npy.parent / f"{k}.json").read_text())
+        meta = json.loads((npy.parent / f"{k}.json").read_text(encoding="utf-8"))
         image_ids += [summary.image_id] * len(summary.kept)
         slice_indices.append(summary.kept)
         positions.append(np.asarray(meta["positions"], np.float64).reshape(-1, 3))

@@ -15,9 +15,13 @@ they never reach windowing or the networks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import locale
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -238,15 +242,38 @@ def _sitk_to_canonical(image: object, path: Path) -> tuple[np.ndarray, np.ndarra
     return (*_to_canonical(data, ras, path), image.GetPixelID() == sitk.sitkUInt8)
 
 
+@contextlib.contextmanager
+def _keep_locale() -> Iterator[None]:
+    """Restore the process locale after a SimpleITK/GDCM read.
+
+    GDCM's DICOM reader switches ``LC_CTYPE`` to ``C`` for the whole process, after which Python text
+    I/O without an explicit encoding falls back to ASCII. A server must not change behaviour because
+    it once read a DICOM series.
+    """
+    saved = locale.setlocale(locale.LC_CTYPE)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_CTYPE) != saved:
+            locale.setlocale(locale.LC_CTYPE, saved)
+
+
 def _read_sitk_file(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import SimpleITK as sitk
 
-    return _sitk_to_canonical(sitk.ReadImage(str(path)), path)
+    with _keep_locale():
+        image = sitk.ReadImage(str(path))
+    return _sitk_to_canonical(image, path)
 
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import SimpleITK as sitk
 
+    with _keep_locale():
+        return _read_dicom_series_unguarded(folder, sitk)
+
+
+def _read_dicom_series_unguarded(folder: Path, sitk: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:

@@ -213,5 +213,5 @@ def read_sidecar_labels(volume_path: str | Path) -> np.ndarray:
     volume_path = Path(volume_path)
     name = volume_path.name
     image_id = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else volume_path.stem
-    sidecar = json.loads((volume_path.parent / f"{image_id}.json").read_text())
+    sidecar = json.loads((volume_path.parent / f"{image_id}.json").read_text(encoding="utf-8"))
     return np.asarray([s["label"] for s in sorted(sidecar["slices"], key=lambda s: s["slice"])], dtype=np.int64)

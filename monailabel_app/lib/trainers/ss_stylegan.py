@@ -45,7 +45,7 @@ class TrainingBusyError(RuntimeError):
 def workspace_lock(workspace: Workspace) -> Iterator[None]:
     """Exclusive lock of a workspace for one training process (released when the process dies)."""
     path = workspace.root / "train.lock"
-    fh = open(path, "a+")
+    fh = open(path, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
