@@ -16,10 +16,23 @@ from ss_stylegan.config import ConfigError  # noqa: E402
 def test_defaults(tmp_path: Path) -> None:
     s = AppSettings.from_conf({}, tmp_path)
     assert s.classes == ["normal", "lesion"]
-    assert s.slice_cfg.resolution == 64 and s.model_cfg.resolution == 64 and s.model_cfg.w_dim == 512
+    assert s.slice_cfg.resolution == 64 and s.model_cfg.resolution == 64
     assert s.device == "cpu" or s.device.startswith("cuda")
     assert s.workspace == tmp_path / ".ss_stylegan"
-    assert s.train_cfg.kimg == 200.0 and s.train_cfg.total_steps() == 6250  # ceil(200k images / 32)
+    if s.device == "cpu":  # a CPU server trains the small model for minutes
+        assert s.preset == "small" and s.model_cfg.w_dim == 128
+        assert s.train_cfg.kimg == 3.0 and s.train_cfg.batch_size == 16 and s.train_cfg.total_steps() == 188
+        assert s.train_cfg.checkpoint_interval == 25
+    else:  # a GPU server trains the paper-sized model
+        assert s.preset == "default" and s.model_cfg.w_dim == 512
+        assert s.train_cfg.kimg == 200.0 and s.train_cfg.total_steps() == 6250  # ceil(200k images / 32)
+
+
+def test_cpu_defaults_can_be_overridden_one_by_one(tmp_path: Path) -> None:
+    s = AppSettings.from_conf({"device": "cpu", "preset": "default", "kimg": "50"}, tmp_path)
+    assert s.model_cfg.w_dim == 512 and s.train_cfg.kimg == 50.0 and s.train_cfg.batch_size == 16
+    s = AppSettings.from_conf({"device": "cpu", "batch_size": "8", "checkpoint_interval": "auto"}, tmp_path)
+    assert s.preset == "small" and s.train_cfg.batch_size == 8 and s.train_cfg.checkpoint_interval == 25
 
 
 def test_values_parsed_into_typed_settings(tmp_path: Path) -> None:

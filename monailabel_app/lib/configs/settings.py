@@ -11,14 +11,14 @@ to start instead of failing later.
 | classes | normal,lesion | slice class names (at least two) |
 | resolution | 64 | model resolution (32, 64, 128, 256) |
 | window | auto | intensity window: auto, lung, abdomen, brain, bone, soft_tissue, mediastinum, percentile, or C:W |
-| preset | default | model size: ``default`` (StyleGAN2-like, GPU) or ``tiny`` (CPU smoke runs) |
-| kimg | 200 | training length in thousands of images shown |
+| preset | auto | model size: ``default`` (StyleGAN2-like, GPU), ``small`` (CPU servers), ``tiny`` (smoke runs); ``auto``: ``default`` on a GPU, ``small`` on a CPU |
+| kimg | auto | training length in thousands of images shown; ``auto``: 200 on a GPU, 3 on a CPU (minutes) |
 | steps | (unset) | training length in steps; overrides kimg |
-| batch_size | 32 | images per training step |
+| batch_size | auto | images per training step; ``auto``: 32 on a GPU, 16 on a CPU |
 | device | auto | cpu, cuda, cuda:N or auto (cuda when available) |
 | perplexity | 30 | t-SNE perplexity (clamped for tiny datastores) |
 | random_state | 0 | seed of training, t-SNE and random suggestions |
-| checkpoint_interval | 500 | training steps between checkpoints |
+| checkpoint_interval | auto | training steps between checkpoints; ``auto``: 500 on a GPU, 25 on a CPU |
 | suggestion_ttl | 600 | seconds a suggested slice stays reserved for the client it was given to |
 | workspace | <studies>/.ss_stylegan | where the cache, checkpoints and slice map live |
 """
@@ -37,7 +37,10 @@ KNOWN_KEYS = (
 )
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
-PRESETS = ("default", "tiny")
+PRESETS = ("auto", "default", "small", "tiny")
+# Defaults that depend on the device: a CPU server trains a small model for minutes, a GPU the full one.
+_GPU_DEFAULTS = {"preset": "default", "kimg": "200", "batch_size": "32", "checkpoint_interval": "500"}
+_CPU_DEFAULTS = {"preset": "small", "kimg": "3", "batch_size": "16", "checkpoint_interval": "25"}
 TRAIN_REQUEST_KEYS = ("kimg", "steps", "batch_size", "device")
 
 
@@ -71,12 +74,17 @@ class AppSettings:
             classes = parse_classes(conf.get("classes", "normal,lesion"))
         except LabelError as err:
             raise ConfigError(f"--conf classes: {err}") from err
+        device = parse_device(conf.get("device", "auto"))
+        defaults = _CPU_DEFAULTS if device == "cpu" else _GPU_DEFAULTS
+        for key, value in defaults.items():
+            if conf.get(key, "auto") == "auto":
+                conf[key] = value
         resolution = _int(conf, "resolution", 64)
         slice_cfg = SliceConfig.from_dict({"resolution": resolution, **_window(conf.get("window", "auto"))})
-        preset = conf.get("preset", "default")
+        preset = conf["preset"]
         if preset not in PRESETS:
             raise ConfigError(f"--conf preset must be one of {PRESETS}, got {preset!r}")
-        model_cfg = ModelConfig.tiny(resolution) if preset == "tiny" else ModelConfig(resolution=resolution)
+        model_cfg = {"tiny": ModelConfig.tiny, "small": ModelConfig.small}.get(preset, ModelConfig)(resolution)
         train_cfg = train_config(
             TrainConfig(seed=_int(conf, "random_state", 0),
                         checkpoint_interval=_int(conf, "checkpoint_interval", 500), kimg=200.0),
@@ -95,7 +103,7 @@ class AppSettings:
             model_cfg=model_cfg,
             train_cfg=train_cfg,
             preset=preset,
-            device=parse_device(conf.get("device", "auto")),
+            device=device,
             perplexity=perplexity,
             random_state=_int(conf, "random_state", 0),
             suggestion_ttl_s=ttl,
