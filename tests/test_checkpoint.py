@@ -24,12 +24,7 @@ from ss_stylegan.training import train
 MODEL = ModelConfig.tiny(32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _slices(n: int = 24) -> np.ndarray:

@@ -13,12 +13,7 @@ from ss_stylegan.losses import PHASES, SSStyleGANLoss, gaussian_nll
 from ss_stylegan.networks import SSStyleGAN, ShapeError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ from ss_stylegan.networks import SSStyleGAN, ShapeError
 from ss_stylegan.networks.layers import ModulatedConv2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])

@@ -20,12 +20,7 @@ from ss_stylegan.training import TrainingError, TrainProgress, train
 TINY = ModelConfig.tiny(32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def discs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -148,3 +143,16 @@ def test_cli_train_and_embed_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     empty.mkdir()
     assert cli_main(["train", "--studies", str(empty), "--out", str(tmp_path / "r2"), "--tiny"]) == 1
     assert "no studies" in capsys.readouterr().err
+
+
+def test_cli_picks_the_cpu_sized_network_without_a_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ss_stylegan.config import ModelConfig
+    from ss_stylegan.data.synthetic import make_synthetic_datastore
+
+    studies = tmp_path / "studies"
+    make_synthetic_datastore(studies, n_studies=1, n_slices=4, size=32, random_state=0)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--studies", str(studies), "--out", str(run), "--resolution", "32",
+                     "--steps", "1", "--batch-size", "2", "--device", "cpu"]) == 0
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert saved["model"] == ModelConfig.small(32).to_dict()  # the GPU-sized default would take days on a CPU

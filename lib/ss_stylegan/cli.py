@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="training length in steps (overrides --kimg)")
     t.add_argument("--batch-size", type=int, help="images per step")
     t.add_argument("--seed", type=int, help="random seed")
-    t.add_argument("--tiny", action="store_true", help="tiny network (CPU smoke runs and tests)")
+    t.add_argument("--preset", choices=("default", "small", "tiny"),
+                   help="network size: default (StyleGAN2-sized, for a GPU), small (a CPU), tiny (smoke runs); "
+                        "without --preset or a model section in --config: default on a GPU, small on a CPU")
+    t.add_argument("--tiny", action="store_true", help="same as --preset tiny")
     t.add_argument("--cache-dir", type=Path, help="slice cache folder (default <out>/slice_cache)")
     t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     t.add_argument("--no-resume", action="store_true", help="start over even if <out> holds a checkpoint")
@@ -93,14 +96,26 @@ def _build_cache(studies: Path, slice_cfg: SliceConfig, cache_dir: Path):  # noq
     return cache
 
 
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ss_stylegan.atomic import atomic_write_text
     from ss_stylegan.training import train
 
     sections = _load_sections(args.config)
     model_d = dict(sections.get("model", {}))
-    if args.tiny:
-        model_d = {**ModelConfig.tiny(args.resolution or model_d.get("resolution", 32)).to_dict(), **model_d}
+    preset = "tiny" if args.tiny else args.preset
+    if preset is None and not model_d:
+        preset = "default" if _resolve_device(args.device).startswith("cuda") else "small"
+    if preset is not None:
+        factory = {"default": ModelConfig, "small": ModelConfig.small, "tiny": ModelConfig.tiny}[preset]
+        model_d = {**factory(args.resolution or model_d.get("resolution", 64)).to_dict(), **model_d}
     if args.resolution:
         model_d["resolution"] = args.resolution
     model_cfg = ModelConfig.from_dict(model_d)
