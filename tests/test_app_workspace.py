@@ -123,3 +123,35 @@ def test_pending_suggestions_per_client_with_expiry() -> None:
     assert pending.reserved() == {("a", 4)}
     time.sleep(0.25)
     assert pending.reserved() == set()
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from ss_stylegan.atomic import atomic_write_text
+
+    target = tmp_path / "labels.json"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text(encoding="utf-8") == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.json"]  # no temporary file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
+    from ss_stylegan.atomic import atomic_write
+
+    target = tmp_path / "embeddings.npz"
+    target.write_bytes(b"complete old content")
+
+    def half_then_crash(fh) -> None:  # noqa: ANN001 - a binary file object
+        fh.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_crash)
+    assert target.read_bytes() == b"complete old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["embeddings.npz"]

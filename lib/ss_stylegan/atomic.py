@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fileobj)`` on a temporary file and move it over ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; give the file the mode a plain open() would
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
