@@ -127,3 +127,23 @@ def test_diffaugment_policies() -> None:
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown augmentation"):
         DiffAugment("color,flip")
+
+
+def test_lazy_r1_is_gamma_half_squared_gradient_norm_times_interval() -> None:
+    torch.manual_seed(1)
+    model = SSStyleGAN(ModelConfig.tiny(32))
+    gamma, interval = 0.5, 4
+    loss = SSStyleGANLoss(model, TrainConfig(batch_size=4, r1_gamma=gamma, r1_interval=interval, augment=""))
+    real = torch.rand(4, 1, 32, 32) * 2 - 1
+    model.zero_grad(set_to_none=True)
+    stats = loss.accumulate_gradients("Dr1", real=real)
+    got = {name: p.grad.clone() for name, p in model.discriminator.named_parameters() if p.grad is not None}
+
+    x = real.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model.discriminator(x).sum(), x, create_graph=True)
+    penalty = g.square().sum(dim=[1, 2, 3]).mean()
+    assert stats["loss/D_r1"].item() == pytest.approx(penalty.item(), rel=1e-5)
+    params = [p for name, p in model.discriminator.named_parameters() if name in got]
+    want = torch.autograd.grad(penalty * gamma / 2 * interval, params)
+    for (name, grad), expected in zip(got.items(), want):
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-7), name

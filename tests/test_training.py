@@ -156,3 +156,17 @@ def test_cli_picks_the_cpu_sized_network_without_a_preset(tmp_path: Path, capsys
                      "--steps", "1", "--batch-size", "2", "--device", "cpu"]) == 0
     saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert saved["model"] == ModelConfig.small(32).to_dict()  # the GPU-sized default would take days on a CPU
+
+
+def test_ema_generator_follows_the_half_life(tmp_path: Path) -> None:
+    from ss_stylegan.training import Trainer
+
+    cfg = TrainConfig(batch_size=4, steps=2, ema_kimg=0.01, ema_rampup=None, checkpoint_interval=100)
+    trainer = Trainer(discs(8), TINY, cfg, tmp_path, torch.device("cpu"))
+    before = [p.detach().clone() for p in trainer.model.generator_ema.parameters()]
+    trainer.train_step()
+    beta = 0.5 ** (4 / 10.0)  # half-life of 10 images, 4 images per step
+    for old, new, ema in zip(before, trainer.model.generator.parameters(), trainer.model.generator_ema.parameters()):
+        assert torch.allclose(ema, new.detach() + beta * (old - new.detach()), atol=1e-6)
+    moved = sum(float((ema - old).abs().sum()) for old, ema in zip(before, trainer.model.generator_ema.parameters()))
+    assert moved > 0  # the EMA copy really moved towards the trained generator

@@ -171,7 +171,9 @@ class TrainConfig(_Settings):
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas (StyleGAN2)
     r1_gamma: float | None = None        # R1 weight gamma; None: StyleGAN2-ADA heuristic 2e-4 * R^2 / batch
     r1_interval: int = 16                # lazy R1: applied every r1_interval steps (0 disables)
-    enc_weight: float = 1.0              # lambda: encoder negative log-likelihood on generated pairs (Eq. 2)
+    enc_weight: float = 1.0              # lambda: encoder negative log-likelihood on generated pairs (Eq. 2),
+                                         # applied to the per-dimension mean (Eq. 2 / w_dim) so that one
+                                         # value suits every w_dim
     rec_weight: float = 1.0              # beta: reconstruction MSE of real x against G(mu(x)) (Eq. 1)
     augment: str = "color,translation,cutout"  # DiffAugment policy for images fed to D; "" disables
     ema_kimg: float = 10.0               # half-life of the generator EMA in thousands of images

@@ -164,9 +164,11 @@ class Trainer:
         self.model = SSStyleGAN(model_cfg).to(device).train()
         self.loss = SSStyleGANLoss(self.model, cfg)
         r1_on = cfg.r1_interval > 0 and self.loss.r1_gamma > 0
-        c = cfg.r1_interval / (cfg.r1_interval + 1) if r1_on else 1.0   # lazy-regularisation correction
+        # Lazy R1 is added to the D loss of the same optimiser step (not a separate step as in StyleGAN2), so
+        # D takes one Adam step per iteration and needs no I/(I+1) learning-rate/betas correction; the penalty
+        # itself is multiplied by the interval (losses.py) so its average strength equals eager R1.
         b1, b2 = float(cfg.betas[0]), float(cfg.betas[1])
-        self.opt_hparams = [{"lr": cfg.g_lr, "betas": (b1, b2)}, {"lr": cfg.d_lr * c, "betas": (b1**c, b2**c)}]
+        self.opt_hparams = [{"lr": cfg.g_lr, "betas": (b1, b2)}, {"lr": cfg.d_lr, "betas": (b1, b2)}]
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), **self.opt_hparams[0])
         self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), **self.opt_hparams[1])
         self.r1_on = r1_on
