@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector, SelectionError
+from ss_stylegan.selection import FarthestPointSelector, RandomSelector, SelectionError, derive_seed
 
 
 def _clusters(n_clusters: int = 5, per: int = 40, dim: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +75,41 @@ def test_nothing_left_returns_fewer_or_none() -> None:
     assert FarthestPointSelector().select(X, count=0) == []
 
 
+def test_excluded_points_are_never_picked_and_do_not_repel() -> None:
+    X, cluster = _clusters()
+    labelled = np.flatnonzero(cluster == 0)
+    gone = np.flatnonzero(cluster == 1)           # e.g. the slices of a deleted study
+    picks = FarthestPointSelector().select(X, labelled=labelled, exclude=gone, count=len(X))
+    picked = [p.index for p in picks]
+    assert not set(picked) & set(gone.tolist()) and len(picked) == len(X) - 80
+    # cluster 1 is not a centre: its neighbours are judged by their distance to cluster 0 only
+    d = np.linalg.norm(X[:, None] - X[labelled][None], axis=2).min(axis=1)
+    d[np.concatenate([labelled, gone])] = -1
+    assert picked[0] == int(np.argmax(d)) and picks[0].distance == pytest.approx(d.max())
+    # on a line: 0 labelled, 20 deleted. Excluded, 20 repels nothing: 11 is farthest from 0. As a
+    # centre (pending), 20 would make 10 the farthest instead.
+    line = np.array([[0.0], [10.0], [11.0], [20.0]])
+    assert [(p.index, p.distance) for p in FarthestPointSelector().select(line, labelled=[0], exclude=[3], count=5)] \
+        == [(2, 11.0), (1, 1.0)]
+    assert FarthestPointSelector().select(line, labelled=[0], pending=[3])[0].index == 1
+    # the random baseline skips them too, and an excluded labelled point is not a centre either
+    rnd = [p.index for p in RandomSelector(random_state=1).select(X, exclude=gone, count=len(X))]
+    assert len(rnd) == len(X) - 40 and not set(rnd) & set(gone.tolist())
+    only = FarthestPointSelector(start="central").select(X[:3], labelled=[0], exclude=[0], count=1)
+    assert only[0].distance is None  # nothing left to be far from: a first pick
+
+
+def test_derived_seeds_are_repeatable_and_distinct_per_call() -> None:
+    assert derive_seed(0, 0) == derive_seed(0, 0)
+    assert len({derive_seed(0, k) for k in range(50)}) == 50
+    assert derive_seed(0, 1) != derive_seed(1, 1)
+    X, _ = _clusters()
+    runs = [[RandomSelector(random_state=derive_seed(7, k)).select(X)[0].index for k in range(5)] for _ in range(2)]
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1
+    with pytest.raises(SelectionError, match="call"):
+        derive_seed(0, -1)
+
+
 def test_bad_input_is_a_typed_error() -> None:
     X = np.zeros((4, 2))
     with pytest.raises(SelectionError, match="outside"):
@@ -85,3 +120,5 @@ def test_bad_input_is_a_typed_error() -> None:
         FarthestPointSelector().select(np.full((3, 2), np.nan))
     with pytest.raises(SelectionError, match="start"):
         FarthestPointSelector(start="middle").select(X)
+    with pytest.raises(SelectionError, match="exclude"):
+        RandomSelector().select(X, exclude=[9])

@@ -5,6 +5,10 @@ and are seeded by the indices already labelled and those already suggested / pen
 annotators asking in turn never get the same slice. A batch of ``count`` picks equals ``count``
 single calls where each pick is added to ``pending`` before the next.
 
+``exclude`` lists points that are unavailable but are *not* centres (e.g. slices of a study that
+was deleted from the datastore): they are never picked and never push picks away from themselves.
+A point that is both labelled/pending and excluded counts as excluded.
+
 Farthest point sampling keeps, for every point, its distance to the nearest seed (labelled,
 pending or picked). Each pick is the unpicked point with the largest such distance; the array is
 then updated with the distance to the new pick only, so each pick costs O(N·D) vectorised work.
@@ -61,14 +65,18 @@ class FarthestPointState:
 
     Args:
         X: points ``[N, D]``.
-        seeds: indices that are already labelled or pending; never picked.
+        seeds: indices that are already labelled or pending: centres, never picked.
+        exclude: indices that are unavailable but are not centres: never picked, never a centre.
     """
 
-    def __init__(self, X: np.ndarray, seeds: Iterable[int] = ()) -> None:
+    def __init__(self, X: np.ndarray, seeds: Iterable[int] = (), exclude: Iterable[int] = ()) -> None:
         self.X = np.ascontiguousarray(X, dtype=np.float64)
         n = self.X.shape[0]
         seed_idx = _as_indices(seeds, n, "seeds")
-        self.available = np.ones(n, dtype=bool)
+        excluded = np.zeros(n, dtype=bool)
+        excluded[_as_indices(exclude, n, "exclude")] = True
+        seed_idx = seed_idx[~excluded[seed_idx]]
+        self.available = ~excluded
         self.available[seed_idx] = False
         self.n_seeds = int(np.unique(seed_idx).size)
         self.min_dist = _min_distance_to(self.X, self.X[np.unique(seed_idx)]) if seed_idx.size else None
@@ -105,8 +113,13 @@ class Selector(abc.ABC):
         labelled: Iterable[int] = (),
         pending: Iterable[int] = (),
         count: int = 1,
+        exclude: Iterable[int] = (),
     ) -> list[Pick]:
-        """Pick up to ``count`` indices of ``X`` ``[N, D]`` that are neither labelled nor pending."""
+        """Pick up to ``count`` indices of ``X`` ``[N, D]`` that are neither labelled, pending nor excluded.
+
+        ``labelled`` and ``pending`` points are centres that picks keep away from; ``exclude``
+        points are merely unavailable (they neither get picked nor repel picks).
+        """
 
 
 class FarthestPointSelector(Selector):
@@ -127,6 +140,7 @@ class FarthestPointSelector(Selector):
         labelled: Iterable[int] = (),
         pending: Iterable[int] = (),
         count: int = 1,
+        exclude: Iterable[int] = (),
     ) -> list[Pick]:
         if self.start not in STARTS:
             raise SelectionError(f"start must be one of {STARTS}, got {self.start!r}")
@@ -134,7 +148,7 @@ class FarthestPointSelector(Selector):
         count = _check_count(count)
         n = X.shape[0]
         seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
-        state = FarthestPointState(X, seeds)
+        state = FarthestPointState(X, seeds, exclude)
         picks: list[Pick] = []
         while len(picks) < count and state.n_available:
             index = state.farthest()
@@ -175,12 +189,13 @@ class RandomSelector(Selector):
         labelled: Iterable[int] = (),
         pending: Iterable[int] = (),
         count: int = 1,
+        exclude: Iterable[int] = (),
     ) -> list[Pick]:
         X = _check_points(X)
         count = _check_count(count)
         n = X.shape[0]
         seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
-        state = FarthestPointState(X, seeds)
+        state = FarthestPointState(X, seeds, exclude)
         order = np.random.default_rng(self.random_state).permutation(n)
         order = order[state.available[order]][:count]
         picks = []
@@ -188,6 +203,19 @@ class RandomSelector(Selector):
             distance = state.add(int(index))
             picks.append(Pick(int(index), distance, "random pick (baseline)"))
         return picks
+
+
+def derive_seed(random_state: int, call: int) -> int:
+    """A seed for the ``call``-th selection of a run seeded with ``random_state``.
+
+    A server draws each random suggestion from ``derive_seed(random_state, n)`` with a per-call
+    counter ``n``: different calls give different picks, and a run replayed from the same
+    ``random_state`` gives the same sequence.
+    """
+    if int(call) != call or call < 0:
+        raise SelectionError(f"call must be a non-negative integer, got {call!r}")
+    sequence = np.random.SeedSequence(entropy=int(random_state) & 0xFFFFFFFFFFFFFFFF, spawn_key=(int(call),))
+    return int(sequence.generate_state(1, np.uint64)[0])
 
 
 def _min_distance_to(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
