@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from monailabel.config import settings as monai_settings
@@ -33,7 +32,7 @@ import lib.routes  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.configs.settings import AppSettings
-from lib.datastore import AtomicLocalDatastore, set_aside_unreadable
+from lib.datastore import AtomicLocalDatastore, datastore_extensions, set_aside_unreadable
 from lib.infers.classify import SliceClassifier
 from lib.routes import build_router, install
 from lib.service import LABEL_TAG, SliceLabelService
@@ -48,11 +47,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, studies)  # ConfigError: the server refuses to start
         self.service = SliceLabelService(
-            self.settings,
-            studies,
-            image_path=self._image_path,
-            list_images=lambda: self.datastore().list_images(),
-            training_running=lambda: len(processes("train")) > 0,
+            self.settings, studies, training_running=lambda: len(processes("train")) > 0
         )
         super().__init__(
             app_dir=app_dir,
@@ -65,14 +60,6 @@ class SSStyleGANLabelApp(MONAILabelApp):
         )
         self.service.on_labels_changed = self.mirror_labels
 
-    def _image_path(self, image_id: str) -> str:
-        """File of a datastore image ('' when unknown), refreshing the datastore once for a new file."""
-        path = self.datastore().get_image_uri(image_id)
-        if not path and (Path(self.studies) / image_id).parent == Path(self.studies):
-            self.datastore().refresh()
-            path = self.datastore().get_image_uri(image_id)
-        return path
-
     def init_datastore(self) -> Datastore:
         """The local datastore, written atomically; an unreadable state file is set aside first."""
         if self.studies.startswith(("http://", "https://")):
@@ -80,7 +67,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
         set_aside_unreadable(self.studies)
         return AtomicLocalDatastore(
             self.studies,
-            extensions=monai_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            extensions=datastore_extensions(monai_settings.MONAI_LABEL_DATASTORE_FILE_EXT),
             auto_reload=monai_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=monai_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
@@ -109,10 +96,17 @@ class SSStyleGANLabelApp(MONAILabelApp):
         return meta
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """MONAI Label's infer, after a datastore refresh when the image id is new (a file just copied in)."""
+        """MONAI Label's infer, after a datastore refresh when the image id is new (a file just copied in).
+
+        ``POST /infer/classify`` itself is served by :mod:`lib.routes` (in the thread pool); this path is
+        for other callers of the app (e.g. MONAI Label's batch infer)."""
         image = request.get("image")
         if isinstance(image, str) and image and not os.path.exists(image) and not self.known_image(image):
-            self.datastore().refresh()
+            study = self.service.study(image)
+            if study is not None:
+                request = {**request, "image": str(study.path)}
+            else:
+                self.datastore().refresh()
         return super().infer(request, datastore)
 
     def known_image(self, image_id: str) -> bool:
@@ -125,8 +119,9 @@ class SSStyleGANLabelApp(MONAILabelApp):
         if task is None:
             return super().next_sample(request)
         res = task(request, self.datastore())
-        if res.get("id"):
-            res["path"] = self._datastore.get_image_uri(res["id"])
+        study = self.service.study(res["id"]) if res.get("id") else None
+        if study is not None:
+            res["path"] = str(study.path)
         return res
 
     def on_init_complete(self) -> None:
@@ -143,6 +138,11 @@ class SSStyleGANLabelApp(MONAILabelApp):
             self.mirror_labels(image_id)
 
     def mirror_labels(self, image_id: str) -> None:
+        if not self.known_image(image_id):
+            study = self.service.study(image_id)
+            if study is None or study.path.is_dir():  # a DICOM series folder: MONAI Label lists files only
+                return
+            self.datastore().refresh()  # a file copied in since the last refresh
         try:
             self.datastore().update_image_info(image_id, {LABEL_TAG: self.service.labels.counts(image_id)})
         except Exception as err:  # the mirror is informative only; the label store is the record

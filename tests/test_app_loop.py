@@ -1,5 +1,7 @@
 """The whole loop over HTTP against a real MONAI Label server: train -> suggest -> label -> classify,
-studies added later, concurrent annotators, restart keeping labels, and the end of the suggestions.
+studies added later (also as a DICOM series folder and an .mha file) while the server keeps answering,
+a publish interrupted half-way, concurrent annotators, restart keeping labels, repeatable random
+suggestions, and the end of the suggestions.
 
 One server over a tiny synthetic datastore (3 studies x 12 slices at 32x32, a 4-step tiny model) is
 trained once and shared by the tests of this module, which run in order.
@@ -9,15 +11,68 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import threading
+import time
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import requests
+import SimpleITK as sitk
 
 from server_harness import TINY_CONF, RunningServer, start_server
+from ss_stylegan.atomic import atomic_write_text
+from ss_stylegan.data.cache import find_studies
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
+from ss_stylegan.selection import RandomSelector, derive_seed
+from ss_stylegan.workspace import SliceMap, Workspace
 
 pytestmark = pytest.mark.server
+
+
+def _remove_study(studies: Path, name: str) -> None:
+    """Delete a study (file, DICOM folder) and the JSON sidecar the synthetic generator wrote beside it."""
+    path = studies / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    image_id = name.split(".")[0]
+    (studies / f"{image_id}.json").unlink(missing_ok=True)
+
+
+def _classify_when_embedded(server: RunningServer, image_id: str, timeout_s: float = 120.0) -> tuple[int, dict]:
+    """Classify a study added after training, retrying while the server answers 409 'being embedded'."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, ans = server.request("POST", f"/infer/classify?image={image_id}", {})
+        if status != 409 or "being embedded" not in ans.get("detail", "") or time.monotonic() > deadline:
+            return status, ans
+        time.sleep(0.2)
+
+
+def _upload(server: RunningServer, path: Path) -> requests.Response:
+    with open(path, "rb") as fh:
+        return requests.post(f"{server.url}/infer/classify", files={"file": (path.name, fh)},
+                             data={"params": "{}"}, timeout=120)
+
+
+def _write_dicom_series(folder: Path, hu_zyx: np.ndarray) -> None:
+    """One CT series, one file per axial slice (``hu_zyx`` int16 ``[z, y, x]``), 1 x 1 x 2.5 mm."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(hu_zyx.shape[0]):
+        image = sitk.GetImageFromArray(hu_zyx[k])
+        for tag, value in {
+            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.7.2", "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": f"0\\0\\{k * 2.5}", "0020|0013": str(k + 1), "0018|0050": "2.5",
+            "0028|1052": "0", "0028|1053": "1",
+        }.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
+        writer.Execute(image)
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +248,135 @@ def test_slicemap(server: RunningServer) -> None:
 def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
     make_synthetic_study(server.studies / "late_study.nii.gz", n_slices=10, size=32, random_state=11)
     version = server.get_json("/info/")["ss_stylegan"]["model_version"]
-    status, ans = server.request("POST", "/infer/classify?image=late_study", {})  # waits for the refresh
+    status, ans = _classify_when_embedded(server, "late_study")
     assert status == 200, ans
     assert ans["n_slices"] == 10 and len(ans["slices"]) >= 1
     block = server.get_json("/info/")["ss_stylegan"]
     assert block["n_images_embedded"] == 4 and block["model_version"] == version
-    (server.studies / "late_study.nii.gz").unlink()  # keep the rest of the module's counts simple
+    _remove_study(server.studies, "late_study.nii.gz")  # keep the rest of the module's counts simple
+
+
+def test_info_answers_while_a_new_study_is_embedded(server: RunningServer) -> None:
+    n_before = server.get_json("/info/")["ss_stylegan"]["n_images_embedded"]
+    # big enough that embedding it takes seconds (about 4 s here), so a blocked request would show
+    make_synthetic_study(server.studies / "big_study.nii.gz", n_slices=4000, size=32, random_state=12)
+    during: list[float] = []
+    busy = None
+    started = time.monotonic()
+    deadline = started + 180
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        block = server.get_json("/info/")["ss_stylegan"]
+        elapsed = time.perf_counter() - t0
+        if "big_study" in block["embedding"]:
+            during.append(elapsed)
+            if busy is None:
+                t0 = time.perf_counter()
+                busy = server.request("POST", "/infer/classify?image=big_study", {})
+                during.append(time.perf_counter() - t0)
+        elif block["n_images_embedded"] == n_before + 1:
+            break
+        time.sleep(0.05)
+    window = time.monotonic() - started
+    assert busy is not None and len(during) >= 3, f"the embedding was not observed: {during}\n{server.log()}"
+    # GET /info/ and classify never wait for the embedding (a blocked call would last most of the window)
+    assert max(during) < min(2.0, window / 2), (during, window)
+    status, body = busy
+    assert status == 409 and "new studies are being embedded, retry in a few seconds" in body["detail"], busy
+    status, ans = _classify_when_embedded(server, "big_study")
+    assert status == 200 and ans["n_slices"] == 4000, ans
+    _remove_study(server.studies, "big_study.nii.gz")
+
+
+def test_dicom_series_and_mha_studies_are_used(server: RunningServer) -> None:
+    hu_xyz = nib.load(str(server.studies / "study_02.nii.gz")).get_fdata()
+    hu_zyx = np.ascontiguousarray(np.transpose(hu_xyz, (2, 1, 0))).astype(np.int16)
+    _write_dicom_series(server.studies / "ct_dicom", hu_zyx)
+    sitk.WriteImage(sitk.GetImageFromArray(hu_zyx[:7]), str(server.studies / "scan_mha.mha"))
+    for image_id, depth in (("ct_dicom", 12), ("scan_mha", 7)):
+        status, ans = _classify_when_embedded(server, image_id)
+        assert status == 200, ans
+        assert ans["image"] == image_id and ans["n_slices"] == depth and len(ans["slices"]) >= 1
+    assert "scan_mha" in server.get_json("/datastore/?output=all")["objects"]  # listed by MONAI Label too
+    points = server.get_json("/slicemap/")["points"]
+    assert {"ct_dicom", "scan_mha"} <= set(points["image"])
+
+    status, ans = server.request("POST", "/activelearning/fps", {"count": 1000, "client_id": "formats"})
+    assert status == 200
+    suggested = {s["id"] for s in ans["suggestions"]}
+    assert {"ct_dicom", "scan_mha"} <= suggested
+    assert not {"late_study", "big_study"} & suggested  # deleted studies are never suggested
+
+    for image_id in ("ct_dicom", "scan_mha"):
+        status, rec = server.request("PUT", "/slicelabels/", {"image": image_id, "slice": 2, "class": "lesion"})
+        assert status == 200, rec
+    status, body = server.request("PUT", "/slicelabels/", {"image": "ct_dicom", "slice": 12, "class": "lesion"})
+    assert status == 422 and "0..11" in body["detail"]
+    status, ans = server.request("POST", "/infer/classify?image=ct_dicom", {})
+    own = {s["slice"]: s for s in ans["slices"]}
+    assert status == 200 and own[2]["class"] == "lesion" and own[2]["neighbour"]["image"] == "ct_dicom"
+
+    for image_id in ("ct_dicom", "scan_mha"):
+        assert server.request("DELETE", f"/slicelabels/?image={image_id}&slice=2")[0] == 200
+    _remove_study(server.studies, "ct_dicom")
+    _remove_study(server.studies, "scan_mha.mha")
+    status, body = server.request("POST", "/infer/classify?image=ct_dicom", {})
+    assert status == 404
+
+
+def test_interrupted_publish_keeps_the_previous_map(server: RunningServer) -> None:
+    ws = Workspace(server.studies / ".ss_stylegan")
+    before = server.get_json("/info/")["ss_stylegan"]
+    pointer = ws.pointer_path.read_text(encoding="utf-8")
+    original = ws.current_version()
+    assert original is not None and original.folder.parent == ws.maps_dir
+    outside = server.studies.parent / "outside.nii.gz"
+
+    def serving_the_original() -> None:
+        block = server.get_json("/info/")["ss_stylegan"]
+        assert block["state"] == "ready" and block["model_version"] == before["model_version"], block
+        assert block["n_embedded"] == before["n_embedded"]
+        resp = _upload(server, outside)
+        assert resp.status_code == 200 and resp.json()["model_version"] == before["model_version"], resp.text
+
+    # a training killed after copying its checkpoint: a new version folder, the pointer not switched
+    half = ws.new_version("step00000099-interrupted")
+    shutil.copytree(original.checkpoint_dir, half.checkpoint_dir)
+    half.map_path.write_bytes(b"partial")
+    serving_the_original()
+    # a pointer naming that half-written folder: the previous complete version is served
+    atomic_write_text(ws.pointer_path, json.dumps({"current": f"maps/{half.name}",
+                                                   "previous": f"maps/{original.name}"}))
+    serving_the_original()
+
+    # a complete map whose published model is missing: uploads get a clear 409 (not a 500) and a new
+    # study fails to embed; once a complete version is current again it is retried and embedded
+    m = ws.load_map(original)
+    broken = ws.new_version("no-model")
+    ws.save_map(SliceMap(m.image_ids, m.slices, m.positions, m.w, m.xy, "no-model", m.errors, m.depths), broken)
+    atomic_write_text(ws.pointer_path, json.dumps({"current": f"maps/{broken.name}", "previous": None}))
+    assert server.get_json("/info/")["ss_stylegan"]["model_version"] == "no-model"
+    resp = _upload(server, outside)
+    assert resp.status_code == 409 and "train again" in resp.json()["detail"], resp.text
+    make_synthetic_study(server.studies / "retry_study.nii.gz", n_slices=6, size=32, random_state=13)
+    deadline = time.monotonic() + 60
+    while "retry_study" not in server.get_json("/info/")["ss_stylegan"]["errors"]:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
+    status, body = server.request("POST", "/infer/classify?image=retry_study", {})
+    assert status == 409 and "embedding failed" in body["detail"], body
+    atomic_write_text(ws.pointer_path, pointer)
+    deadline = time.monotonic() + 60
+    while True:
+        block = server.get_json("/info/")["ss_stylegan"]
+        if block["n_images_embedded"] == before["n_images_embedded"] + 1:
+            break
+        assert time.monotonic() < deadline, f"{block}\n{server.log()}"
+        time.sleep(0.3)
+    assert "retry_study" not in block["errors"] and block["model_version"] == before["model_version"]
+    status, ans = server.request("POST", "/infer/classify?image=retry_study", {})
+    assert status == 200 and ans["n_slices"] == 6, ans
+    _remove_study(server.studies, "retry_study.nii.gz")
 
 
 def test_restart_keeps_labels_and_map(server: RunningServer) -> None:
@@ -207,6 +385,28 @@ def test_restart_keeps_labels_and_map(server: RunningServer) -> None:
     assert server.get_json("/slicelabels/")["labels"] == before
     block = server.get_json("/info/")["ss_stylegan"]
     assert block["state"] == "ready" and block["n_labelled"] == 12
+
+
+def test_random_suggestions_follow_random_state(server: RunningServer) -> None:
+    """After the restart above the server's n-th random draw is seeded with derive_seed(random_state, n)."""
+    seed = server.get_json("/info/")["ss_stylegan"]["settings"]["random_state"]
+    pts = server.get_json("/slicemap/")["points"]
+    present = {s.image_id for s in find_studies(server.studies)}
+    labelled = [i for i, v in enumerate(pts["label"]) if v and pts["image"][i] in present]
+    gone = [i for i, img in enumerate(pts["image"]) if img not in present]
+    assert gone, "the studies deleted above stay in the map, unavailable"
+    xy = np.stack([pts["x"], pts["y"]], axis=1)
+    for call in range(2):
+        status, ans = server.request("POST", "/activelearning/random", {"count": 3, "client_id": "grace"})
+        assert status == 200, ans
+        picks = RandomSelector(random_state=derive_seed(seed, call)).select(xy, labelled=labelled, count=3,
+                                                                           exclude=gone)
+        assert [(s["id"], s["slice"]) for s in ans["suggestions"]] == \
+            [(pts["image"][p.index], pts["slice"][p.index]) for p in picks]
+    for s in ans["suggestions"]:  # grace labels what she was given (frees her reservations)
+        status, _ = server.request("PUT", "/slicelabels/", {"image": s["id"], "slice": s["slice"],
+                                                            "class": "lesion", "user": "grace"})
+        assert status == 200
 
 
 def test_done_when_everything_is_labelled(server: RunningServer) -> None:
@@ -227,4 +427,5 @@ def test_done_when_everything_is_labelled(server: RunningServer) -> None:
 def test_workspace_is_not_a_study(server: RunningServer) -> None:
     block = server.get_json("/info/")["ss_stylegan"]
     assert block["errors"] == {}
-    assert (server.studies / ".ss_stylegan" / "slice_map.npz").exists()
+    version = Workspace(server.studies / ".ss_stylegan").current_version()
+    assert version is not None and version.map_path.exists() and list(version.checkpoint_dir.glob("ckpt-*.pt"))

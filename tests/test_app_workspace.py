@@ -91,9 +91,62 @@ def test_slice_map_save_load_extend(tmp_path: Path) -> None:
     assert loaded.rows_of("a").tolist() == [1, 0] and loaded.row_lookup()[("b", 0)] == 2
     bigger = loaded.extended(["c"], [4], np.zeros((1, 3)), np.ones((1, 8)), np.ones((1, 2)), depths={"c": 5})
     assert len(bigger) == 4 and bigger.image_set() == {"a", "b", "c"} and bigger.depths["c"] == 5
-    (ws.map_path).write_bytes(b"truncated")
+    loaded.version.map_path.write_bytes(b"truncated")
     with pytest.raises(WorkspaceError, match="retrain"):
         ws.load_map()
+
+
+def _map(model_version: str, n: int) -> SliceMap:
+    rng = np.random.default_rng(n)
+    return SliceMap(image_ids=["a"] * n, slices=range(n), positions=rng.normal(size=(n, 3)),
+                    w=rng.normal(size=(n, 4)), xy=rng.normal(size=(n, 2)), model_version=model_version)
+
+
+def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = ws.save_map(_map("v1", 3))  # published on its own: a new version folder made current
+    assert ws.load_map().model_version == "v1" and ws.current_version() == first
+    stamp = ws.map_stamp()
+
+    # a training killed mid-publish: new folder with a checkpoint and half a map, pointer not switched
+    half = ws.new_version("v2")
+    (half.checkpoint_dir).mkdir()
+    (half.checkpoint_dir / "ckpt-00000004.pt").write_bytes(b"weights")
+    half.map_path.write_bytes(b"partial")
+    assert ws.load_map().model_version == "v1" and ws.map_stamp() == stamp
+    with pytest.raises(WorkspaceError, match="no complete slice map"):
+        ws.activate(half)
+
+    # the server extends the current version in place: same folder, new stamp
+    ws.save_map(ws.load_map().extended(["b"], [0], np.zeros((1, 3)), np.ones((1, 4)), np.ones((1, 2))), first)
+    assert len(ws.load_map()) == 4 and ws.map_stamp() != stamp and ws.map_stamp()[0] == stamp[0]
+
+    # the next complete publish becomes current, keeps the one it replaces, removes the half-written one
+    second = ws.new_version("v2")
+    ws.save_map(_map("v2", 5), second)
+    assert ws.load_map().model_version == "v1"  # written, not yet current
+    ws.activate(second)
+    assert ws.load_map().model_version == "v2" and len(ws.load_map()) == 5
+    assert sorted(p.name for p in ws.maps_dir.iterdir()) == sorted([first.name, second.name])
+    pointer = json.loads(ws.pointer_path.read_text(encoding="utf-8"))
+    assert pointer["current"] == f"maps/{second.name}" and pointer["previous"] == f"maps/{first.name}"
+
+    # a pointer naming a folder without a complete map (damaged by hand): readers use the previous one
+    second.map_meta_path.unlink()
+    assert ws.load_map().model_version == "v1" and ws.current_version() == first
+    ws.pointer_path.write_text("{", encoding="utf-8")
+    assert ws.current_version() is None and not ws.has_map()
+
+
+def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    flat = ws.save_map(_map("old", 2))
+    for name in ("slice_map.npz", "slice_map.json"):
+        (flat.folder / name).rename(tmp_path / name)
+    ws.pointer_path.unlink()
+    loaded = ws.load_map()
+    assert loaded.model_version == "old" and loaded.version.folder == tmp_path
+    assert loaded.version.checkpoint_dir == tmp_path / "published"
 
 
 def test_status_and_stop_flag(tmp_path: Path) -> None:

@@ -4,15 +4,24 @@ Layout of a workspace folder (by default ``<studies>/.ss_stylegan/``)::
 
     cache/            SliceCache of every study (memory-mapped uint8 slices)
     checkpoints/      training output (state_dict + JSON config checkpoints, metrics)
-    published/        the checkpoint the slice map was made with (copied when training ends)
-    projection/       saved TSNEProjector (reference W and 2-D map)
-    slice_map.npz     every embedded slice: image id, slice index, world position, W, map position
-    slice_map.json    model version, number of slices, errors per study (written after the npz)
+    maps/<name>/      one published model version (``<time>-<model version>``), written completely
+                      before it is made current:
+        checkpoint/       the checkpoint the slice map was made with
+        projection/       saved TSNEProjector (reference W and 2-D map)
+        slice_map.npz     every embedded slice: image id, slice index, world position, W, map position
+        slice_map.json    model version, number of slices, errors per study (written after the npz)
+    current.json      ``{"current": "maps/<name>", "previous": "maps/<name>" | null, "model_version"}``:
+                      the pointer readers follow, replaced atomically (a single rename) by a publish
     status.json       training state and progress (written atomically by the training process)
     STOP              present while a stop is requested; the training loop polls it
 
 The slice map is what makes suggestions and classification cheap: they only read it. Every write is
-atomic, so the server (reading) and the training subprocess (writing) never see half a file.
+atomic, so the server (reading) and the training subprocess (writing) never see half a file. A
+publish writes a new ``maps/<name>/`` folder and only then switches ``current.json``: a training
+killed mid-publish leaves the previous version current and complete (the half-written folder is
+removed by the next publish). When the pointer names a folder without a complete map (damaged by
+hand), readers fall back to ``previous``. A workspace of the earlier flat layout (``slice_map.*``,
+``published/`` and ``projection/`` directly in the root) is still read as one version.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import hashlib
 import io
 import json
 import logging
+import os
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -67,6 +79,7 @@ class SliceMap:
         model_version: identifier of the checkpoint that produced ``w``.
         errors: ``{image id: message}`` for studies that could not be read.
         depths: ``{image id: number of slices in the volume}`` (kept or skipped as empty).
+        version: the published version folder the map was read from or written to (None when new).
     """
 
     image_ids: np.ndarray
@@ -77,6 +90,7 @@ class SliceMap:
     model_version: str
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
     depths: dict[str, int] = dataclasses.field(default_factory=dict)
+    version: MapVersion | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -130,7 +144,37 @@ class SliceMap:
             model_version=self.model_version,
             errors={**self.errors, **(errors or {})},
             depths={**self.depths, **(depths or {})},
+            version=self.version,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class MapVersion:
+    """The files of one published model version (see the module docstring for the layout)."""
+
+    folder: Path
+    checkpoint_dir: Path
+    projection_dir: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> MapVersion:
+        return cls(folder=folder, checkpoint_dir=folder / "checkpoint", projection_dir=folder / "projection")
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def map_path(self) -> Path:
+        return self.folder / "slice_map.npz"
+
+    @property
+    def map_meta_path(self) -> Path:
+        return self.folder / "slice_map.json"
+
+    def is_complete(self) -> bool:
+        """True when the map's metadata (written last) and arrays exist."""
+        return self.map_meta_path.is_file() and self.map_path.is_file()
 
 
 class PendingSuggestions:
@@ -183,6 +227,7 @@ class Workspace:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._warned: dict[str, Any] | None = None  # the pointer last reported as naming an incomplete map
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -200,20 +245,12 @@ class Workspace:
         return self.checkpoint_dir / f"model-{digest}"
 
     @property
-    def published_dir(self) -> Path:
-        return self.root / "published"
+    def maps_dir(self) -> Path:
+        return self.root / "maps"
 
     @property
-    def projection_dir(self) -> Path:
-        return self.root / "projection"
-
-    @property
-    def map_path(self) -> Path:
-        return self.root / "slice_map.npz"
-
-    @property
-    def map_meta_path(self) -> Path:
-        return self.root / "slice_map.json"
+    def pointer_path(self) -> Path:
+        return self.root / "current.json"
 
     @property
     def status_path(self) -> Path:
@@ -241,17 +278,86 @@ class Workspace:
         status.updated = time.time()
         atomic_write_text(self.status_path, json.dumps(status.to_dict(), indent=1, default=float))
 
-    def publish_checkpoint(self, checkpoint: Path) -> Path:
-        """Copy a checkpoint and its integrity record into ``published/`` (atomically), replacing the old one."""
+    # -- published versions -----------------------------------------------------------------------------
+    def new_version(self, model_version: str) -> MapVersion:
+        """Create an empty, not yet current version folder for ``model_version``."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_version)[:80] or "model"
+        folder = self.maps_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{safe}"
+        folder.mkdir(parents=True)
+        return MapVersion.in_folder(folder)
+
+    def publish_checkpoint(self, checkpoint: Path, version: MapVersion) -> Path:
+        """Copy a checkpoint and its integrity record into ``version`` (atomically)."""
         checkpoint = Path(checkpoint)
         record = checkpoint.with_name(checkpoint.name + ".json")
-        dest = self.published_dir / checkpoint.name
+        dest = version.checkpoint_dir / checkpoint.name
         atomic_write(dest, lambda fh: fh.write(checkpoint.read_bytes()))
         atomic_write(dest.with_name(dest.name + ".json"), lambda fh: fh.write(record.read_bytes()))
-        for old in self.published_dir.iterdir():
-            if old.name not in (dest.name, dest.name + ".json") and not old.name.startswith("."):
-                old.unlink(missing_ok=True)
         return dest
+
+    def _read_pointer(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.pointer_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.error("unreadable %s: %s", self.pointer_path, err)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _version_at(self, relative: Any) -> MapVersion | None:
+        if not isinstance(relative, str) or not relative:
+            return None
+        folder = (self.root / relative).resolve()
+        if folder.parent != self.maps_dir.resolve():
+            log.error("%s names %r, which is not a folder of %s; ignoring it", self.pointer_path, relative,
+                      self.maps_dir)
+            return None
+        return MapVersion.in_folder(folder)
+
+    def current_version(self) -> MapVersion | None:
+        """The version readers should use: the pointer's current one, else its previous one when the
+        current folder has no complete map, else a map of the earlier flat layout; None before any."""
+        pointer = self._read_pointer()
+        if pointer is not None:
+            for key in ("current", "previous"):
+                version = self._version_at(pointer.get(key))
+                if version is not None and version.is_complete():
+                    if key == "previous" and self._warned != pointer:
+                        self._warned = pointer
+                        log.error("%s names %s, which has no complete slice map; using the previous version %s",
+                                  self.pointer_path, pointer.get("current"), version.name)
+                    return version
+            return None
+        legacy = MapVersion(folder=self.root, checkpoint_dir=self.root / "published",
+                            projection_dir=self.root / "projection")
+        return legacy if legacy.is_complete() else None
+
+    def activate(self, version: MapVersion) -> None:
+        """Make ``version`` current with one atomic rename of ``current.json``, keep the version it
+        replaces as ``previous`` (a reader may still be using it) and remove every other version folder
+        (e.g. one a killed publish left half-written).
+
+        Raises:
+            WorkspaceError: ``version`` has no complete slice map.
+        """
+        if not version.is_complete():
+            raise WorkspaceError(f"{version.folder} has no complete slice map; it cannot be made current")
+        old = self.current_version()
+        previous = old.folder if old is not None and old.folder.parent == self.maps_dir and \
+            old.folder != version.folder else None
+        pointer = {
+            "current": os.path.relpath(version.folder, self.root),
+            "previous": os.path.relpath(previous, self.root) if previous is not None else None,
+            "model_version": json.loads(version.map_meta_path.read_text(encoding="utf-8"))["model_version"],
+            "published": time.time(),
+        }
+        atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1))
+        keep = {version.folder.resolve()} | ({previous.resolve()} if previous is not None else set())
+        for folder in self.maps_dir.iterdir() if self.maps_dir.is_dir() else ():
+            if folder.is_dir() and folder.resolve() not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        log.info("published %s (model %s)", version.name, pointer["model_version"])
 
     # -- stop flag ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -265,17 +371,30 @@ class Workspace:
 
     # -- slice map --------------------------------------------------------------------------------------
     def has_map(self) -> bool:
-        return self.map_meta_path.exists() and self.map_path.exists()
+        return self.current_version() is not None
 
-    def map_stamp(self) -> float | None:
-        """Modification time of the map's metadata file (written last), or None when there is no map."""
+    def map_stamp(self) -> tuple[str, int] | None:
+        """``(current version folder, modification time of its map metadata)``; None when there is no map.
+
+        Changes when a publish switches the pointer and when the server extends the current map.
+        """
+        version = self.current_version()
+        if version is None:
+            return None
         try:
-            return self.map_meta_path.stat().st_mtime
+            return str(version.folder), version.map_meta_path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
 
-    def save_map(self, slice_map: SliceMap) -> None:
-        """Write the map atomically: arrays first, then the JSON that readers check for."""
+    def save_map(self, slice_map: SliceMap, version: MapVersion | None = None) -> MapVersion:
+        """Write the map atomically into ``version`` (arrays first, then the JSON readers check for).
+
+        Without ``version`` the map is published on its own: written into a new version folder that is
+        then made current. Returns the version written; ``slice_map.version`` is set to it.
+        """
+        publish = version is None
+        if version is None:
+            version = self.new_version(slice_map.model_version)
 
         def write(fh: Any) -> None:
             buf = io.BytesIO()
@@ -289,7 +408,7 @@ class Workspace:
             )
             fh.write(buf.getvalue())
 
-        atomic_write(self.map_path, write)
+        atomic_write(version.map_path, write)
         meta = {
             "model_version": slice_map.model_version,
             "n_slices": len(slice_map),
@@ -298,27 +417,34 @@ class Workspace:
             "depths": slice_map.depths,
             "written": time.time(),
         }
-        atomic_write_text(self.map_meta_path, json.dumps(meta, indent=1))
+        atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
+        slice_map.version = version
+        if publish:
+            self.activate(version)
+        return version
 
-    def load_map(self) -> SliceMap:
-        """Read the map written by :meth:`save_map`.
+    def load_map(self, version: MapVersion | None = None) -> SliceMap:
+        """Read the map written by :meth:`save_map` (of the current version unless ``version`` is given).
 
         Raises:
             WorkspaceError: there is no map yet, or the files disagree / are unreadable.
         """
-        if not self.has_map():
+        version = version or self.current_version()
+        if version is None or not version.is_complete():
             raise WorkspaceError(f"no slice map in {self.root}: train the model first")
         try:
-            meta = json.loads(self.map_meta_path.read_text(encoding="utf-8"))
-            with np.load(self.map_path, allow_pickle=False) as data:
+            meta = json.loads(version.map_meta_path.read_text(encoding="utf-8"))
+            with np.load(version.map_path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in ("image_ids", "slices", "positions", "w", "xy")}
-        except (OSError, ValueError, KeyError) as err:
-            raise WorkspaceError(f"unreadable slice map in {self.root}: {err}; retrain to rebuild it") from err
-        slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]), errors=dict(meta.get("errors", {})),
-                             depths={k: int(v) for k, v in meta.get("depths", {}).items()})
+            slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]),
+                                 errors=dict(meta.get("errors", {})),
+                                 depths={k: int(v) for k, v in meta.get("depths", {}).items()}, version=version)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise WorkspaceError(
+                f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err
         if len(slice_map) != int(meta["n_slices"]):
             raise WorkspaceError(
-                f"slice map in {self.root} has {len(slice_map)} rows but its metadata says {meta['n_slices']}; "
-                "retrain to rebuild it"
+                f"slice map in {version.folder} has {len(slice_map)} rows but its metadata says "
+                f"{meta['n_slices']}; retrain to rebuild it"
             )
         return slice_map

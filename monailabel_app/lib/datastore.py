@@ -18,6 +18,7 @@ from pathlib import Path
 from monailabel.datastore.local import LocalDatastore
 
 from ss_stylegan.atomic import atomic_write_text
+from ss_stylegan.data.readers import VOLUME_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,18 @@ def set_aside_unreadable(studies: str | Path) -> Path | None:
         os.replace(path, dest)
         log.error("%s was unreadable (%s); moved it to %s and rebuilt the datastore from the files", path, err, dest)
         return dest
+
+
+def datastore_extensions(defaults: list[str]) -> list[str]:
+    """MONAI Label's file patterns plus every single-file study format the app reads (``*.mha``,
+    ``*.mhd``, ``*.nhdr``, ``*.jpeg``, ...), so those studies get datastore ids like the others.
+
+    DICOM series folders cannot be datastore entries (MONAI Label lists files); the app resolves
+    them from its own study index (:meth:`lib.service.SliceLabelService.study`).
+    """
+    patterns = list(defaults)
+    patterns += [f"*{suffix}" for suffix in VOLUME_SUFFIXES if f"*{suffix}" not in patterns]
+    return patterns
 
 
 class AtomicLocalDatastore(LocalDatastore):

@@ -1,7 +1,8 @@
 """Place new slices into the existing map: published encoder -> W -> ``TSNEProjector.transform``.
 
-Loaded lazily (first use) and kept for the model version of the slice map, so embedding a study added
-after training, or an uploaded study, costs the encoder pass and the openTSNE transform only.
+Loaded lazily (first use) from the published version folder of the slice map and kept while that
+version is in use, so embedding a study added after training, or an uploaded study, costs the encoder
+pass and the openTSNE transform only.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ss_stylegan.checkpoint import load_model
+from ss_stylegan.checkpoint import CheckpointError, load_model
 from ss_stylegan.embedding import embed_images
-from ss_stylegan.projection import TSNEProjector
-from ss_stylegan.workspace import Workspace, WorkspaceError
+from ss_stylegan.projection import ProjectionError, TSNEProjector
+from ss_stylegan.workspace import MapVersion, SliceMap, Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -32,31 +33,42 @@ class MapEmbedder:
         self.workspace = workspace
         self.settings = settings
         self._lock = threading.Lock()
-        self._version: str | None = None
+        self._loaded: tuple[MapVersion, str] | None = None
         self._model: Any = None
         self._projector: TSNEProjector | None = None
 
-    def _load(self, model_version: str) -> None:
-        if self._version == model_version:
+    def _load(self, version: MapVersion, model_version: str) -> None:
+        if self._loaded == (version, model_version):
             return
-        model = load_model(self.workspace.published_dir, device=self.settings.device)
-        if model.model_version != model_version:
+        try:
+            model = load_model(version.checkpoint_dir, device=self.settings.device)
+            if model.model_version != model_version:
+                raise WorkspaceError(
+                    f"the published model is version {model.model_version} but the slice map was made with "
+                    f"{model_version}"
+                )
+            projector = TSNEProjector.load(version.projection_dir, model_version=model_version)
+        except (CheckpointError, ProjectionError, OSError, WorkspaceError) as err:
             raise WorkspaceError(
-                f"the published model is version {model.model_version} but the slice map was made with "
-                f"{model_version}; train again (POST /train/ss_stylegan) to rebuild the map"
-            )
-        self._projector = TSNEProjector.load(self.workspace.projection_dir, model_version=model_version)
-        self._model, self._version = model, model_version
-        log.info("loaded encoder and projector of model %s", model_version)
+                f"the published model {version.name} cannot place new slices into the map ({err}); "
+                "train again (POST /train/ss_stylegan) to publish a complete model"
+            ) from err
+        self._model, self._projector, self._loaded = model, projector, (version, model_version)
+        log.info("loaded encoder and projector of model %s from %s", model_version, version.folder)
 
-    def embed_and_place(self, images_u8: np.ndarray, model_version: str) -> tuple[np.ndarray, np.ndarray]:
-        """Embed ``uint8 [n, R, R]`` slices and place them in the map.
+    def embed_and_place(self, images_u8: np.ndarray, slice_map: SliceMap) -> tuple[np.ndarray, np.ndarray]:
+        """Embed ``uint8 [n, R, R]`` slices and place them in ``slice_map`` (with its published model).
 
         Returns:
             ``(w [n, w_dim] float32, xy [n, 2] float32)``.
+
+        Raises:
+            WorkspaceError: the map's published checkpoint or projector is missing or does not match it.
         """
+        if slice_map.version is None:
+            raise WorkspaceError("the slice map was not published (no version folder); train again")
         with self._lock:
-            self._load(model_version)
+            self._load(slice_map.version, slice_map.model_version)
             w = embed_images(self._model, images_u8, batch_size=64, device=self.settings.device)
             assert self._projector is not None
             xy = self._projector.transform(w)

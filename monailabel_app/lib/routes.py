@@ -1,27 +1,39 @@
 """HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/``, and thin
-wrappers of ``POST /activelearning/{fps,random}``, ``POST /train/ss_stylegan`` and ``GET /train/``.
+wrappers of ``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST /train/ss_stylegan``
+and ``GET /train/``.
 
 Handlers are plain ``def`` (FastAPI runs them in its thread pool, so they never block the event loop) and
 only translate HTTP to :class:`~lib.service.SliceLabelService` calls. The active-learning wrapper exists
 because MONAI Label's own endpoint turns an answer without ``id`` into a 500; ours answers 200
-``{"done": true, "message": ...}`` when nothing is left, and 409 before training.
+``{"done": true, "message": ...}`` when nothing is left, and 409 before training. The classify wrapper
+exists because MONAI Label's infer endpoint is ``async def``: reading, embedding and placing an uploaded
+study there would stall every other request; it keeps the same request (``?image=<id>`` with a JSON
+``{}`` body, or a multipart ``file`` upload with an optional ``params`` form field) and answer.
 """
 
 from __future__ import annotations
 
+import pathlib
+import re
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import PlainTextResponse
 from monailabel.endpoints import train as train_endpoint
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks as async_tasks
 from pydantic import BaseModel, Field
 
+from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labels import SliceOutOfRangeError, UnknownClassError, UnknownImageError, UnreadableImageError
+from ss_stylegan.workspace import WorkspaceError
 
-from lib.service import STRATEGIES, NotReadyError, SliceLabelService
+from lib.service import STRATEGIES, NotFoundError, NotReadyError, SliceLabelService
 
 
 class LabelBody(BaseModel):
@@ -29,6 +41,26 @@ class LabelBody(BaseModel):
     slice: int
     class_: str = Field(alias="class")
     user: str = ""
+
+
+@contextmanager
+def classify_errors() -> Iterator[None]:
+    """Classification errors as HTTP answers: 404 unknown image, 409 not ready (no map, no label, being
+    embedded, or a published model that cannot place new slices), 422 a study that cannot be read."""
+    try:
+        yield
+    except NotFoundError as err:
+        raise HTTPException(status_code=404, detail=str(err)) from err
+    except (NotReadyError, WorkspaceError) as err:
+        raise HTTPException(status_code=409, detail=str(err)) from err
+    except (StudyReadError, UnreadableImageError) as err:
+        raise HTTPException(status_code=422, detail=str(err)) from err
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The file type suffixes of an uploaded file's name (``.nii.gz``), safe for a temporary file name."""
+    suffixes = "".join(pathlib.Path(filename or "").suffixes[-2:])
+    return re.sub(r"[^A-Za-z0-9.]", "", suffixes) or ".nii.gz"
 
 
 def build_router(service: SliceLabelService) -> APIRouter:
@@ -68,6 +100,26 @@ def build_router(service: SliceLabelService) -> APIRouter:
             return service.points()
         except NotReadyError as err:
             raise HTTPException(status_code=409, detail=str(err)) from err
+
+    @router.post("/infer/classify", tags=["Infer"], summary="Class of every slice of a study (1-NN in the map)")
+    def classify(
+        image: str = "",
+        params: str = Form("{}"),
+        file: UploadFile | None = File(None),
+        output: str | None = None,
+    ) -> dict[str, Any]:
+        del params, output  # accepted for MONAI Label clients; the answer is always JSON
+        with classify_errors():
+            if file is not None:
+                with tempfile.TemporaryDirectory(prefix="ss_stylegan-upload-") as folder:
+                    path = pathlib.Path(folder) / f"upload{upload_suffix(file.filename)}"
+                    with open(path, "wb") as fh:
+                        shutil.copyfileobj(file.file, fh)
+                    return service.classify_file(path)
+            if not image:
+                raise NotFoundError(
+                    "unknown image: give ?image=<datastore image id> (see GET /datastore/) or upload a file")
+            return service.classify_image(image)
 
     for name in STRATEGIES:
         router.add_api_route(

@@ -3,15 +3,16 @@
 One :class:`SliceLabelService` lives in the server process (created by the app class). Request handlers
 (strategies, the classifier, the ``/slicelabels/`` routes, ``/info/``) call it; it only reads the slice
 map that training wrote, so every call costs milliseconds. Studies added to the datastore after training
-are embedded into the existing map by a background thread (:meth:`SliceLabelService.refresh`), never by
-refitting the map.
+are embedded into the existing map by a background thread (:meth:`SliceLabelService.maybe_refresh`),
+never by refitting the map.
+
+Request handlers never wait for that embedding (see :mod:`lib.live_map`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from ss_stylegan.classification import NearestNeighbourClassifier
-from ss_stylegan.data.cache import IGNORED_NAMES, find_studies, read_study_slices
-from ss_stylegan.data.readers import StudyReadError, is_volume_file, read_volume
+from ss_stylegan.data.cache import Study, read_study_slices
+from ss_stylegan.data.readers import StudyReadError, read_volume
 from ss_stylegan.labels import SliceLabelStore, UnreadableImageError
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector
-from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace, WorkspaceError
+from ss_stylegan.selection import FarthestPointSelector, RandomSelector, derive_seed
+from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
 
 from lib.configs.settings import AppSettings
-from lib.embedder import MapEmbedder
+from lib.live_map import LiveSliceMap
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ STRATEGIES = ("fps", "random")
 
 class NotReadyError(RuntimeError):
     """The request needs something that does not exist yet (a trained model, a label); HTTP 409."""
+
+
+class EmbeddingInProgressError(NotReadyError):
+    """The image is being embedded into the map right now; HTTP 409, retry in a few seconds."""
 
 
 class NotFoundError(LookupError):
@@ -48,8 +53,6 @@ class SliceLabelService:
     Args:
         settings: parsed ``--conf`` settings.
         studies: the datastore folder.
-        image_path: callable giving the file of a datastore image id ('' when unknown).
-        list_images: callable giving every datastore image id.
         training_running: callable telling whether MONAI Label's training subprocess runs now.
     """
 
@@ -57,46 +60,34 @@ class SliceLabelService:
         self,
         settings: AppSettings,
         studies: str | Path,
-        image_path: Callable[[str], str],
-        list_images: Callable[[], list[str]],
         training_running: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.studies = Path(studies)
         self.workspace = Workspace(settings.workspace)
-        self.image_path = image_path
-        self.list_images = list_images
-        self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
-        self._scan_cache: tuple[int | None, tuple[list[Any], list[str]]] = (None, ([], []))
         self.training_running = training_running
         self.pending = PendingSuggestions(settings.suggestion_ttl_s)
         self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of)
-        self.embedder = MapEmbedder(self.workspace, settings)
-        self._map_lock = threading.RLock()
-        self._map: SliceMap | None = None
-        self._map_stamp: float | None = None
-        self._depths: dict[tuple[str, float], int] = {}
-        self._refresh_lock = threading.Lock()
-        self._refresh_thread: threading.Thread | None = None
-        self._refresh_errors: dict[str, str] = {}
+        self.maps = LiveSliceMap(settings, self.studies, self.workspace, training_running)
+        self.embedder = self.maps.embedder
         self.on_labels_changed: Callable[[str], None] | None = None
+        self._depths: dict[tuple[str, float], int] = {}
+        self._random_calls = itertools.count()
 
-    # -- slice map --------------------------------------------------------------------------------------
+    # -- slice map and studies (see lib.live_map) --------------------------------------------------------
     def slice_map(self) -> SliceMap | None:
-        """The current map (reloaded when training or a refresh rewrote it), or None before training."""
-        stamp = self.workspace.map_stamp()
-        with self._map_lock:
-            if stamp is None:
-                self._map, self._map_stamp = None, None
-            elif stamp != self._map_stamp:
-                try:
-                    self._map = self.workspace.load_map()
-                    self._map_stamp = stamp
-                    log.info("slice map loaded: %d slices, model %s", len(self._map), self._map.model_version)
-                except WorkspaceError as err:
-                    log.error("%s", err)
-                    self._map = None
-            return self._map
+        """The current map, or None before training (never waits for a background embedding)."""
+        return self.maps.current()
+
+    def study(self, image_id: str) -> Study | None:
+        """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
+        return self.maps.study(image_id)
+
+    def maybe_refresh(self) -> bool:
+        return self.maps.maybe_refresh()
+
+    def wait_refresh(self, timeout_s: float = 60.0) -> None:
+        self.maps.wait_refresh(timeout_s)
 
     def require_map(self) -> SliceMap:
         slice_map = self.slice_map()
@@ -112,9 +103,10 @@ class SliceLabelService:
         Raises:
             UnreadableImageError: the image is in the datastore but cannot be read.
         """
-        path = self.image_path(image_id)
-        if not path:
+        study = self.study(image_id)
+        if study is None:
             return None
+        path = study.path
         slice_map = self.slice_map()
         if slice_map is not None and image_id in slice_map.depths:
             return slice_map.depths[image_id]
@@ -141,6 +133,8 @@ class SliceLabelService:
             state, message = "ready", f"{len(slice_map)} slices embedded with model {slice_map.model_version}"
             if status.state == "failed":
                 message += f"; the last training failed: {status.message}"
+            elif status.state == "training":
+                message += "; the last training was interrupted: POST /train/ss_stylegan resumes it"
         elif status.state == "failed":
             state, message = "failed", status.message
         elif status.state == "training":
@@ -148,9 +142,11 @@ class SliceLabelService:
             message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
         else:
             state, message = "untrained", "not trained yet: POST /train/ss_stylegan"
-        errors = dict(slice_map.errors) if slice_map is not None else {}
-        errors.update(self._refresh_errors)
+        if self.maps.problem:
+            message += f"; the published map could not be loaded ({self.maps.problem}), the previous one is in use"
         self.maybe_refresh()
+        errors = dict(slice_map.errors) if slice_map is not None else {}
+        errors.update(self.maps.failed)
         return {
             "state": state,
             "message": message,
@@ -162,7 +158,8 @@ class SliceLabelService:
             "model_version": slice_map.model_version if slice_map is not None else None,
             "progress": status.progress,
             "errors": errors,
-            "ignored_files": self.ignored_files(),
+            "embedding": sorted(self.maps.embedding),
+            "ignored_files": self.maps.ignored_files(),
             "settings": {
                 "resolution": self.settings.slice_cfg.resolution,
                 "window": self.settings.slice_cfg.window,
@@ -172,99 +169,9 @@ class SliceLabelService:
                 "steps": self.settings.train_cfg.steps,
                 "batch_size": self.settings.train_cfg.batch_size,
                 "perplexity": self.settings.perplexity,
+                "random_state": self.settings.random_state,
             },
         }
-
-    def _scan(self) -> tuple[list[Any], list[str]]:
-        """``(studies, ignored file names)`` of the studies folder, rescanned only when the folder changes."""
-        stamp = self.studies.stat().st_mtime_ns
-        if self._scan_cache[0] != stamp:
-            ignored = [
-                e.name for e in sorted(self.studies.iterdir(), key=lambda p: p.name)
-                if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
-            ]
-            self._scan_cache = (stamp, (find_studies(self.studies), ignored))
-        return self._scan_cache[1]
-
-    def ignored_files(self) -> list[str]:
-        """Files in the studies folder that are not studies (not images), so a user sees why they are unused."""
-        return list(self._scan()[1])
-
-    # -- refresh: embed studies added after training ----------------------------------------------------
-    def maybe_refresh(self) -> bool:
-        """Start a background embedding of studies missing from the map; return whether one was started."""
-        slice_map = self.slice_map()
-        if slice_map is None or self.training_running():
-            return False
-        known = slice_map.image_set() | set(slice_map.errors) | set(self._refresh_errors)
-        known |= set(slice_map.depths)
-        new = [s for s in self._scan()[0] if s.image_id not in known]
-        if not new:
-            return False
-        with self._refresh_lock:
-            if self._refresh_thread is not None and self._refresh_thread.is_alive():
-                return False
-            self._refresh_thread = threading.Thread(
-                target=self._refresh, args=(new,), name="ss_stylegan-refresh", daemon=True
-            )
-            self._refresh_thread.start()
-        return True
-
-    def wait_refresh(self, timeout_s: float = 60.0) -> None:
-        thread = self._refresh_thread
-        if thread is not None:
-            thread.join(timeout_s)
-
-    def _refresh(self, studies: list[Any]) -> None:
-        t0 = time.monotonic()
-        try:
-            with self._map_lock:
-                slice_map = self.slice_map()
-                if slice_map is None:
-                    return
-                ids, slices, positions, ws, xys, depths, errors = [], [], [], [], [], {}, {}
-                for study in studies:
-                    try:
-                        study_slices = read_study_slices(study.path, self.settings.slice_cfg, study.image_id)
-                    except StudyReadError as err:
-                        errors[study.image_id] = str(err)
-                        continue
-                    depths[study.image_id] = study_slices.n_slices
-                    if len(study_slices.images) == 0:
-                        continue
-                    w, xy = self.embedder.embed_and_place(study_slices.images, slice_map.model_version)
-                    ids += [study.image_id] * len(w)
-                    slices.append(study_slices.slice_indices)
-                    positions.append(study_slices.positions)
-                    ws.append(w)
-                    xys.append(xy)
-                if not ws:
-                    self._refresh_errors.update(errors)
-                    new_map = slice_map.extended([], [], np.zeros((0, 3)), np.zeros((0, slice_map.w.shape[1])),
-                                                 np.zeros((0, 2)), errors=errors, depths=depths)
-                else:
-                    new_map = slice_map.extended(
-                        np.asarray(ids), np.concatenate(slices), np.concatenate(positions),
-                        np.concatenate(ws), np.concatenate(xys), errors=errors, depths=depths,
-                    )
-                self.workspace.save_map(new_map)
-                self._map, self._map_stamp = new_map, self.workspace.map_stamp()
-            log.info("embedded %d new slices of %d new studies in %.2f s", len(ids), len(studies),
-                     time.monotonic() - t0)
-        except Exception as err:  # a background thread must report, not die silently
-            log.exception("embedding new studies failed")
-            for study in studies:
-                self._refresh_errors.setdefault(study.image_id, f"embedding failed: {err}")
-
-    def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
-        """Rows of the map whose image has left the datastore (never suggested), cached per image set."""
-        images = frozenset(self.list_images())
-        key = (id(slice_map), images)
-        if self._gone[0] != key:
-            gone = slice_map.image_set() - images
-            rows = np.concatenate([slice_map.rows_of(i) for i in gone]) if gone else np.zeros(0, dtype=np.int64)
-            self._gone = (key, rows)
-        return self._gone[1]
 
     # -- suggestions ------------------------------------------------------------------------------------
     def suggest(self, strategy: str, count: int = 1, client_id: str = "") -> dict[str, Any]:
@@ -277,19 +184,26 @@ class SliceLabelService:
         self.maybe_refresh()
         client = str(client_id or "anonymous")
         row_of = slice_map.row_lookup()
-        labelled = [row_of[k] for k in self.labels.labelled_keys() if k in row_of]
         with self.pending.selection_lock:
-            reserved = [row_of[k] for k in self.pending.reserved(exclude_client=client) if k in row_of]
-            reserved += self.removed_rows(slice_map).tolist()
+            removed = self.maps.removed_rows(slice_map)
+            gone = np.zeros(len(slice_map), dtype=bool)
+            gone[removed] = True
+            # slices of studies that left the folder are unavailable, but neither labelled nor reserved:
+            # they must not act as FPS centres (that would push their neighbours to the end)
+            labelled = [r for r in (row_of.get(k) for k in self.labels.labelled_keys()) if r is not None and not gone[r]]
+            reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
+                        if r is not None and not gone[r]]
             if strategy == "fps":
-                selector = FarthestPointSelector(start="central", random_state=self.settings.random_state)
-            else:
-                selector = RandomSelector(random_state=int(time.time_ns() % (2**31)))
-            picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count)
+                selector: FarthestPointSelector | RandomSelector = FarthestPointSelector(
+                    start="central", random_state=self.settings.random_state)
+            else:  # a new draw per call, repeatable from --conf random_state
+                selector = RandomSelector(random_state=derive_seed(self.settings.random_state,
+                                                                   next(self._random_calls)))
+            picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count, exclude=removed)
             keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
             self.pending.reserve(client, keys)
         if not picks:
-            n_active = len(slice_map) - len(self.removed_rows(slice_map))
+            n_active = len(slice_map) - len(removed)
             message = (
                 "every embedded slice is labelled" if len(labelled) >= n_active
                 else "every unlabelled slice is currently suggested to another annotator; try again later"
@@ -373,28 +287,40 @@ class SliceLabelService:
         return answer
 
     def classify_image(self, image_id: str) -> dict[str, Any]:
-        """Classify every embedded slice of a datastore image.
+        """Classify every embedded slice of a datastore image (a file or DICOM series folder).
 
         The volume class is the first (normal) class when no slice is predicted as another class, else
-        the other class with the most slices.
+        the other class with the most slices. Never waits for a background embedding.
+
+        Raises:
+            NotFoundError: no study with this id in the studies folder.
+            EmbeddingInProgressError: the study was added after training and is being embedded now.
+            NotReadyError: no map, no label, or no usable slice in the study.
+            UnreadableImageError: the study cannot be read.
         """
-        if not self.image_path(image_id):
+        if self.study(image_id) is None:
             raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
         slice_map = self.require_map()
         rows = slice_map.rows_of(image_id)
         if len(rows) == 0:
-            if self.maybe_refresh() or (self._refresh_thread is not None and self._refresh_thread.is_alive()):
-                self.wait_refresh()
-                slice_map = self.require_map()
-                rows = slice_map.rows_of(image_id)
-            if len(rows) == 0:
-                error = slice_map.errors.get(image_id) or self._refresh_errors.get(image_id)
-                if error:
-                    raise UnreadableImageError(f"image {image_id!r} could not be used: {error}")
-                raise NotReadyError(
-                    f"image {image_id!r} has no embedded slice: no slice has enough foreground "
-                    "(a blank or constant image?); check the file or the intensity window (--conf window)"
-                )
+            error = slice_map.errors.get(image_id)
+            if error:
+                raise UnreadableImageError(f"image {image_id!r} could not be used: {error}")
+            if image_id not in slice_map.depths:  # added after the map was made
+                if image_id in self.maps.embedding or self.maybe_refresh() and image_id in self.maps.embedding:
+                    raise EmbeddingInProgressError(
+                        f"new studies are being embedded, retry in a few seconds (image {image_id!r})")
+                if image_id in self.maps.failed:
+                    raise NotReadyError(f"image {image_id!r} is not in the map: {self.maps.failed[image_id]}")
+                if self.training_running():
+                    raise NotReadyError(f"image {image_id!r} was added during training; it is embedded when "
+                                        "training ends")
+                raise EmbeddingInProgressError(
+                    f"new studies are being embedded, retry in a few seconds (image {image_id!r})")
+            raise NotReadyError(
+                f"image {image_id!r} has no embedded slice: no slice has enough foreground "
+                "(a blank or constant image?); check the file or the intensity window (--conf window)"
+            )
         clf, labelled = self._classifier(slice_map)
         answer = self._answer(clf, labelled, slice_map.xy[rows], slice_map.slices[rows],
                               slice_map.positions[rows], slice_map.depths.get(image_id))
@@ -403,14 +329,20 @@ class SliceLabelService:
         return answer
 
     def classify_file(self, path: str | Path) -> dict[str, Any]:
-        """Classify a study that is not in the datastore: read, embed, place into the map, 1-NN."""
+        """Classify a study that is not in the datastore: read, embed, place into the map, 1-NN.
+
+        Raises:
+            NotReadyError: no map or no label yet.
+            StudyReadError: the file cannot be read or has no usable slice.
+            WorkspaceError: the published model cannot place slices into the map (train again).
+        """
         slice_map = self.require_map()
         clf, labelled = self._classifier(slice_map)
         study = read_study_slices(path, self.settings.slice_cfg)
         if len(study.images) == 0:
             raise StudyReadError(path, "no slice has enough foreground to classify",
                                  "check the intensity window (--conf window) or the file")
-        _, xy = self.embedder.embed_and_place(study.images, slice_map.model_version)
+        _, xy = self.embedder.embed_and_place(study.images, slice_map)
         answer = self._answer(clf, labelled, xy, study.slice_indices, study.positions, study.n_slices)
         answer["image"] = None
         answer["model_version"] = slice_map.model_version

@@ -8,17 +8,19 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from ss_stylegan.data.readers import StudyReadError, image_id_of
-from ss_stylegan.labels import UnreadableImageError
+from ss_stylegan.data.readers import image_id_of
 
-from lib.service import NotFoundError, NotReadyError, SliceLabelService
+from lib.routes import classify_errors
+from lib.service import NotFoundError, SliceLabelService
 
 
 class SliceClassifier(InferTask):
     """``POST /infer/classify?image=<id>`` (or with an uploaded file): per-slice class, score, neighbour.
 
-    MONAI Label resolves ``image`` to the datastore file before calling this task; a path inside the
-    studies folder is a datastore image, any other path is an uploaded study placed into the map.
+    The HTTP request itself is served by :mod:`lib.routes` (in FastAPI's thread pool); this task is what
+    MONAI Label lists in ``/info/`` and runs for its other callers. MONAI Label resolves ``image`` to the
+    datastore file before calling it; a path inside the studies folder is a datastore image, any other
+    path is an uploaded study placed into the map.
     """
 
     def __init__(self, service: SliceLabelService) -> None:
@@ -41,15 +43,9 @@ class SliceClassifier(InferTask):
                 detail="unknown image: give ?image=<datastore image id> (see GET /datastore/) or upload a file",
             )
         path = Path(image)
-        try:
+        with classify_errors():
             if path.parent.resolve() == self.service.studies.resolve() and path.exists():
                 return None, self.service.classify_image(image_id_of(path))
             if not path.exists():
                 raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
             return None, self.service.classify_file(path)
-        except NotFoundError as err:
-            raise HTTPException(status_code=404, detail=str(err)) from err
-        except NotReadyError as err:
-            raise HTTPException(status_code=409, detail=str(err)) from err
-        except (StudyReadError, UnreadableImageError) as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err

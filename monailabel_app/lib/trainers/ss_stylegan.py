@@ -6,8 +6,9 @@ server shows in ``GET /info/`` and ``GET /train/``:
 1. build (or update) the slice cache of every study in the datastore;
 2. train SS-StyleGAN (resuming from the last checkpoint; stoppable by ``DELETE /train/``, which kills
    this process, or by the workspace ``STOP`` file);
-3. embed every slice into W with the encoder, fit the t-SNE map, publish the checkpoint and write the
-   slice map atomically, so suggestions and classification cost milliseconds.
+3. embed every slice into W with the encoder, fit the t-SNE map, and publish checkpoint, projector and
+   slice map as one new version folder made current by a single atomic pointer switch, so suggestions
+   and classification cost milliseconds and a training killed mid-publish leaves the old version in use.
 """
 
 from __future__ import annotations
@@ -153,13 +154,17 @@ def run_training(
         status("training", f"fitting the t-SNE map of {len(w)} slices")
         projector = TSNEProjector(perplexity=settings.perplexity, random_state=settings.random_state)
         xy = projector.fit_transform(w, model_version=model.model_version)
-        projector.save(workspace.projection_dir)
-        workspace.publish_checkpoint(checkpoint)
+        # publish: write a complete version folder, then switch the workspace pointer in one rename, so
+        # a process killed here (DELETE /train/) leaves the server on the previous complete version
+        version = workspace.new_version(model.model_version)
+        workspace.publish_checkpoint(checkpoint, version)
+        projector.save(version.projection_dir)
         workspace.save_map(SliceMap(
             image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,
             model_version=model.model_version, errors=errors,
             depths={s.image_id: int(s.n_slices) for s in cache.studies},
-        ))
+        ), version)
+        workspace.activate(version)
         progress.update({"phase": "done", "model_version": model.model_version,
                          "elapsed_s": round(time.monotonic() - t_start, 1)})
         status("ready", f"model {model.model_version}: {len(w)} slices embedded and mapped")
