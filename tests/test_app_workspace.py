@@ -147,6 +147,10 @@ def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
     loaded = ws.load_map()
     assert loaded.model_version == "old" and loaded.version.folder == tmp_path
     assert loaded.version.checkpoint_dir == tmp_path / "published"
+    (tmp_path / "published").mkdir()
+    ws.save_map(_map("new", 3))  # the first versioned publish replaces the flat files
+    assert ws.load_map().model_version == "new"
+    assert not (tmp_path / "slice_map.npz").exists() and not (tmp_path / "published").exists()
 
 
 def test_status_and_stop_flag(tmp_path: Path) -> None:

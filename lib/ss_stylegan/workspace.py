@@ -336,7 +336,7 @@ class Workspace:
     def activate(self, version: MapVersion) -> None:
         """Make ``version`` current with one atomic rename of ``current.json``, keep the version it
         replaces as ``previous`` (a reader may still be using it) and remove every other version folder
-        (e.g. one a killed publish left half-written).
+        (e.g. one a killed publish left half-written) and any map of the earlier flat layout.
 
         Raises:
             WorkspaceError: ``version`` has no complete slice map.
@@ -357,6 +357,11 @@ class Workspace:
         for folder in self.maps_dir.iterdir() if self.maps_dir.is_dir() else ():
             if folder.is_dir() and folder.resolve() not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
+        # a map of the earlier flat layout is no longer read once a version is current
+        for name in ("slice_map.npz", "slice_map.json"):
+            (self.root / name).unlink(missing_ok=True)
+        for name in ("published", "projection"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
         log.info("published %s (model %s)", version.name, pointer["model_version"])
 
     # -- stop flag ----------------------------------------------------------------------------------------
