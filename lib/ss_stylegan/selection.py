@@ -122,6 +122,16 @@ class Selector(abc.ABC):
         """
 
 
+def _prepare(
+    X: np.ndarray, labelled: Iterable[int], pending: Iterable[int], count: int, exclude: Iterable[int]
+) -> tuple[FarthestPointState, int]:
+    """Validate a selection request; the FPS state seeded by the labelled and pending points."""
+    X = _check_points(X)
+    n = X.shape[0]
+    seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
+    return FarthestPointState(X, seeds, exclude), _check_count(count)
+
+
 class FarthestPointSelector(Selector):
     """Farthest point sampling (k-center greedy), the paper's selection rule.
 
@@ -144,11 +154,7 @@ class FarthestPointSelector(Selector):
     ) -> list[Pick]:
         if self.start not in STARTS:
             raise SelectionError(f"start must be one of {STARTS}, got {self.start!r}")
-        X = _check_points(X)
-        count = _check_count(count)
-        n = X.shape[0]
-        seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
-        state = FarthestPointState(X, seeds, exclude)
+        state, count = _prepare(X, labelled, pending, count, exclude)
         picks: list[Pick] = []
         while len(picks) < count and state.n_available:
             index = state.farthest()
@@ -191,12 +197,8 @@ class RandomSelector(Selector):
         count: int = 1,
         exclude: Iterable[int] = (),
     ) -> list[Pick]:
-        X = _check_points(X)
-        count = _check_count(count)
-        n = X.shape[0]
-        seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
-        state = FarthestPointState(X, seeds, exclude)
-        order = np.random.default_rng(self.random_state).permutation(n)
+        state, count = _prepare(X, labelled, pending, count, exclude)
+        order = np.random.default_rng(self.random_state).permutation(state.X.shape[0])
         order = order[state.available[order]][:count]
         picks = []
         for index in order:
