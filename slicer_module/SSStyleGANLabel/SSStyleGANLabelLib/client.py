@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomicfile import write_bytes_atomic
 from .errors import AuthenticationError, ClientConfigError, ProtocolError, ServerError, ServerUnreachableError, format_detail
 from .records import Classification, ModelState, SliceLabel, Suggestion
 
@@ -303,16 +303,7 @@ class SSGLClient:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, body)
         return target
 
 

@@ -19,10 +19,10 @@ import io
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .atomicfile import write_bytes_atomic
 from .client import SSGLClient
 from .errors import ServerError, SessionError
 from .mapview import MapPoints
@@ -323,7 +323,7 @@ class LabelSession:
     def export_csv(self, path: str | Path) -> Path:
         """Write all labels and predictions to a CSV file (atomically) and return its path."""
         text = rows_to_csv(self.export_rows())
-        return _write_text_atomic(Path(path), text)
+        return write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, object]]) -> str:
@@ -334,19 +334,3 @@ def rows_to_csv(rows: Sequence[Mapping[str, object]]) -> str:
     for r in rows:
         writer.writerow({c: r.get(c, "") for c in CSV_COLUMNS})
     return buffer.getvalue()
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    """Temp file in the same folder + fsync + rename (this package ships without ``ss_stylegan.atomic``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
