@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from PIL import Image
 
 from ss_stylegan.config import ConfigError, SliceConfig
 from ss_stylegan.data.cache import read_study_slices
-from ss_stylegan.data.preprocess import apply_window, keep_mask, resize_square, window_range
+from ss_stylegan.data.preprocess import (
+    apply_window,
+    encode_png,
+    keep_mask,
+    model_ready_slice,
+    resize_square,
+    window_range,
+)
 from ss_stylegan.data.readers import StudyReadError, image_id_of, read_volume
 
 SHARED_VOLUMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "iqothnccd" / "volumes" / "64"
@@ -256,3 +264,24 @@ def test_max_slices_per_study_is_evenly_spaced(tmp_path: Path) -> None:
         SliceConfig(max_slices_per_study=0).validate()
     with pytest.raises(ConfigError, match="positive window_width"):
         SliceConfig(window="custom", window_center=40.0, window_width=-5.0).validate()
+
+
+def test_model_ready_slice_is_the_slice_the_cache_holds(tmp_path: Path) -> None:
+    arr = np.random.default_rng(5).integers(-1000, 600, (20, 14, 6)).astype(np.int16)
+    affine = np.diag([-0.8, 0.8, -2.5, 1.0])  # x towards L and slices towards I: both reoriented
+    nib.save(nib.Nifti1Image(arr, affine), tmp_path / "flip.nii.gz")
+    cfg = SliceConfig(resolution=16, min_foreground=0.0)
+    volume = read_volume(tmp_path / "flip.nii.gz")
+    cached = read_study_slices(tmp_path / "flip.nii.gz", cfg)
+    assert cached.slice_indices.tolist() == list(range(6))
+    for k in range(6):
+        np.testing.assert_array_equal(model_ready_slice(volume, k, cfg), cached.images[k])
+    # canonical slice 0 is the file's last (most inferior) slice, x reversed, windowed (auto CT) and resized
+    expected = resize_square(apply_window(arr[::-1, :, 5][None].astype(np.float32), *window_range(volume.data, True, cfg)), 16)
+    np.testing.assert_array_equal(model_ready_slice(volume, 0, cfg), expected[0])
+    with pytest.raises(IndexError, match=r"slices 0\.\.5"):
+        model_ready_slice(volume, 6, cfg)
+    png = encode_png(model_ready_slice(volume, 2, cfg))
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), cached.images[2])

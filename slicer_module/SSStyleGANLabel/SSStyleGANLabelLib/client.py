@@ -268,6 +268,21 @@ class SSGLClient:
         """The t-SNE map of every embedded slice (``GET /slicemap/``); parse with ``mapview.MapPoints``."""
         return self._json("GET", "/slicemap/")
 
+    def slice_png(self, image: str, slice_index: int) -> bytes:
+        """One slice as the model sees it, as PNG bytes (``GET /slicemap/slice?image=&slice=``).
+
+        Canonical RAS orientation (rows run towards R, columns towards A), the server's intensity window,
+        resized to the model resolution: a thumbnail of exactly what the map was made from.
+
+        Raises:
+            ServerError: 404 unknown image, 422 slice out of range (the message gives the range), 409 before
+                training.
+        """
+        body, _ = self._send("GET", "/slicemap/slice", query={"image": image, "slice": int(slice_index)})
+        if not body.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ProtocolError(f"GET /slicemap/slice did not answer a PNG image (got {body[:40]!r})")
+        return body
+
     def classify(self, image: str) -> Classification:
         """Classify every slice of a datastore study (``POST /infer/classify?image=<id>``).
 
