@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_series import write_dicom_series
 from PIL import Image
 
 from ss_stylegan.config import ConfigError, SliceConfig
@@ -93,35 +94,11 @@ def test_nrrd_lps_is_converted_to_ras(tmp_path: Path) -> None:
     assert vol.is_hu
 
 
-def _write_dicom_series(folder: Path, arr: np.ndarray, spacing: tuple[float, float, float]) -> None:
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
-    for k in range(arr.shape[0]):
-        sl = sitk.GetImageFromArray(arr[k])
-        sl.SetSpacing(spacing[:2])
-        for tag, value in {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.41",
-            "0020|000e": series_uid,
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": f"0\\0\\{k * spacing[2]}",
-            "0020|0013": str(k + 1),
-            "0018|0050": str(spacing[2]),
-            "0028|1052": "0",
-            "0028|1053": "1",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
-        writer.Execute(sl)
-
-
 def test_dicom_series_folder(tmp_path: Path) -> None:
     arr = np.full((4, 6, 6), -1000, dtype=np.int16)
     arr[:, 1:-1, 1:-1] = 40
     arr[3, 1, 2] = 1000  # top slice, row y=1, column x=2
-    _write_dicom_series(tmp_path / "ct_series", arr, (0.7, 0.7, 5.0))
+    write_dicom_series(tmp_path / "ct_series", arr, (0.7, 0.7, 5.0))
     vol = read_volume(tmp_path / "ct_series")
     assert image_id_of(tmp_path / "ct_series") == "ct_series"
     assert vol.data.shape == (6, 6, 4) and vol.is_hu
