@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
-from ss_stylegan.data.readers import StudyReadError, read_volume
+from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
 from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError
 from ss_stylegan.selection import FarthestPointSelector, RandomSelector, derive_seed
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
@@ -371,6 +372,25 @@ class SliceLabelService:
         except IndexError as err:
             raise SliceOutOfRangeError(f"image {image_id!r}: {err}") from err
         return encode_png(image)
+
+    def series_archive(self, image_id: str, folder: str | Path) -> Path:
+        """A DICOM series study packed as one uncompressed zip file in ``folder`` (MONAI Label's
+        ``GET /datastore/image`` serves only single-file studies).
+
+        Raises:
+            NotFoundError: no study with this id, or the study is a single file.
+        """
+        study = self.study(image_id)
+        if study is None:
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+        if not study.path.is_dir():
+            raise NotFoundError(f"image {image_id!r} is a single file, not a DICOM series: download it with "
+                                "GET /datastore/image")
+        target = Path(folder) / f"{image_id}.zip"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted(p for p in study.path.iterdir() if p.is_file() and looks_like_dicom_file(p)):
+                archive.write(path, path.name)
+        return target
 
     def points(self) -> dict[str, Any]:
         """Every embedded slice with its map position, world position, label and (when labels exist)
