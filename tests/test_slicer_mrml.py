@@ -245,7 +245,8 @@ def test_a_dicom_series_is_downloaded_once_as_a_zip(lab, tmp_path: Path) -> None
     files = StudyFiles(SSGLClient(server.url), tmp_path / "downloads")
     first = files.path("dicom_oblique")
     assert first.name == "IM0000.dcm" and files.downloads == 1
-    assert sorted(p.name for p in first.parent.iterdir()) == sorted(p.name for p in (studies / "dicom_oblique").iterdir())
+    served = sorted(p.name for p in (studies / "dicom_oblique").iterdir())
+    assert sorted(p.name for p in first.parent.iterdir()) == served
     assert (first.parent / "IM0003.dcm").read_bytes() == (studies / "dicom_oblique" / "IM0003.dcm").read_bytes()
     assert files.path("dicom_oblique") == first and files.downloads == 1
     for image, words in (("nifti_ras", "GET /datastore/image"), ("no_such_study", "not in the datastore")):

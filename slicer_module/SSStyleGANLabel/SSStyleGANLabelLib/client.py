@@ -346,7 +346,8 @@ class SSGLClient:
                 names = [info.filename for info in archive.infolist()]
                 bad = [n for n in names if n != os.path.basename(n) or n.startswith(".")]
                 if bad or not names:
-                    raise ProtocolError(f"GET /slicemap/series answered an archive that is not one flat series: {bad or 'empty'}")
+                    raise ProtocolError(
+                        f"GET /slicemap/series answered an archive that is not one flat series: {bad or 'empty'}")
                 archive.extractall(unpacked)
             if folder.is_dir():
                 folder.rmdir()  # an empty leftover; a folder with files is refused here

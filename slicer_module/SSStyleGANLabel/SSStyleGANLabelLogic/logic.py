@@ -149,7 +149,8 @@ class SSStyleGANLabelLogic:
     def _nodes(self, className: str) -> List[object]:
         """Every node of a class in this logic's scene (``slicer.util.getNodesByClass`` ignores its
         ``scene`` argument and always reads ``slicer.mrmlScene``)."""
-        return [self.scene.GetNthNodeByClass(i, className) for i in range(self.scene.GetNumberOfNodesByClass(className))]
+        count = self.scene.GetNumberOfNodesByClass(className)
+        return [self.scene.GetNthNodeByClass(i, className) for i in range(count)]
 
     def _nodeTagged(self, className: str, attribute: str, value: str):
         return next((n for n in self._nodes(className) if n.GetAttribute(attribute) == value), None)
