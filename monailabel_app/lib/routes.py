@@ -1,6 +1,7 @@
-"""HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/``, and thin
-wrappers of ``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST /train/ss_stylegan``
-and ``GET /train/``.
+"""HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/`` (with one
+slice's model-ready PNG at ``/slicemap/slice`` and a DICOM series study as a zip at ``/slicemap/series``),
+and thin wrappers of ``POST /activelearning/{fps,random}``, ``POST /infer/classify``,
+``POST /train/ss_stylegan`` and ``GET /train/``.
 
 Handlers are plain ``def`` (FastAPI runs them in its thread pool, so they never block the event loop) and
 only translate HTTP to :class:`~lib.service.SliceLabelService` calls. The active-learning wrapper exists
@@ -23,11 +24,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from monailabel.endpoints import train as train_endpoint
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks as async_tasks
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labels import SliceOutOfRangeError, UnknownClassError, UnknownImageError, UnreadableImageError
@@ -45,15 +47,16 @@ class LabelBody(BaseModel):
 
 @contextmanager
 def classify_errors() -> Iterator[None]:
-    """Classification errors as HTTP answers: 404 unknown image, 409 not ready (no map, no label, being
-    embedded, or a published model that cannot place new slices), 422 a study that cannot be read."""
+    """Classification (and slice image) errors as HTTP answers: 404 unknown image, 409 not ready (no map,
+    no label, being embedded, or a published model that cannot place new slices), 422 a study that cannot
+    be read or a slice it does not have."""
     try:
         yield
     except NotFoundError as err:
         raise HTTPException(status_code=404, detail=str(err)) from err
     except (NotReadyError, WorkspaceError) as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
-    except (StudyReadError, UnreadableImageError) as err:
+    except (StudyReadError, UnreadableImageError, SliceOutOfRangeError) as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
 
 
@@ -100,6 +103,24 @@ def build_router(service: SliceLabelService) -> APIRouter:
             return service.points()
         except NotReadyError as err:
             raise HTTPException(status_code=409, detail=str(err)) from err
+
+    @router.get("/slicemap/slice", tags=["SliceLabels"], summary="One slice as the model sees it (PNG)",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def slice_png(image: str = Query(...), slice: int = Query(...)) -> Response:
+        with classify_errors():
+            return Response(service.slice_png(image, slice), media_type="image/png")
+
+    @router.get("/slicemap/series", tags=["SliceLabels"], summary="A DICOM series study as one zip file")
+    def series_zip(image: str = Query(...)) -> FileResponse:
+        folder = tempfile.mkdtemp(prefix="ss_stylegan-series-")
+        try:
+            with classify_errors():
+                path = service.series_archive(image, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return FileResponse(path, media_type="application/zip", filename=path.name,
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     @router.post("/infer/classify", tags=["Infer"], summary="Class of every slice of a study (1-NN in the map)")
     def classify(
