@@ -564,8 +564,7 @@ def gan_configs(args: argparse.Namespace, data_resolution: int) -> tuple[Any, An
              "max_minutes": args.max_train_minutes, "milestone_minutes": args.eval_every_minutes,
              "milestone_kimg": args.eval_every_kimg}
     base_train = recipe.train.to_dict() if recipe else {}
-    if not (args.eval_every_minutes or args.eval_every_kimg):   # no anytime stages unless asked for
-        base_train.update(milestone_minutes=None, milestone_kimg=None)
+    base_train.update(milestone_minutes=None, milestone_kimg=None)   # stages only from --eval-every-*
     train_cfg = TrainConfig.from_dict({**base_train, **_json_arg(args.train_config),
                                        **{k: v for k, v in flags.items() if v is not None}})
     if args.kimg is not None and args.steps is None:
