@@ -19,6 +19,7 @@ from ss_stylegan.labels import (
     UnknownImageError,
     parse_classes,
 )
+from ss_stylegan.validation import FieldError
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, TrainingStatus, Workspace, WorkspaceError
 
 DEPTHS = {"a": 10, "b": 1}
@@ -40,17 +41,18 @@ def test_label_store_round_trip_and_csv(tmp_path: Path) -> None:
     assert [(r["image"], r["slice"], r["class"], r["user"]) for r in rows] == [("a", "3", "normal", "bob"),
                                                                              ("b", "0", "lesion", "")]
     assert reopened.remove("b", 0) and not reopened.remove("b", 0)
-    assert not (tmp_path / "b.json").exists() and len(_store(tmp_path)) == 1
+    assert len(_store(tmp_path)) == 1 and not (tmp_path / "b.json").exists()  # reopening folds the journal in
 
 
 @pytest.mark.parametrize(
     ("image", "slice_index", "cls", "error", "message"),
     [
         ("zzz", 0, "normal", UnknownImageError, "not in the datastore"),
-        ("../a", 0, "normal", UnknownImageError, "invalid image id"),
+        ("../a", 0, "normal", FieldError, "image: contains a path separator"),
         ("a", 10, "normal", SliceOutOfRangeError, "0..9"),
-        ("a", -1, "normal", SliceOutOfRangeError, "out of range"),
-        ("a", 1.5, "normal", SliceOutOfRangeError, "integer"),
+        ("a", -1, "normal", FieldError, "slice: must be an integer >= 0"),
+        ("a", 1.5, "normal", FieldError, "slice: must be an integer"),
+        ("a", True, "normal", FieldError, "slice: must be an integer, got bool"),
         ("a", 1, "tumour", UnknownClassError, "valid classes are"),
     ],
 )
@@ -67,7 +69,9 @@ def test_label_store_concurrent_writers_keep_every_label(tmp_path: Path) -> None
         t.start()
     for t in threads:
         t.join()
-    assert len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10 and len(_store(tmp_path)) == 10
+    assert len((tmp_path / ".journal.jsonl").read_text(encoding="utf-8").splitlines()) == 10  # one line each
+    assert len(_store(tmp_path)) == 10  # reopening folds the journal into the image's file
+    assert len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10
 
 
 def test_parse_classes() -> None:
