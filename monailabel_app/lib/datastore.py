@@ -14,6 +14,10 @@ folder, the app's label tag kept out of the generic label API, and label counts 
   /datastore/label?tag=slice_class`` cannot overwrite or delete them.
 - Uploaded images are copied in atomically (a hidden temp file renamed into place), so the map never
   reads half a study.
+- MONAI Label's auto-reload watches the whole studies tree recursively, so every append to the slice
+  label journal and every file a training writes into the workspace woke its watcher (this alone halved
+  label write throughput). Here the watcher covers what MONAI Label reloads from: the studies folder
+  itself (image files, ``datastore_v2.json``) and the generic label folders, not the app's own state.
 
 Slice label counts are mirrored into each image's info (``GET /datastore/``) by :class:`LabelCountMirror`,
 which batches many label writes into one rewrite of the state file, off the label write's path.
@@ -32,8 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fnmatch
+import re
+
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.data.readers import VOLUME_SUFFIXES
@@ -44,6 +54,7 @@ from lib.errors import ProtectedError
 log = logging.getLogger(__name__)
 
 DATASTORE_FILE = "datastore_v2.json"
+MIRROR_DELAY_S = 0.5  # label counts are written at most this often (a burst of labels: one rewrite)
 
 
 def set_aside_unreadable(studies: str | Path) -> Path | None:
@@ -81,10 +92,29 @@ class AtomicLocalDatastore(LocalDatastore):
         protected_info: the image-info key the app mirrors its label counts into.
     """
 
-    def __init__(self, *args: Any, protected_tag: str, protected_info: str, **kwargs: Any) -> None:
+    def __init__(self, datastore_path: str, *, protected_tag: str, protected_info: str, auto_reload: bool = False,
+                 **kwargs: Any) -> None:
         self.protected_tag = protected_tag
         self.protected_info = protected_info
-        super().__init__(*args, **kwargs)
+        super().__init__(datastore_path, auto_reload=False, **kwargs)
+        self._auto_reload = auto_reload
+        if auto_reload:
+            self._watch()
+
+    def _watch(self) -> None:
+        """Reload on changes of images, generic labels and the state file, watching no folder recursively."""
+        image_dir = self._datastore.image_path()
+        folders = [image_dir] + [str(p) for p in Path(self._datastore.label_path(None)).iterdir()
+                                 if p.is_dir() and p.name != self.protected_tag]
+        handler = _ReloadHandler(self, re.compile("|".join(fnmatch.translate(e) for e in self._extensions)))
+        self._observer = PollingObserver() if self._is_on_mount(image_dir) else Observer()
+        for folder in folders:
+            self._observer.schedule(handler, path=folder, recursive=False)
+        try:
+            self._observer.start()
+        except OSError as err:
+            log.error("cannot watch %s for changes (%s): studies copied in are seen at the next refresh",
+                      image_dir, err)
 
     # -- checks -----------------------------------------------------------------------------------------
     def _tag(self, tag: Any, writing: bool) -> str:
@@ -151,6 +181,8 @@ class AtomicLocalDatastore(LocalDatastore):
         identifier(label_id, "id")
         self._tag(label_tag, writing=True)
         super().remove_label(label_id, label_tag)
+        if self._auto_reload:  # a tag folder made after start-up is not watched
+            self.refresh()
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         identifier(label_id, "label")
@@ -197,6 +229,27 @@ class AtomicLocalDatastore(LocalDatastore):
             write()
 
 
+class _ReloadHandler(FileSystemEventHandler):
+    """MONAI Label's reload rules for a file event, with the file names matched by one compiled pattern
+    (watchdog's pattern handler re-translates every pattern for every event: most of the cost of a busy
+    folder). Only creations, deletions and moves of image/label files and changes of the state file count;
+    opened/closed events and hidden files (temp files, locks) never do."""
+
+    def __init__(self, store: AtomicLocalDatastore, names: re.Pattern[str]) -> None:
+        self.store = store
+        self.names = names
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        paths = [os.fsdecode(event.src_path)] + ([os.fsdecode(event.dest_path)] if event.dest_path else [])
+        if event.event_type == "modified":
+            if self.store._datastore_config_path in paths:
+                self.store._on_modify_event(event)
+        elif event.event_type in ("created", "deleted", "moved") and not event.is_directory:
+            names = [os.path.basename(p) for p in paths]
+            if any(self.names.match(n) and not n.startswith(".") for n in names):
+                self.store._on_any_event(event)
+
+
 class LabelCountMirror:
     """Copies each image's slice label counts into its datastore info, in a background thread.
 
@@ -221,6 +274,7 @@ class LabelCountMirror:
         self._cond = threading.Condition()
         self._pending: set[str] = set()
         self._busy = False
+        self._urgent = False  # a reader waits (flush): write without gathering
         self._thread: threading.Thread | None = None
 
     def changed(self, image_id: str) -> None:
@@ -235,6 +289,8 @@ class LabelCountMirror:
         """Wait until every change marked so far is in the datastore info."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
             while (self._pending or self._busy) and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
 
@@ -245,7 +301,10 @@ class LabelCountMirror:
                     if not self._cond.wait(timeout=30.0):
                         self._thread = None
                         return
-                batch, self._pending = self._pending, set()
+                deadline = time.monotonic() + MIRROR_DELAY_S  # let a burst of label writes gather
+                while not self._urgent and time.monotonic() < deadline:
+                    self._cond.wait(timeout=deadline - time.monotonic())
+                batch, self._pending, self._urgent = self._pending, set(), False
                 self._busy = True
             try:
                 self._write(batch)

@@ -179,7 +179,7 @@ class LiveSliceMap:
         if time.monotonic() < self._retry_at:
             known |= set(self.failed)
         new = [s for s in self._scan()[1] if s.image_id not in known]
-        sweep = time.monotonic() >= self._next_sweep
+        sweep = time.monotonic() >= max(self._next_sweep, self._retry_at if self.failed else 0.0)
         if not new and not gone and not sweep:
             return False
         with self._refresh_lock:
@@ -240,9 +240,9 @@ class LiveSliceMap:
             snapshot = self.current()
             if snapshot is None:
                 return
-            changed, adopted = self._sweep(snapshot) if sweep else (set(), {})
+            changed, adopted = self._sweep(snapshot) if sweep else (set(self.changed), {})
+            self.changed = frozenset(changed)  # unavailable until read again (also if this update fails)
             if changed:
-                self.changed = frozenset(changed)
                 by_id = self._scan()[3]
                 studies += [by_id[i] for i in sorted(changed) if i in by_id]
                 self.embedding = frozenset(s.image_id for s in studies)
@@ -292,6 +292,7 @@ class LiveSliceMap:
                 self._current = (self.workspace.map_stamp(), new_map)
             for image_id in {s.image_id for s in studies}:
                 self.failed.pop(image_id, None)
+            self.changed = frozenset(self.changed - changed)
             self._retry_s = RETRY_FIRST_S
             log.info("map updated in %.2f s: %d new slices of %d new or changed studies, %d studies removed",
                      time.monotonic() - t0, len(ids), len(studies), len(drop))
@@ -303,7 +304,6 @@ class LiveSliceMap:
             self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
         finally:
             self.embedding = frozenset()
-            self.changed = frozenset()
 
     def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
         """Rows of the map whose image has left the studies folder or changed on disk (never suggested),

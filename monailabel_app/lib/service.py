@@ -312,8 +312,7 @@ class SliceLabelService:
     # -- labels -----------------------------------------------------------------------------------------
     def set_label(self, image_id: Any, slice_index: Any, class_name: Any, user: Any = "") -> dict[str, Any]:
         """Store the label of one slice, with the study's fingerprint now (see :meth:`flags`)."""
-        self.labels.validate(image_id, slice_index, class_name, user)
-        study = self.study(image_id)
+        study = self.study(identifier(image_id, "image"))  # the store checks the rest
         fingerprint = self.fingerprints.fingerprint(study.path) if study is not None else None
         record = self.labels.set(image_id, slice_index, class_name, user, study=fingerprint)
         self.pending.release((image_id, slice_index))
