@@ -188,7 +188,9 @@ def _count_unpacked(fh: BinaryIO, make: Callable[[], Any], limits: UploadLimits,
             pending = b""
             if not data_in:
                 return total
-            while data_in:
+            if decompressor.eof:  # the member before ended exactly where this data starts
+                decompressor = make()
+            while data_in and not decompressor.eof:  # at the end of a member the rest is in unused_data
                 total += len(decompressor.decompress(data_in, CHUNK))
                 limits.check_unpacked(total)
                 data_in = getattr(decompressor, "unconsumed_tail", b"")

@@ -139,6 +139,13 @@ def integer_text(value: str, field: str, minimum: int | None = None, maximum: in
     return integer(int(value), field, minimum, maximum)
 
 
+def boolean(value: Any, field: str) -> bool:
+    """``true`` or ``false`` (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise FieldError(field, f"must be true or false, got {type(value).__name__} {shown(value)}")
+    return value
+
+
 def number(value: Any, field: str, minimum: float | None = None) -> float:
     """A finite number (not a boolean), optionally ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
