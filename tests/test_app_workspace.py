@@ -20,7 +20,14 @@ from ss_stylegan.labels import (
     parse_classes,
 )
 from ss_stylegan.validation import FieldError
-from ss_stylegan.workspace import PendingSuggestions, SliceMap, TrainingStatus, Workspace, WorkspaceError
+from ss_stylegan.workspace import (
+    PendingSuggestions,
+    ReservationLimitError,
+    SliceMap,
+    TrainingStatus,
+    Workspace,
+    WorkspaceError,
+)
 
 DEPTHS = {"a": 10, "b": 1}
 
@@ -184,6 +191,19 @@ def test_pending_suggestions_per_client_with_expiry() -> None:
     assert pending.reserved() == {("a", 4)}
     time.sleep(0.25)
     assert pending.reserved() == set()
+
+
+def test_reservations_are_capped_per_owner() -> None:
+    pending = PendingSuggestions(ttl_s=60, cap=3)
+    pending.check_count(3, "alice-1", owner="alice")
+    with pytest.raises(ReservationLimitError, match="at most 3 suggestions per user"):
+        pending.check_count(4, "alice-1", owner="alice")
+    pending.reserve("alice-1", [("a", 1), ("a", 2)], owner="alice")
+    assert pending.room("alice-1", "alice") == 3  # a new request replaces the client's own reservations
+    assert pending.room("alice-2", "alice") == 1  # another client id of the same user shares the cap
+    with pytest.raises(ReservationLimitError, match="2 are reserved under its other client ids"):
+        pending.check_count(2, "alice-2", owner="alice")
+    assert pending.room("bob", "bob") == 3
 
 
 def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Path) -> None:

@@ -341,6 +341,14 @@ class SliceLabelStore:
         finally:
             self._compacting.release()
 
+    def compact(self, timeout_s: float = 30.0) -> None:
+        """Fold every change so far into the image files now (waits for a compaction already running)."""
+        self.wait_compaction(timeout_s)
+        with self._compacting:  # the running one has released it
+            pass
+        self._start_compaction()
+        self.wait_compaction(timeout_s)
+
     def wait_compaction(self, timeout_s: float = 30.0) -> None:
         """Wait for a running background compaction (tests and tools)."""
         thread = self._compactor

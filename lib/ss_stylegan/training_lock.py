@@ -126,31 +126,46 @@ class TrainingLock:
         """Stop the process holding the lock; return who it was (None when nobody held it).
 
         Steps: ``request_stop()`` (the workspace's STOP file, honoured between training steps), then after
-        ``grace_s`` SIGTERM, then after another ``grace_s`` SIGKILL. Signals go only to the PID the holder
-        wrote, and only while the lock is still held.
+        ``grace_s`` SIGTERM, then after another ``grace_s`` SIGKILL. Returns once the process has ended
+        (not only released the lock). Signals go only to the PID the holder wrote, and only while that
+        process holds the lock or is still finishing after releasing it.
         """
         holder = self.holder()
         if holder is None:
             return None
+        if holder.pid is None:
+            log.error("the training lock %s is held by a process that did not write its PID; stop it by hand",
+                      self.path)
+            return holder
         request_stop()
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
-                current = self.holder()
-                if current is None:
+                if not _running(holder.pid):
                     return holder
-                if current.pid is None:
-                    log.error("the training lock %s is held by a process that did not write its PID; "
-                              "stop it by hand", self.path)
-                    return holder
-                log.warning("training process %d did not stop within %.0f s; sending %s", current.pid, grace_s,
+                log.warning("training process %d did not stop within %.0f s; sending %s", holder.pid, grace_s,
                             signal.Signals(sig).name)
                 try:
-                    os.kill(current.pid, sig)
+                    os.kill(holder.pid, sig)
                 except ProcessLookupError:
-                    pass
+                    return holder
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
-                if self.holder() is None:
+                if self.holder() is None and not _running(holder.pid):
                     return holder
                 time.sleep(poll_s)
         return holder
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
