@@ -117,7 +117,7 @@ class AtomicLocalDatastore(LocalDatastore):
                       image_dir, err)
 
     # -- checks -----------------------------------------------------------------------------------------
-    def _tag(self, tag: Any, writing: bool) -> str:
+    def check_tag(self, tag: Any, writing: bool) -> str:
         identifier(tag, "tag")
         if writing and tag == self.protected_tag:
             raise ProtectedError(
@@ -173,30 +173,30 @@ class AtomicLocalDatastore(LocalDatastore):
     # -- generic labels -----------------------------------------------------------------------------------
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         identifier(image_id, "image")
-        self._tag(label_tag, writing=True)
+        self.check_tag(label_tag, writing=True)
         inside(self._datastore.label_path(label_tag), field="tag")
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         identifier(label_id, "id")
-        self._tag(label_tag, writing=True)
+        self.check_tag(label_tag, writing=True)
         super().remove_label(label_id, label_tag)
         if self._auto_reload:  # a tag folder made after start-up is not watched
             self.refresh()
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         identifier(label_id, "label")
-        self._tag(label_tag, writing=False)
+        self.check_tag(label_tag, writing=False)
         return super().get_label_uri(label_id, label_tag)
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
         identifier(label_id, "label")
-        self._tag(label_tag, writing=False)
+        self.check_tag(label_tag, writing=False)
         return super().get_label_info(label_id, label_tag)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         identifier(label_id, "label")
-        self._tag(label_tag, writing=True)
+        self.check_tag(label_tag, writing=True)
         super().update_label_info(label_id, label_tag, info)
 
     # -- the app's own writes ---------------------------------------------------------------------------------

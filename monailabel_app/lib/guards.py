@@ -29,7 +29,7 @@ from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 
 from ss_stylegan.data.readers import image_id_of
 from ss_stylegan.uploads import UploadLimits, received_upload
-from ss_stylegan.validation import FieldError, identifier, json_object, only_keys, text
+from ss_stylegan.validation import FieldError, boolean, identifier, integer, json_object, only_keys, text
 
 from lib.auth import ADMIN, ANNOTATE, READ, TRAIN, RBAC, User
 from lib.configs.settings import parse_train_request
@@ -41,6 +41,25 @@ from lib.uploads import bounded_route
 
 BATCH_FIELDS = ("device", "multi_gpu", "gpus", "logging", "save_label", "label_tag", "max_workers",
                 "max_batch_size", "images", "labels")
+
+
+def _batch_params(body: dict[str, Any]) -> dict[str, Any]:
+    """Batch-infer parameters checked by type, with defaults that work on a CPU server (MONAI Label's
+    default ``multi_gpu: true`` divides by the number of GPUs: zero on a CPU)."""
+    only_keys(body, BATCH_FIELDS, field="params")
+    for key in ("device", "gpus", "logging"):
+        if key in body:
+            text(body[key], f"params.{key}", 32)
+    for key in ("multi_gpu", "save_label"):
+        if key in body:
+            boolean(body[key], f"params.{key}")
+    for key in ("max_workers", "max_batch_size"):
+        if key in body:
+            integer(body[key], f"params.{key}", minimum=0)
+    if "labels" in body and (not isinstance(body["labels"], list)
+                             or not all(isinstance(v, str) and len(v) <= 64 for v in body["labels"])):
+        raise FieldError("params.labels", "must be a list of class names")
+    return {"multi_gpu": False, "device": "cpu", **body}
 
 
 def build_guards(
@@ -135,7 +154,7 @@ def build_guards(
                    params: str = Form("{}"), label: UploadFile = File(...)) -> dict[str, Any]:
         with http_errors():
             store = datastore()
-            store._tag(tag, writing=True)  # refuse the app's tag before reading the upload
+            store.check_tag(tag, writing=True)  # refuse the app's tag before reading the upload
             known_image(image)
             info = json_object(params, "params")
             with received_upload(label.file, label.filename, limits()) as (path, _):
@@ -149,7 +168,7 @@ def build_guards(
     def remove_label(user: User = Depends(RBAC(ADMIN)), id: str = Query(...), tag: str = Query(...)) -> Any:
         with http_errors():
             store = datastore()
-            store._tag(tag, writing=True)
+            store.check_tag(tag, writing=True)
             if not store.get_label_uri(id, tag):
                 raise NotFoundError(f"image {id!r} has no label with tag {tag!r}")
             store.remove_label(id, tag)
@@ -178,6 +197,7 @@ def build_guards(
             fields = json_object(info, "info")
             fields["user"] = user.username
             store = datastore()
+            store.check_tag(tag, writing=True)
             if not store.get_label_uri(label, tag):
                 raise NotFoundError(f"image {label!r} has no label with tag {tag!r}")
             store.update_label_info(label, tag, fields)
@@ -256,7 +276,7 @@ def build_guards(
         with http_errors():
             if model not in models():
                 unknown("model", models)(model)
-            only_keys(body, BATCH_FIELDS, field="params")
+            body = _batch_params(body)
             if "images" in body:
                 ids = body["images"]
                 if isinstance(ids, str):
@@ -271,7 +291,7 @@ def build_guards(
                 else:
                     raise FieldError("params.images", "must be a list of datastore image ids (see GET /datastore/)")
             if "label_tag" in body:
-                datastore()._tag(body["label_tag"], writing=True)
+                datastore().check_tag(identifier(body["label_tag"], "params.label_tag"), writing=True)
             return redacted(batch_endpoint.run(model, images, body, run_sync))
 
     # -- sessions: not used ---------------------------------------------------------------------------------------

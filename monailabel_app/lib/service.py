@@ -119,8 +119,11 @@ class SliceLabelService:
         if study is None:
             return None
         slice_map = self.slice_map()
-        if slice_map is not None and image_id in slice_map.depths and not self.maps.is_stale(image_id, slice_map):
-            return slice_map.depths[image_id]
+        if slice_map is not None and (image_id in slice_map.depths or image_id in slice_map.errors) \
+                and not self.maps.is_stale(image_id, slice_map):
+            if image_id in slice_map.depths:
+                return slice_map.depths[image_id]
+            raise UnreadableImageError(slice_map.errors[image_id])
         now = study_stamp(study.path)
         if now is None:
             return None
@@ -178,6 +181,7 @@ class SliceLabelService:
         """Stored records (of one image), each with ``"flag"`` when it no longer fits its study."""
         if image_id is not None:
             identifier(image_id, "image")
+        self.maybe_refresh()
         flags = self.flags()
         out = []
         for record in self.labels.records(image_id):
@@ -206,7 +210,7 @@ class SliceLabelService:
             state = "untrained"
             message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
         else:
-            state, message = "untrained", "not trained yet: POST /train/ss_stylegan"
+            state, message = "untrained", status.message or "not trained yet: POST /train/ss_stylegan"
         if self.maps.problem:
             message += f"; the published map could not be loaded ({self.maps.problem}), the previous one is in use"
         self.maybe_refresh()
@@ -446,6 +450,7 @@ class SliceLabelService:
         """Every embedded slice of a study in the folder, with its map position, label and (when labels
         exist) prediction; slices of deleted or changed studies are left out."""
         slice_map = self.require_map()
+        self.maybe_refresh()
         keep = np.ones(len(slice_map), dtype=bool)
         keep[self.maps.removed_rows(slice_map)] = False
         keys = self.usable_labels()
