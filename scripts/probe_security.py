@@ -6,7 +6,7 @@ labels and try to write outside the studies folder. Nothing here needs the serve
 
 Probes (each is one line of the report, ``ok`` or ``DEFECT`` with the evidence):
 
- 1. the app's routes with auth on and no token must all answer 401 (skipped when auth is off)
+ 1. the app's routes (and MONAI Label's ``POST /reload``) with auth on and no token must all answer 401
  2. ``PUT /datastore/image?image=../<name>`` must not write outside the studies folder
  3. ``PUT /datastore/image?image=<absolute path>`` must not write there
  4. ``PUT /datastore/label`` with a tag of ``../..`` must not write outside
@@ -64,6 +64,7 @@ APP_ROUTES = (
     ("POST", "/activelearning/fps", {}), ("POST", "/activelearning/random", {}),
     ("POST", "/infer/classify?image=x", {}), ("GET", "/train/", None),
     ("POST", "/train/ss_stylegan", {"batch_size": 0}),  # would fail at once if it ever started
+    ("POST", "/reload", None),  # MONAI Label's own, served without any login: it re-creates the app
 )
 PATH_RE = re.compile(r"(?<![\w.])/(?:tmp|home|work|root|usr|var|opt|srv|mnt|data)/[^\s'\"]+")
 
@@ -91,6 +92,11 @@ def nifti_declaring(shape: tuple[int, int, int]) -> bytes:
     header = bytearray(gzip.decompress(small_nifti())[:352])
     struct.pack_into("<8h", header, 40, 3, *shape, 1, 1, 1, 1)
     return gzip.compress(bytes(header) + b"\0" * 4096)
+
+
+def escaped(resp: requests.Response, written: list[Path]) -> tuple[bool, str]:
+    """A path-escape probe's verdict: the server accepted the request, or a file appeared outside."""
+    return resp.ok or bool(written), f"{resp.status_code} {resp.text[:120]}" + (f"; wrote {written}" if written else "")
 
 
 class Prober:
@@ -226,13 +232,13 @@ class Prober:
         name = f"probe_escape_{self.tag}"
         resp = self.upload(f"../{name}", small_nifti(), "x.nii.gz")
         written = self.outside(name)
-        return resp.ok or bool(written), f"{resp.status_code} {resp.text[:120]}" + (f"; wrote {written}" if written else "")
+        return escaped(resp, written)
 
     def image_absolute(self) -> tuple[bool, str]:
         target = Path(tempfile.gettempdir()) / f"probe_abs_{self.tag}"
         resp = self.upload(str(target), small_nifti(), "x.nii.gz")
         written = list(target.parent.glob(f"{target.name}*"))
-        return resp.ok or bool(written), f"{resp.status_code} {resp.text[:120]}" + (f"; wrote {written}" if written else "")
+        return escaped(resp, written)
 
     def label_tag_escape(self) -> tuple[bool, str]:
         image = self.some_image()
@@ -240,7 +246,7 @@ class Prober:
         resp = self.upload(image, small_nifti(), f"{image}.nii.gz", path="/datastore/label",
                            extra={"tag": f"../../{name}"})
         written = self.outside(name)
-        return resp.ok or bool(written), f"{resp.status_code} {resp.text[:120]}" + (f"; wrote {written}" if written else "")
+        return escaped(resp, written)
 
     def label_tamper_put(self) -> tuple[bool, str]:
         image, slice_index = self.labelled_image()

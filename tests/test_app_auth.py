@@ -78,6 +78,7 @@ ROUTES: list[tuple[str, str, Any, list[str], int]] = [
     ("PUT", "/model/classify", None, ANNOTATE, 404),
     ("POST", "/batch/infer/classify", {"images": ["no_such"]}, TRAIN, 404),
     ("PUT", "/session/", None, READ, 406),
+    ("POST", "/reload", None, DELETE, 406),
     ("GET", "/info/", None, READ, 200),  # MONAI Label's own route: works with a valid token again
 ]
 

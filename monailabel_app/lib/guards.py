@@ -15,6 +15,8 @@ What the guards add to MONAI Label 0.8.5's behaviour:
   answered 500, some after writing a temp file).
 - ``POST /train/``: the same one-training rule as ``POST /train/ss_stylegan`` (:mod:`lib.train_control`).
 - ``/session/*``: not used by this app; 406 without reading an upload.
+- ``POST /reload`` (MONAI Label serves it without any login): admin only, and 406: re-creating the app
+  inside a running server would leave two label stores in one process.
 """
 
 from __future__ import annotations
@@ -300,6 +302,12 @@ def build_guards(
             raise NotUsedError("sessions are not used by this app: upload a study with PUT /datastore/image, or "
                                "classify a file with POST /infer/classify")
 
+    def no_reload(user: User = Depends(RBAC(ADMIN))) -> Response:
+        with http_errors():
+            raise NotUsedError("reloading the app inside the running server is not supported (it would leave two "
+                               "copies of the label store in one process): restart the server instead")
+
+    router.add_api_route("/reload", no_reload, methods=["POST"], include_in_schema=False)
     router.add_api_route("/session/", no_sessions, methods=["PUT"], tags=["Session"], include_in_schema=False)
     router.add_api_route("/session/{session_id}", no_sessions, methods=["GET", "DELETE"], tags=["Session"],
                          include_in_schema=False)
