@@ -157,18 +157,25 @@ def test_the_suggestion_cap_counts_per_user_across_client_ids(server: RunningSer
 
 
 def _route_handlers(tree: ast.AST) -> list[ast.FunctionDef]:
-    """Functions registered as routes: decorated with ``@router.<method>(...)`` or passed to add_api_route."""
-    registered = {node.args[1].id for node in ast.walk(tree) if isinstance(node, ast.Call)
-                  and isinstance(node.func, ast.Attribute) and node.func.attr == "add_api_route"
-                  and len(node.args) > 1 and isinstance(node.args[1], ast.Name)}
+    """Functions registered as routes: decorated with ``@router.<method>(...)``, passed to add_api_route by
+    name, or returned by a factory whose call is passed to add_api_route (``_refusal(role, message)``)."""
+    endpoints = [node.args[1] for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and node.func.attr == "add_api_route" and len(node.args) > 1]
+    registered = {e.id for e in endpoints if isinstance(e, ast.Name)}
+    factories = {e.func.id for e in endpoints if isinstance(e, ast.Call) and isinstance(e.func, ast.Name)}
     handlers = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef):
-            decorated = any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-                            and d.func.attr in ("get", "put", "post", "delete", "head", "patch", "api_route")
-                            for d in node.decorator_list)
-            if decorated or node.name in registered:
-                handlers.append(node)
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        decorated = any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
+                        and d.func.attr in ("get", "put", "post", "delete", "head", "patch", "api_route")
+                        for d in node.decorator_list)
+        if decorated or node.name in registered:
+            handlers.append(node)
+        if node.name in factories:
+            returned = {r.value.id for r in ast.walk(node)
+                        if isinstance(r, ast.Return) and isinstance(r.value, ast.Name)}
+            handlers += [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name in returned]
     return handlers
 
 
@@ -183,4 +190,12 @@ def test_every_route_handler_takes_the_auth_dependency() -> None:
                            for d in defaults)
             assert has_auth, f"{path.relative_to(APP_DIR)}: route handler {fn.name} has no Depends(RBAC(...))"
             checked.append(fn.name)
+    assert {"put_label", "suggest", "refuse", "add_image", "batch_infer", "no_reload"} <= set(checked), checked
     assert len(checked) >= 30, checked  # the app's routes and the guarded MONAI Label routes
+
+
+def test_every_published_operation_asks_for_a_token(server: RunningServer) -> None:
+    schema = server.get_json("/openapi.json")
+    operations = [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
+    open_ops = [f"{m.upper()} {p}" for p, m, op in operations if not op.get("security") and not p.startswith("/auth")]
+    assert len(operations) > 40 and open_ops == [], open_ops

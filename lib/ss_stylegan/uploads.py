@@ -279,6 +279,17 @@ def _header_lines(fh: BinaryIO, what: str, stop: Callable[[str], bool]) -> list[
             return lines
 
 
+def _shape(fields: dict[str, str], key: str, what: str) -> tuple[int, ...]:
+    """The image size a text header declares in ``fields[key]`` (whitespace-separated positive integers)."""
+    try:
+        shape = tuple(int(v) for v in fields[key].split())
+    except (KeyError, ValueError) as err:
+        raise UploadError(f"the {what} header has no valid {key!r} field") from err
+    if not shape or any(n < 1 for n in shape):
+        raise UploadError(f"the {what} header declares an invalid shape ({key} = {fields[key]})")
+    return shape
+
+
 def _nrrd(fh: BinaryIO, limits: UploadLimits) -> tuple[int, ...]:
     if not fh.read(4) == b"NRRD":
         raise UploadError("the upload does not start with an NRRD header ('NRRD000x')")
@@ -293,12 +304,7 @@ def _nrrd(fh: BinaryIO, limits: UploadLimits) -> tuple[int, ...]:
     if "data file" in fields or "datafile" in fields:
         raise UploadError("the NRRD header names a separate data file ('data file:'); an upload must carry "
                           "its voxels itself: save the image as a single .nrrd with attached data")
-    try:
-        shape = tuple(int(v) for v in fields["sizes"].split())
-    except (KeyError, ValueError) as err:
-        raise UploadError("the NRRD header has no valid 'sizes:' field") from err
-    if not shape or any(n < 1 for n in shape):
-        raise UploadError(f"the NRRD header declares an invalid shape (sizes: {fields.get('sizes')})")
+    shape = _shape(fields, "sizes", "NRRD")
     limits.check_voxels(_product(shape), shape)
     encoding = fields.get("encoding", "raw").lower()
     if encoding in ("gzip", "gz"):
@@ -323,12 +329,7 @@ def _metaimage(fh: BinaryIO, limits: UploadLimits) -> tuple[int, ...]:
         raise UploadError("the MetaImage header names a separate data file (ElementDataFile = "
                           f"{fields.get('ElementDataFile', '')[:40]!r}); an upload must carry its voxels itself: "
                           "save the image as a single .mha (ElementDataFile = LOCAL)")
-    try:
-        shape = tuple(int(v) for v in fields["DimSize"].split())
-    except (KeyError, ValueError) as err:
-        raise UploadError("the MetaImage header has no valid DimSize field") from err
-    if not shape or any(n < 1 for n in shape):
-        raise UploadError(f"the MetaImage header declares an invalid shape (DimSize = {fields.get('DimSize')})")
+    shape = _shape(fields, "DimSize", "MetaImage")
     channels = fields.get("ElementNumberOfChannels", "1")
     full = shape + ((int(channels),) if channels.isdigit() and int(channels) > 1 else ())
     limits.check_voxels(_product(full), full)
@@ -343,9 +344,13 @@ def _png(fh: BinaryIO, limits: UploadLimits) -> tuple[int, ...]:
     if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise UploadError("the upload is not a PNG file (no PNG signature and IHDR chunk)")
     width, height = struct.unpack(">II", head[16:24])
+    return _picture_shape(height, width, "PNG", limits)
+
+
+def _picture_shape(height: int, width: int, what: str, limits: UploadLimits) -> tuple[int, ...]:
     shape = (int(height), int(width))
     if not all(shape):
-        raise UploadError("the PNG header declares an empty image")
+        raise UploadError(f"the {what} header declares an empty image")
     limits.check_voxels(_product(shape), shape)
     return shape
 
@@ -371,11 +376,7 @@ def _jpeg(fh: BinaryIO, limits: UploadLimits) -> tuple[int, ...]:
             if len(segment) < 5:
                 raise UploadError("the JPEG frame header is cut short")
             height, width = struct.unpack(">HH", segment[1:5])
-            shape = (int(height), int(width))
-            if not all(shape):
-                raise UploadError("the JPEG header declares an empty image")
-            limits.check_voxels(_product(shape), shape)
-            return shape
+            return _picture_shape(height, width, "JPEG", limits)
 
 
 def _product(shape: tuple[int, ...]) -> int:

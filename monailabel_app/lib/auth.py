@@ -9,7 +9,7 @@ role 403; without auth every request acts as MONAI Label's default user, who hol
 | --- | --- |
 | ``READ`` (``monailabel-user``) | read: info, labels, CSV, the map, classification, training status, downloads |
 | ``ANNOTATE`` (``monailabel-annotator``) | label slices, ask for suggestions (they reserve slices), upload studies |
-| ``TRAIN`` (``monailabel-admin``, or the role named by ``MONAI_LABEL_AUTH_ROLE_TRAINER``) | start and stop training, batch inference |
+| ``TRAIN`` (``monailabel-admin``, or ``MONAI_LABEL_AUTH_ROLE_TRAINER``) | start / stop training, batch inference |
 | ``ADMIN`` (``monailabel-admin``) | delete studies and generic labels |
 
 Role names follow MONAI Label's settings (``MONAI_LABEL_AUTH_ROLE_USER`` and so on).

@@ -64,6 +64,14 @@ def _batch_params(body: dict[str, Any]) -> dict[str, Any]:
     return {"multi_gpu": False, "device": "cpu", **body}
 
 
+def _refusal(role: str, message: Callable[[str], str]) -> Callable[..., None]:
+    """A handler answering 404 with ``message(name)`` for a name the app does not offer (after auth)."""
+    def refuse(name: str, user: User = Depends(RBAC(role))) -> None:
+        with http_errors():
+            raise NotFoundError(message(name))
+    return refuse
+
+
 def build_guards(
     datastore: Callable[[], AtomicLocalDatastore],
     limits: Callable[[], UploadLimits],
@@ -110,7 +118,8 @@ def build_guards(
 
     for path in ("/datastore/image", "/datastore/"):
         router.add_api_route(path, add_image, methods=["PUT"], tags=["Datastore"], route_class_override=upload_route,
-                             summary="Upload a new study (single file, size-capped)", include_in_schema=path != "/datastore/")
+                             summary="Upload a new study (single file, size-capped)",
+                             include_in_schema=path != "/datastore/")
 
     def remove_image(user: User = Depends(RBAC(ADMIN)), id: str = Query(...)) -> dict[str, Any]:
         with http_errors():
@@ -216,38 +225,20 @@ def build_guards(
                          include_in_schema=False)
 
     # -- names the app does not offer --------------------------------------------------------------------------
-    def unknown(kind: str, names: Callable[[], list[str]]) -> Callable[..., Any]:
-        def answer(name: str) -> None:
-            raise NotFoundError(f"unknown {kind} {name!r}; this app offers {names()}")
-        return answer
-
-    @router.post("/infer/{model}", tags=["Infer"], summary="Run inference (this app: classify)")
-    def infer_other(user: User = Depends(RBAC(READ)), model: str = "") -> None:
-        with http_errors():
-            unknown("model", models)(model)
-
-    @router.post("/infer/wsi/{model}", tags=["Infer"], include_in_schema=False)
-    @router.post("/infer/wsi_v2/{model}", tags=["Infer"], include_in_schema=False)
-    def infer_wsi(user: User = Depends(RBAC(READ)), model: str = "") -> None:
-        with http_errors():
-            raise NotFoundError(f"this app has no whole-slide-image models (asked for {model!r}); "
-                                f"its models are {models()}")
-
-    @router.post("/activelearning/{strategy}", tags=["ActiveLearning"], summary="Next sample (this app: fps, random)")
-    def other_strategy(user: User = Depends(RBAC(ANNOTATE)), strategy: str = "") -> None:
-        with http_errors():
-            unknown("strategy", strategies)(strategy)
-
-    @router.post("/scoring/{method}", tags=["Scoring"], summary="Run a scoring method (this app has none)")
-    def other_scoring(user: User = Depends(RBAC(ANNOTATE)), method: str = "") -> None:
-        with http_errors():
-            unknown("scoring method", list)(method)
-
-    @router.put("/model/{model}", tags=["Model"], summary="Upload a model file (this app trains its own)")
-    def put_model(user: User = Depends(RBAC(ANNOTATE)), model: str = "") -> None:
-        with http_errors():
-            raise NotFoundError(f"this app has no model file to upload ({model!r}): its model is trained from the "
-                                "studies with POST /train/ss_stylegan")
+    refusals: list[tuple[str, str, str, Callable[[str], str]]] = [
+        ("POST", "/infer/{name}", READ, lambda n: f"unknown model {n!r}; this app offers {models()}"),
+        ("POST", "/infer/wsi/{name}", READ, lambda n: f"this app has no whole-slide-image models (asked for {n!r}); "
+                                                      f"its models are {models()}"),
+        ("POST", "/infer/wsi_v2/{name}", READ, lambda n: f"this app has no whole-slide-image models (asked for "
+                                                         f"{n!r}); its models are {models()}"),
+        ("POST", "/activelearning/{name}", ANNOTATE, lambda n: f"unknown strategy {n!r}; this app offers "
+                                                               f"{strategies()}"),
+        ("POST", "/scoring/{name}", ANNOTATE, lambda n: f"unknown scoring method {n!r}; this app has none"),
+        ("PUT", "/model/{name}", ANNOTATE, lambda n: f"this app has no model file to upload ({n!r}): its model is "
+                                                     "trained from the studies with POST /train/ss_stylegan"),
+    ]
+    for method, path, role, message in refusals:
+        router.add_api_route(path, _refusal(role, message), methods=[method], include_in_schema=False)
 
     # -- training through MONAI Label's generic routes ------------------------------------------------------------
     @router.post("/train/", tags=["Train"], summary="Run every trainer (one training at a time)",
@@ -277,7 +268,7 @@ def build_guards(
                     body: dict[str, Any] = Depends(json_body), run_sync: bool = False) -> Any:
         with http_errors():
             if model not in models():
-                unknown("model", models)(model)
+                raise NotFoundError(f"unknown model {model!r}; this app offers {models()}")
             body = _batch_params(body)
             if "images" in body:
                 ids = body["images"]

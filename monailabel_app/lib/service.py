@@ -334,7 +334,8 @@ class SliceLabelService:
     def _classifier(self, slice_map: SliceMap) -> tuple[NearestNeighbourClassifier, list[tuple[str, int, str]]]:
         row_of = slice_map.row_lookup()
         gone = set(slice_map.image_ids[self.maps.removed_rows(slice_map)].tolist())
-        labelled = [(img, s, c) for (img, s), c in self.usable_labels().items() if (img, s) in row_of and img not in gone]
+        labelled = [(img, s, c) for (img, s), c in self.usable_labels().items()
+                    if (img, s) in row_of and img not in gone]
         if not labelled:
             raise NotReadyError(
                 "no embedded slice is labelled yet: label at least one slice of each class "
