@@ -61,6 +61,7 @@ APP_ROUTES = (
     ("GET", "/slicelabels/", None), ("GET", "/slicelabels/export.csv", None),
     ("PUT", "/slicelabels/", {"image": "x", "slice": 0, "class": "normal"}),
     ("DELETE", "/slicelabels/?image=x&slice=0", None), ("GET", "/slicemap/", None),
+    ("GET", "/slicemap/slice?image=x&slice=0", None), ("GET", "/slicemap/series?image=x", None),
     ("POST", "/activelearning/fps", {}), ("POST", "/activelearning/random", {}),
     ("POST", "/infer/classify?image=x", {}), ("GET", "/train/", None),
     ("POST", "/train/ss_stylegan", {"batch_size": 0}),  # would fail at once if it ever started

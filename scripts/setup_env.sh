@@ -24,7 +24,9 @@ echo "setup_env: installing into $VENV (about a minute and 2 GB on a fresh machi
 "${PIP[@]}" install -q --no-deps -e "$ROOT" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$VENV/bin/python" - <<'PY'
 import torch, monai, monailabel, openTSNE, numpy, SimpleITK, nibabel, sklearn  # noqa: F401
+import slicer  # noqa: F401  (slicer-core: the MRML scene the Slicer module's tests use)
 assert torch.__version__.startswith("2.13.0"), torch.__version__
+assert slicer.vtkMRMLScene is not None
 print(f"setup_env: torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, "
       f"numpy {numpy.__version__}, openTSNE {openTSNE.__version__}")
 PY

@@ -23,6 +23,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
+from dicom_series import write_dicom_series
 from server_harness import TINY_CONF, RunningServer, start_server
 from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.data.cache import find_studies
@@ -68,24 +69,6 @@ def _upload(server: RunningServer, path: Path) -> requests.Response:
     with open(path, "rb") as fh:
         return requests.post(f"{server.url}/infer/classify", files={"file": (path.name, fh)},
                              data={"params": "{}"}, timeout=120)
-
-
-def _write_dicom_series(folder: Path, hu_zyx: np.ndarray) -> None:
-    """One CT series, one file per axial slice (``hu_zyx`` int16 ``[z, y, x]``), 1 x 1 x 2.5 mm."""
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(hu_zyx.shape[0]):
-        image = sitk.GetImageFromArray(hu_zyx[k])
-        for tag, value in {
-            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.7.2", "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": f"0\\0\\{k * 2.5}", "0020|0013": str(k + 1), "0018|0050": "2.5",
-            "0028|1052": "0", "0028|1053": "1",
-        }.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
-        writer.Execute(image)
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +290,7 @@ def test_info_answers_while_a_new_study_is_embedded(server: RunningServer) -> No
 def test_dicom_series_and_mha_studies_are_used(server: RunningServer) -> None:
     hu_xyz = nib.load(str(server.studies / "study_02.nii.gz")).get_fdata()
     hu_zyx = np.ascontiguousarray(np.transpose(hu_xyz, (2, 1, 0))).astype(np.int16)
-    _write_dicom_series(server.studies / "ct_dicom", hu_zyx)
+    write_dicom_series(server.studies / "ct_dicom", hu_zyx)
     sitk.WriteImage(sitk.GetImageFromArray(hu_zyx[:7]), str(server.studies / "scan_mha.mha"))
     for image_id, depth in (("ct_dicom", 12), ("scan_mha", 7)):
         status, ans = _classify_when_embedded(server, image_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -10,11 +11,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_series import write_dicom_series
 from PIL import Image
 
 from ss_stylegan.config import ConfigError, SliceConfig
 from ss_stylegan.data.cache import read_study_slices
-from ss_stylegan.data.preprocess import apply_window, keep_mask, resize_square, window_range
+from ss_stylegan.data.preprocess import (
+    apply_window,
+    encode_png,
+    keep_mask,
+    model_ready_slice,
+    resize_square,
+    window_range,
+)
 from ss_stylegan.data.readers import StudyReadError, image_id_of, read_volume
 
 SHARED_VOLUMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "iqothnccd" / "volumes" / "64"
@@ -85,35 +94,11 @@ def test_nrrd_lps_is_converted_to_ras(tmp_path: Path) -> None:
     assert vol.is_hu
 
 
-def _write_dicom_series(folder: Path, arr: np.ndarray, spacing: tuple[float, float, float]) -> None:
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
-    for k in range(arr.shape[0]):
-        sl = sitk.GetImageFromArray(arr[k])
-        sl.SetSpacing(spacing[:2])
-        for tag, value in {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.41",
-            "0020|000e": series_uid,
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": f"0\\0\\{k * spacing[2]}",
-            "0020|0013": str(k + 1),
-            "0018|0050": str(spacing[2]),
-            "0028|1052": "0",
-            "0028|1053": "1",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
-        writer.Execute(sl)
-
-
 def test_dicom_series_folder(tmp_path: Path) -> None:
     arr = np.full((4, 6, 6), -1000, dtype=np.int16)
     arr[:, 1:-1, 1:-1] = 40
     arr[3, 1, 2] = 1000  # top slice, row y=1, column x=2
-    _write_dicom_series(tmp_path / "ct_series", arr, (0.7, 0.7, 5.0))
+    write_dicom_series(tmp_path / "ct_series", arr, (0.7, 0.7, 5.0))
     vol = read_volume(tmp_path / "ct_series")
     assert image_id_of(tmp_path / "ct_series") == "ct_series"
     assert vol.data.shape == (6, 6, 4) and vol.is_hu
@@ -256,3 +241,24 @@ def test_max_slices_per_study_is_evenly_spaced(tmp_path: Path) -> None:
         SliceConfig(max_slices_per_study=0).validate()
     with pytest.raises(ConfigError, match="positive window_width"):
         SliceConfig(window="custom", window_center=40.0, window_width=-5.0).validate()
+
+
+def test_model_ready_slice_is_the_slice_the_cache_holds(tmp_path: Path) -> None:
+    arr = np.random.default_rng(5).integers(-1000, 600, (20, 14, 6)).astype(np.int16)
+    affine = np.diag([-0.8, 0.8, -2.5, 1.0])  # x towards L and slices towards I: both reoriented
+    nib.save(nib.Nifti1Image(arr, affine), tmp_path / "flip.nii.gz")
+    cfg = SliceConfig(resolution=16, min_foreground=0.0)
+    volume = read_volume(tmp_path / "flip.nii.gz")
+    cached = read_study_slices(tmp_path / "flip.nii.gz", cfg)
+    assert cached.slice_indices.tolist() == list(range(6))
+    for k in range(6):
+        np.testing.assert_array_equal(model_ready_slice(volume, k, cfg), cached.images[k])
+    # canonical slice 0 is the file's last (most inferior) slice, x reversed, windowed (auto CT) and resized
+    expected = resize_square(apply_window(arr[::-1, :, 5][None].astype(np.float32), *window_range(volume.data, True, cfg)), 16)
+    np.testing.assert_array_equal(model_ready_slice(volume, 0, cfg), expected[0])
+    with pytest.raises(IndexError, match=r"slices 0\.\.5"):
+        model_ready_slice(volume, 6, cfg)
+    png = encode_png(model_ready_slice(volume, 2, cfg))
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), cached.images[2])

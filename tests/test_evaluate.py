@@ -105,3 +105,33 @@ def test_gan_path_tiny(tmp_path: Path) -> None:
                  "--embeddings", str(out / "embeddings_repeat0.npz"), "--perplexity", "10"]) == 0
     assert json.loads((out2 / "results.json").read_text(encoding="utf-8"))["meta"]["embeddings"]["ss_stylegan"]["kind"].startswith(
         "precomputed")
+
+
+def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
+    """--recipe tiny with --eval-every-kimg: one training, a scored map per stage, the baseline of the same run."""
+    np.savez(tmp_path / "data.npz", **_synthetic(n_groups=8))
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--recipe", "tiny", "--k", "4", "8",
+                 "--repeats", "2", "--steps", "12", "--eval-every-kimg", "0.016", "--perplexity", "10",
+                 "--tsne-iter", "200"]) == 0
+    anytime = json.loads((out / "anytime.json").read_text(encoding="utf-8"))
+    stages = anytime["stages"]
+    # tiny recipe: batch 4, so a stage every 4 steps (16 images): steps 4 and 8, then the final step 12
+    assert [s["step"] for s in stages] == [4, 8, 12] and [s["final"] for s in stages] == [False, False, True]
+    assert [round(s["kimg"], 3) for s in stages] == [0.016, 0.032, 0.048]
+    assert all(b["minutes"] >= a["minutes"] for a, b in zip(stages, stages[1:]))
+    for st in stages:   # each stage: both selectors, both k, both scopes
+        assert {(r["method"], r["k"], r["scope"]) for r in st["summary"]} == {
+            (f"ss_stylegan + {sel}", k, scope) for sel in ("fps", "random") for k in (4, 8)
+            for scope in ("all_unlabelled", "unseen_groups")}
+    assert {r["method"] for r in anytime["baseline"]} == {"pixel_pca + fps", "pixel_pca + random"}
+    # the final stage is the main run's own result (same seeds), so the two agree exactly
+    main_rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["summary"]
+    final = {(r["method"], r["k"], r["scope"]): r["accuracy_mean"] for r in stages[-1]["summary"]}
+    assert all(final[(r["method"], r["k"], r["scope"])] == r["accuracy_mean"] for r in main_rows
+               if r["method"].startswith("ss_stylegan"))
+    md = (out / "anytime.md").read_text(encoding="utf-8")
+    assert "| pixel_pca (baseline) | – | – |" in md and "| ss_stylegan (final) |" in md
+    assert (out / "anytime_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = anytime["meta"]["embeddings"]["ss_stylegan"]
+    assert info["model"]["channel_max"] == 32 and anytime["meta"]["recipe"] == "tiny"

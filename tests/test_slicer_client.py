@@ -18,7 +18,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from PIL import Image
 from server_harness import free_port, start_server
+from ss_stylegan.config import SliceConfig
+from ss_stylegan.data.preprocess import model_ready_slice
+from ss_stylegan.data.readers import read_volume
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slicer_module" / "SSStyleGANLabel"))
@@ -64,6 +68,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
             state=untrained,
             suggest=_capture(lambda: client.suggest("fps")),
             classify=_capture(lambda: client.classify("study_00")),
+            slice_png=_capture(lambda: client.slice_png("study_00", 0)),
         )
         trainer.start_training()
         second_start = _capture(lambda: client.start_training())
@@ -131,7 +136,7 @@ def test_credentials_work_with_a_server_without_authentication(lab) -> None:
 # -- training ------------------------------------------------------------------------------------------
 def test_refusals_before_training_are_readable(lab) -> None:
     assert lab.before.state.state == "untrained"
-    for err in (lab.before.suggest, lab.before.classify):
+    for err in (lab.before.suggest, lab.before.classify, lab.before.slice_png):
         assert err.status == 409
         assert "train" in err.detail.lower()
         assert f"(HTTP 409): {err.detail}" in str(err)
@@ -222,6 +227,32 @@ def test_map_shows_labels_and_a_click_goes_to_the_slice(lab, session: LabelSessi
 
     session.label("study_02", 0, "normal")
     assert session.map.labels[points.index_of("study_02", 0)] == "normal"  # the mirror follows new labels
+
+
+def test_map_gives_every_slice_its_world_position_without_classifying(lab) -> None:
+    session = LabelSession(lab.client, "dave")
+    session.connect()
+    current = session.go_to("study_02", 5)  # no suggestion brought it: the position comes from the map
+    assert session.map is not None and session.predictions == {}
+    affine = nib.load(str(lab.studies / "study_02.nii.gz")).affine  # synthetic studies are RAS-aligned
+    np.testing.assert_allclose(current.world, (affine @ [(SIZE - 1) / 2, (SIZE - 1) / 2, 5, 1.0])[:3])
+    assert set(session.slice_worlds("study_02")) == set(range(N_SLICES))
+
+
+def test_slice_image_is_the_model_ready_slice(lab) -> None:
+    png = lab.client.slice_png("study_01", 3)
+    with Image.open(io.BytesIO(png)) as img:
+        shown = np.asarray(img)
+    cfg = SliceConfig(resolution=int(CONF["resolution"]))
+    expected = model_ready_slice(read_volume(lab.studies / "study_01.nii.gz"), 3, cfg)
+    np.testing.assert_array_equal(shown, expected)
+    assert not np.array_equal(shown, np.asarray(Image.open(io.BytesIO(lab.client.slice_png("study_01", 4)))))
+    for image, slice_index, status, words in (("no_such_study", 0, 404, "no_such_study"),
+                                              ("study_01", N_SLICES, 422, f"0..{N_SLICES - 1}"),
+                                              ("study_01", -1, 422, f"0..{N_SLICES - 1}")):
+        with pytest.raises(ServerError) as refused:
+            lab.client.slice_png(image, slice_index)
+        assert refused.value.status == status and words in refused.value.detail
 
 
 def test_classify_current_study(lab, session: LabelSession) -> None:

@@ -1,8 +1,9 @@
-"""The Slicer module's files are sound Python/XML without Slicer, and the Slicer-free package stays Slicer-free.
+"""The Slicer module's files are sound Python/XML for Slicer 5.8, the Logic stays Qt-free and the Slicer-free
+package stays Slicer-free.
 
-3D Slicer is not available where these tests run: the module file is compiled and inspected with ``ast``
-(class names and bases, the widget names it uses), the ``.ui`` file is parsed as XML, and the package is
-checked for imports of ``slicer`` / ``qt`` / ``vtk`` / ``ctk``.
+3D Slicer itself is not available where these tests run (its MRML libraries are: see ``test_slicer_mrml.py``):
+the module file is compiled and inspected with ``ast`` (class names and bases, the widget names it uses), the
+``.ui`` file is parsed as XML, and the imports of the Logic and of the package are checked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ MODULE_FILE = MODULE_DIR / "SSStyleGANLabel.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SSStyleGANLabel.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "SSStyleGANLabel.png"
 LIB_DIR = MODULE_DIR / "SSStyleGANLabelLib"
+LOGIC_DIR = MODULE_DIR / "SSStyleGANLabelLogic"
 SLICER_ONLY = {"slicer", "qt", "vtk", "ctk", "__main__"}
 
 
@@ -57,17 +59,36 @@ def test_module_classes_follow_the_scripted_module_template() -> None:
     expected_bases = {
         "SSStyleGANLabel": ["ScriptedLoadableModule"],
         "SSStyleGANLabelWidget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
-        "SSStyleGANLabelLogic": ["ScriptedLoadableModuleLogic"],
         "SSStyleGANLabelTest": ["ScriptedLoadableModuleTest"],
     }
     for name, bases in expected_bases.items():
         assert name in classes, f"{MODULE_FILE.name} lacks class {name}"
         assert _base_names(classes[name]) == bases, f"{name} derives from {_base_names(classes[name])}"
+    imported = {alias.name for node in _module_tree().body if isinstance(node, ast.ImportFrom)
+                and node.module == "SSStyleGANLabelLogic" for alias in node.names}
+    assert "SSStyleGANLabelLogic" in imported, "the widget must use the Logic of the Qt-free package"
+    # ScriptedLoadableModuleLogic lives in slicer.ScriptedLoadableModule, which imports qt and ctk
+    logic = _classes(ast.parse((LOGIC_DIR / "logic.py").read_text(encoding="utf-8")))
+    assert "SSStyleGANLabelLogic" in logic and _base_names(logic["SSStyleGANLabelLogic"]) == []
 
     node = classes["SSStyleGANLabelParameterNode"]
     assert [ast.unparse(d) for d in node.decorator_list] == ["parameterNodeWrapper"]
     fields = {stmt.target.id for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
     assert {"serverUrl", "userName", "kimg", "strategy", "batchSize", "colourBy"} <= fields
+
+
+def test_the_logic_imports_only_slicer_vtk_numpy_and_the_package() -> None:
+    for path in sorted(LOGIC_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        roots = _imported_roots(tree) - set(sys.stdlib_module_names)
+        assert roots <= {"slicer", "vtk", "numpy", "SSStyleGANLabelLib"}, f"{path.name} imports {sorted(roots)}"
+        modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {m for m in modules if m.startswith("slicer.")}, f"{path.name} imports Slicer's Qt-side modules"
+
+
+def test_the_module_folder_holds_one_python_file() -> None:
+    # Slicer loads every .py directly in a module folder as a module of its own: helpers go in sub-packages
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["SSStyleGANLabel.py"]
 
 
 def test_module_test_asserts_real_results() -> None:
@@ -127,8 +148,9 @@ def test_slicer_free_package_imports_no_slicer_modules() -> None:
 def test_cmake_lists_every_package_file_and_resource() -> None:
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in cmake
-    for path in sorted(LIB_DIR.glob("*.py")):
-        assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake, f"{path.name} is not in MODULE_PYTHON_SCRIPTS"
+    for path in sorted(LIB_DIR.glob("*.py")) + sorted(LOGIC_DIR.glob("*.py")):
+        listed = f"${{MODULE_NAME}}{path.parent.name[len('SSStyleGANLabel'):]}/{path.name}"
+        assert listed in cmake, f"{listed} is not in MODULE_PYTHON_SCRIPTS"
     assert "Resources/Icons/${MODULE_NAME}.png" in cmake and "Resources/UI/${MODULE_NAME}.ui" in cmake
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for needle in ("project(SSStyleGANLabel)", "EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ss_stylegan.cli import main as cli_main
 from ss_stylegan.config import ModelConfig, TrainConfig
 from ss_stylegan.embedding import embed_images, reconstruction_error, w_recovery_error
 from ss_stylegan.networks import SSStyleGAN
-from ss_stylegan.training import TrainingError, TrainProgress, train
+from ss_stylegan.training import Milestone, TrainingError, TrainProgress, train
 
 TINY = ModelConfig.tiny(32)
 
@@ -170,3 +171,65 @@ def test_ema_generator_follows_the_half_life(tmp_path: Path) -> None:
         assert torch.allclose(ema, new.detach() + beta * (old - new.detach()), atol=1e-6)
     moved = sum(float((ema - old).abs().sum()) for old, ema in zip(before, trainer.model.generator_ema.parameters()))
     assert moved > 0  # the EMA copy really moved towards the trained generator
+
+
+def test_milestones_pause_training_without_changing_it(tmp_path: Path) -> None:
+    """Milestones come every milestone_kimg and at the end; their callbacks (which use the model and the RNG)
+    leave the training bit-for-bit as it would have been, and their time is not training time."""
+    images = discs(40)
+    cfg = TrainConfig(batch_size=4, steps=10, checkpoint_interval=100, log_interval=1, r1_interval=2)
+    plain = train(images, TINY, cfg, tmp_path / "plain", device="cpu", progress_bar=False)
+    seen: list[tuple[int, int, bool, str]] = []
+    in_callbacks = [0.0]
+
+    def on_milestone(m: Milestone) -> None:
+        t0 = time.perf_counter()
+        embed_images(m.model, images[:8])     # what a publish does with the live model
+        torch.randn(1000)                     # and any use of the global RNG is isolated
+        time.sleep(0.3)
+        assert m.checkpoint.is_file() and m.model_version == load_checkpoint(m.checkpoint)["model_version"]
+        seen.append((m.step, m.images_seen, m.final, m.model_version))
+        in_callbacks[0] += time.perf_counter() - t0
+
+    t_start = time.perf_counter()
+    staged = train(images, TINY, cfg.replace(milestone_kimg=0.012), tmp_path / "staged", device="cpu",
+                   progress_bar=False, on_milestone=on_milestone)
+    wall = time.perf_counter() - t_start
+    assert [(s, n, f) for s, n, f, _ in seen] == [(3, 12, False), (6, 24, False), (9, 36, False), (10, 40, True)]
+    assert in_callbacks[0] >= 1.2 and 0 < staged.elapsed <= wall - in_callbacks[0]   # callbacks: not training time
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(staged.checkpoint)
+    for key in ("generator", "generator_ema", "discriminator"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    assert staged.losses == plain.losses
+
+
+def test_time_budget_ends_training_with_a_final_milestone(tmp_path: Path) -> None:
+    images = discs(40)
+    finals: list[Milestone] = []
+    cfg = TrainConfig(batch_size=4, steps=10_000, checkpoint_interval=100, max_minutes=0.02)  # 1.2 s of training
+    result = train(images, TINY, cfg, tmp_path, device="cpu", progress_bar=False,
+                   on_milestone=lambda m: finals.append(m) if m.final else None)
+    assert result.out_of_time and not result.stopped and 0 < result.step < 10_000
+    assert result.elapsed >= 1.2   # it stops at the first step that ends past the budget
+    assert [m.step for m in finals] == [result.step]
+    # a later run with the same budget has nothing left to do: no step, the final milestone again
+    again = train(images, TINY, cfg, tmp_path, device="cpu", progress_bar=False,
+                  on_milestone=lambda m: finals.append(m))
+    assert again.step == result.step and again.out_of_time and [m.step for m in finals] == [result.step] * 2
+    assert finals[-1].final
+
+
+def test_bf16_and_channels_last_train_and_resume(tmp_path: Path) -> None:
+    """The throughput options keep training finite and resumable (weights and optimiser stay float32)."""
+    images = discs(40)
+    cfg = TrainConfig(batch_size=4, steps=6, checkpoint_interval=3, r1_interval=2, precision="bf16",
+                      channels_last=True)
+    result = train(images, TINY, cfg, tmp_path, device="cpu", progress_bar=False)
+    state = load_checkpoint(result.checkpoint)
+    assert all(t.dtype == torch.float32 for t in state["generator"].values() if t.is_floating_point())
+    assert all(np.isfinite(v) for v in result.losses.values())
+    model = load_model(tmp_path)
+    assert np.isfinite(embed_images(model, images[:8])).all()
+    more = train(images, TINY, cfg.replace(steps=9), tmp_path, device="cpu", progress_bar=False)
+    assert more.step == 9

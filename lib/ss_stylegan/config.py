@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 T = TypeVar("T", bound="_Settings")
 
 RESOLUTIONS = (32, 64, 128, 256)
+PRECISIONS = ("fp32", "bf16")
 SLICE_WINDOWS = ("auto", "custom", "percentile", "lung", "abdomen", "soft_tissue", "mediastinum", "brain", "bone")
 
 
@@ -176,6 +177,9 @@ class TrainConfig(_Settings):
                                          # value suits every w_dim
     rec_weight: float = 1.0              # beta: reconstruction MSE of real x against G(mu(x)) (Eq. 1)
     augment: str = "color,translation,cutout"  # DiffAugment policy for images fed to D; "" disables
+    precision: str = "fp32"              # "bf16": forward passes in bfloat16 autocast (weights, optimiser and
+                                         # losses stay float32; pays on CPUs with AMX/AVX512-BF16 and on GPUs)
+    channels_last: bool = False          # NHWC memory layout for the convolutions
     ema_kimg: float = 10.0               # half-life of the generator EMA in thousands of images
     ema_rampup: float | None = 0.05      # EMA half-life at most this fraction of images seen (None: off)
     seed: int = 0                        # seeds every random draw (z, noise, augmentation, data order)
@@ -183,6 +187,11 @@ class TrainConfig(_Settings):
     keep_checkpoints: int = 2            # newest checkpoints kept on disk (older good ones are a fallback)
     log_interval: int = 10               # steps between metrics.jsonl lines / progress callbacks
     resume: bool = True                  # continue from the newest valid checkpoint in the output folder
+    max_minutes: float | None = None     # training-time budget in minutes over all sessions (None: kimg/steps only);
+                                         # training ends at whichever of the two comes first
+    milestone_minutes: float | None = None  # pause every this many minutes of training time for the caller's
+                                         # on_milestone (e.g. to publish a map); None: no time milestones
+    milestone_kimg: float | None = None  # ... or every this many thousand images (both may be set)
 
     def total_steps(self) -> int:
         """Number of optimisation steps this configuration runs."""
@@ -206,6 +215,12 @@ class TrainConfig(_Settings):
         for name in ("g_lr", "d_lr", "ema_kimg"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        for name in ("max_minutes", "milestone_minutes", "milestone_kimg"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or null, got {value}")
         for name in ("enc_weight", "rec_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.metrics import classification_report
 from ss_stylegan.projection import TSNEProjector
+from ss_stylegan.recipes import RECIPES, get_recipe
 from ss_stylegan.selection import FarthestPointSelector, RandomSelector, Selector
 
 log = logging.getLogger(__name__)
@@ -171,19 +172,41 @@ class PrecomputedEmbedder:
                 "made_by": self.info}
 
 
+class FixedEmbedder:
+    """Embeddings already in memory (e.g. one training stage's W)."""
+
+    def __init__(self, name: str, W: np.ndarray, info: dict[str, Any] | None = None) -> None:
+        self.name, self.W, self.info = name, np.asarray(W, dtype=np.float32), dict(info or {})
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        return self.W
+
+    def describe(self) -> dict[str, Any]:
+        return self.info
+
+
 class GANEmbedder:
     """Train SS-StyleGAN on every slice (no labels), then embed each slice as mu(x) in W.
 
     Trains once (repeat 0) unless ``retrain_per_repeat``; the trained model and ``embeddings.npz``
-    are kept under ``out_dir`` so a later run can reuse them with ``--embeddings``.
+    are kept under ``out_dir`` so a later run can reuse them with ``--embeddings``. Slices are resized to
+    the model's resolution when the data has another one (the pixel baseline keeps the data's own).
+
+    ``on_stage(W, milestone)`` is called at each training milestone (``train_cfg.milestone_minutes`` /
+    ``milestone_kimg``) with every slice embedded by the model of that moment: the anytime evaluation.
+    The final model's W is what :meth:`embed` returns; ``on_stage`` is not called for it.
     """
 
     def __init__(self, model_cfg: Any, train_cfg: Any, out_dir: Path, device: str = "cpu",
                  retrain_per_repeat: bool = False, model_dir: Path | None = None,
-                 max_train_seconds: float | None = None, name: str = "ss_stylegan") -> None:
-        self.model_cfg, self.train_cfg, self.out_dir = model_cfg, train_cfg, Path(out_dir)
+                 max_train_seconds: float | None = None, name: str = "ss_stylegan",
+                 on_stage: Callable[[np.ndarray, Any], None] | None = None) -> None:
+        self.model_cfg, self.out_dir = model_cfg, Path(out_dir)
+        if max_train_seconds is not None:
+            train_cfg = train_cfg.replace(max_minutes=max_train_seconds / 60.0)
+        self.train_cfg = train_cfg
         self.device, self.retrain_per_repeat, self.model_dir, self.name = device, retrain_per_repeat, model_dir, name
-        self.max_train_seconds = max_train_seconds
+        self.on_stage = on_stage
         self._cache: dict[int, np.ndarray] = {}
         self.train_seconds: list[float] = []
         self.trained: list[dict[str, Any]] = []
@@ -192,33 +215,35 @@ class GANEmbedder:
     def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
         key = repeat if self.retrain_per_repeat else 0
         if key not in self._cache:
+            if images.shape[1] != self.model_cfg.resolution:
+                images = _resize(images, self.model_cfg.resolution)
             self._cache[key] = self._train_and_embed(images, key)
         return self._cache[key]
 
     def _train_and_embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
         from ss_stylegan.checkpoint import load_model
         from ss_stylegan.embedding import embed_images
-        from ss_stylegan.training import train
+        from ss_stylegan.training import Milestone, train
 
         run_dir = self.model_dir or (self.out_dir / (f"gan_repeat{repeat}" if self.retrain_per_repeat else "gan"))
         if self.model_dir is None:
             cfg = self.train_cfg.replace(seed=self.train_cfg.seed + repeat)
-            start = time.perf_counter()
-            limit = self.max_train_seconds
 
-            def out_of_time() -> bool:
-                return limit is not None and time.perf_counter() - start > limit
+            def stage(m: Milestone) -> None:
+                if self.on_stage is not None and not m.final:
+                    self.on_stage(embed_images(m.model, images, 256, self.device), m)
 
             result = train(images, self.model_cfg, cfg, run_dir, device=self.device, progress=_log_progress,
-                           should_stop=out_of_time, progress_bar=False)
-            self.train_seconds.append(time.perf_counter() - start)
+                           progress_bar=False, on_milestone=stage if self.on_stage is not None else None)
+            self.train_seconds.append(result.elapsed)
             self.trained.append({"steps": result.step, "planned_steps": result.total_steps,
-                                 "stopped_by_time_limit": result.stopped, "images_seen": result.images_seen,
+                                 "stopped_by_time_limit": result.out_of_time, "images_seen": result.images_seen,
+                                 "train_seconds": round(result.elapsed, 1),
                                  "final_losses": {k: round(float(v), 4) for k, v in result.losses.items()}})
-            log.info("SS-StyleGAN trained in %.0f s (repeat %d)", self.train_seconds[-1], repeat)
+            log.info("SS-StyleGAN trained for %.0f s (repeat %d)", result.elapsed, repeat)
         model = load_model(run_dir, self.device)
         self.model_versions.append(str(model.model_version))
-        W = np.asarray(embed_images(model, images, 64, self.device), dtype=np.float32)
+        W = np.asarray(embed_images(model, images, 256, self.device), dtype=np.float32)
         info = json.dumps(self.describe())
         np.savez(self.out_dir / f"embeddings_repeat{repeat}.npz", embeddings=W, info=np.array(info))
         return W
@@ -227,7 +252,6 @@ class GANEmbedder:
         return {"kind": "SS-StyleGAN W (mu of the encoder)", "model": self.model_cfg.to_dict(),
                 "train": self.train_cfg.to_dict(), "device": self.device,
                 "retrained_per_repeat": self.retrain_per_repeat, "model_dir": str(self.model_dir or ""),
-                "max_train_seconds": self.max_train_seconds,
                 "train_seconds": [round(s, 1) for s in self.train_seconds], "trained": self.trained,
                 "model_versions": self.model_versions}
 
@@ -297,6 +321,72 @@ def run_protocol(
             log.info("repeat %d/%d: %s done", repeat + 1, repeats, emb.name)
     return {"records": records, "summary": summarise(records), "maps": first_maps, "picks": first_picks,
             "timings": {k: [round(v, 2) for v in vals] for k, vals in timings.items()}}
+
+
+class AnytimeRecorder:
+    """The anytime evaluation: scores the map of every training stage with the protocol's seeds.
+
+    Pass it as :class:`GANEmbedder`'s ``on_stage``; each call embeds nothing itself (it gets W), fits the
+    maps and scores them like :func:`run_protocol`. :meth:`finish` adds the final stage from the main
+    run, whose pixel-PCA rows (same seeds) are the baseline every stage is compared with.
+    """
+
+    def __init__(self, data: Dataset, name: str, ks: Sequence[int], repeats: int, seed: int,
+                 tsne_params: dict[str, Any] | None) -> None:
+        self.data, self.name, self.ks, self.repeats, self.seed = data, name, list(ks), repeats, seed
+        self.tsne_params = dict(tsne_params or {})
+        self.stages: list[dict[str, Any]] = []
+
+    def __call__(self, W: np.ndarray, milestone: Any) -> None:
+        result = run_protocol(self.data, [FixedEmbedder(self.name, W)], self.ks, self.repeats, self.seed,
+                              self.tsne_params)
+        self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
+                  result["summary"])
+        last = self.stages[-1]
+        log.info("stage at %.1f min / %.2f kimg: %s + fps accuracy %s", last["minutes"], last["kimg"], self.name,
+                 {r["scope"][:6] + f"@{r['k']}": round(r["accuracy_mean"], 3) for r in last["summary"]
+                  if r["method"].endswith("fps")})
+
+    def _add(self, step: int, images_seen: int, elapsed: float, version: str, final: bool,
+             summary: list[dict[str, Any]]) -> None:
+        self.stages.append({"step": int(step), "kimg": images_seen / 1000.0, "minutes": elapsed / 60.0,
+                            "model_version": version, "final": final,
+                            "summary": [r for r in summary if r["method"].startswith(self.name + " + ")]})
+
+    def finish(self, gan: GANEmbedder, result: dict[str, Any]) -> dict[str, Any]:
+        """All stages plus the baseline rows of the main run (``result`` of :func:`run_protocol`)."""
+        if gan.trained:
+            t = gan.trained[-1]
+            self._add(t["steps"], t["images_seen"], t["train_seconds"], gan.model_versions[-1], True,
+                      result["summary"])
+        baseline = [r for r in result["summary"] if not r["method"].startswith(self.name + " + ")]
+        return {"embedding": self.name, "stages": self.stages, "baseline": baseline}
+
+
+def anytime_markdown(anytime: dict[str, Any], ks: Sequence[int]) -> str:
+    """Accuracy of W at every training stage against the pixel baseline of the same run, per scope."""
+    name = anytime["embedding"]
+    lines = ["# Anytime evaluation: accuracy of the map at each training stage", ""]
+    for scope in ("all_unlabelled", "unseen_groups"):
+        what = "all unlabelled slices" if scope == "all_unlabelled" else "unseen scans only"
+        head = " | ".join(f"{sel} k={k}" for sel in ("fps", "random") for k in ks)
+        lines += [f"## Accuracy on {what} (mean over repeats)", "",
+                  f"| map | minutes | kimg | {head} |", "| --- | --- | --- | " + " | ".join(["---"] * 2 * len(ks)) + " |"]
+        groups = sorted({r["method"].rsplit(" + ", 1)[0] for r in anytime["baseline"]})
+        for emb in groups:
+            cells = [_mean_cell(anytime["baseline"], f"{emb} + {sel}", k, scope) for sel in ("fps", "random") for k in ks]
+            lines.append(f"| {emb} (baseline) | – | – | " + " | ".join(cells) + " |")
+        for st in anytime["stages"]:
+            cells = [_mean_cell(st["summary"], f"{name} + {sel}", k, scope) for sel in ("fps", "random") for k in ks]
+            tag = " (final)" if st["final"] else ""
+            lines.append(f"| {name}{tag} | {st['minutes']:.1f} | {st['kimg']:.2f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mean_cell(rows: list[dict[str, Any]], method: str, k: int, scope: str) -> str:
+    row = next((r for r in rows if (r["method"], r["k"], r["scope"]) == (method, k, scope)), None)
+    return "n/a" if row is None or math.isnan(row["accuracy_mean"]) else f"{row['accuracy_mean']:.3f}"
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -391,20 +481,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="repetitions with different t-SNE / selection seeds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (GAN training and embedding)")
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="train with the app's own recipe for a device (network, training, t-SNE perplexity); "
+                        "--model-config / --train-config and the flags below override parts of it")
     p.add_argument("--kimg", type=float, default=None, help="GAN training length in thousands of images")
     p.add_argument("--steps", type=int, default=None, help="GAN training length in steps (overrides --kimg)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--model-config", default=None, help="JSON file or inline JSON of ModelConfig fields")
     p.add_argument("--train-config", default=None, help="JSON file or inline JSON of TrainConfig fields")
     p.add_argument("--max-train-minutes", type=float, default=None,
-                   help="stop each GAN training after this long (the results record the steps done)")
+                   help="training-time budget of each GAN training (the results record the steps done)")
+    p.add_argument("--eval-every-minutes", type=float, default=None,
+                   help="anytime evaluation: score the map every this many minutes of training time")
+    p.add_argument("--eval-every-kimg", type=float, default=None,
+                   help="anytime evaluation: score the map every this many thousand training images")
     p.add_argument("--retrain-per-repeat", action="store_true", help="train a new GAN for every repeat")
     p.add_argument("--embeddings", default=None, help="npz with 'embeddings' [N, D]: skip GAN training")
     p.add_argument("--model-dir", default=None, help="reuse a trained SS-StyleGAN folder: embed only")
     p.add_argument("--no-gan", action="store_true", help="only the raw-pixel PCA baseline")
     p.add_argument("--pca-components", type=int, default=50)
-    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity (default: the recipe's, or 30)")
     p.add_argument("--tsne-iter", type=int, default=500)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
 
@@ -415,36 +513,74 @@ def _json_arg(value: str | None) -> dict[str, Any]:
     return json.loads(text)
 
 
+def gan_configs(args: argparse.Namespace, data_resolution: int) -> tuple[Any, Any]:
+    """``(ModelConfig, TrainConfig)`` of the GAN: the recipe (if any), then JSON overrides, then flags."""
+    from ss_stylegan.config import ModelConfig, TrainConfig
+
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    base_model = recipe.model().to_dict() if recipe else {"resolution": data_resolution}
+    model_cfg = ModelConfig.from_dict({**base_model, **_json_arg(args.model_config)})
+    flags = {"kimg": args.kimg, "steps": args.steps, "batch_size": args.batch_size,
+             "max_minutes": args.max_train_minutes, "milestone_minutes": args.eval_every_minutes,
+             "milestone_kimg": args.eval_every_kimg}
+    base_train = recipe.train.to_dict() if recipe else {}
+    if not (args.eval_every_minutes or args.eval_every_kimg):   # no anytime stages unless asked for
+        base_train.update(milestone_minutes=None, milestone_kimg=None)
+    train_cfg = TrainConfig.from_dict({**base_train, **_json_arg(args.train_config),
+                                       **{k: v for k, v in flags.items() if v is not None}})
+    if args.kimg is not None and args.steps is None:
+        train_cfg = train_cfg.replace(steps=None)
+    return model_cfg, train_cfg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.data, args.resolution)
+    perplexity = args.perplexity if args.perplexity is not None else (
+        get_recipe(args.recipe).perplexity if args.recipe else 30.0)
+    tsne = {"perplexity": perplexity, "n_iter": args.tsne_iter}
     embedders: list[Embedder] = []
+    anytime: AnytimeRecorder | None = None
+    gan: GANEmbedder | None = None
     if args.embeddings:
         embedders.append(PrecomputedEmbedder(args.embeddings))
     elif not args.no_gan:
-        from ss_stylegan.config import ModelConfig, TrainConfig
-
-        model_cfg = ModelConfig.from_dict({"resolution": int(data.images.shape[1]), **_json_arg(args.model_config)})
-        overrides = {k: v for k, v in {"kimg": args.kimg, "steps": args.steps, "batch_size": args.batch_size}.items()
-                     if v is not None}
-        train_cfg = TrainConfig.from_dict({**_json_arg(args.train_config), **overrides})
-        embedders.append(GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
-                                     Path(args.model_dir) if args.model_dir else None,
-                                     args.max_train_minutes * 60 if args.max_train_minutes else None))
+        model_cfg, train_cfg = gan_configs(args, int(data.images.shape[1]))
+        if train_cfg.milestone_minutes or train_cfg.milestone_kimg:
+            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne)
+        gan = GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
+                          Path(args.model_dir) if args.model_dir else None, on_stage=anytime)
+        embedders.append(gan)
     embedders.append(PixelPCAEmbedder(args.pca_components, args.seed))
-    tsne = {"perplexity": args.perplexity, "n_iter": args.tsne_iter}
     start = time.perf_counter()
     result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne)
     meta = {"data": dataset_meta(data), "ks": sorted(set(args.k)), "repeats": args.repeats, "seed": args.seed,
-            "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
+            "recipe": args.recipe, "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
             "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv is not None else sys.argv[1:]}
     paths = write_outputs(result, data, meta, out)
     print(markdown_report(result, meta))
+    if anytime is not None and gan is not None:
+        paths.update(write_anytime(anytime.finish(gan, result), meta, out))
+        print(Path(paths["anytime_md"]).read_text(encoding="utf-8"))
     print("wrote", ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def write_anytime(anytime: dict[str, Any], meta: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``anytime.json``, ``anytime.md`` and ``anytime_accuracy.png`` of an anytime evaluation."""
+    from ss_stylegan.plots import plot_anytime
+
+    payload = {"meta": meta, **anytime}
+    return {"anytime_json": atomic_write_text(out / "anytime.json", json.dumps(_json_safe(payload), indent=1)),
+            "anytime_md": atomic_write_text(out / "anytime.md", anytime_markdown(anytime, meta["ks"])),
+            "anytime_png": plot_anytime(anytime, out / "anytime_accuracy.png")}
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class Generated:
 
 def gaussian_nll(w: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Mean per-dimension negative log-likelihood of ``w`` under ``N(mu, diag(exp(logvar)))``, all ``[N, D]``."""
+    w, mu, logvar = w.float(), mu.float(), logvar.float()
     return 0.5 * (logvar + (w - mu).square() * torch.exp(-logvar) + _LOG_2PI).mean()
 
 
@@ -98,8 +99,9 @@ class SSStyleGANLoss:
     def generate(self, z: torch.Tensor) -> Generated:
         """Generated pairs for the D-side phases (no graph into G): ``z [N, z_dim]``."""
         g = self.model.generator
-        ws = g.mapping(z)
-        return Generated(ws=ws, images=g.synthesis(ws))
+        with self.autocast():
+            ws = g.mapping(z)
+            return Generated(ws=ws, images=g.synthesis(ws))
 
     def accumulate_gradients(
         self,
@@ -131,45 +133,54 @@ class SSStyleGANLoss:
                 raise ValueError(f"phase {phase} needs z (or pre-generated fake pairs)")
         if phase in ("Dmain", "Enll") and fake is None:
             fake = self.generate(z)
-        return getattr(self, f"_{phase.lower()}")(real=real, z=z, fake=fake)
+        with self.autocast(phase):
+            loss, stats = getattr(self, f"_{phase.lower()}")(real=real, z=z, fake=fake)
+        loss.backward()   # outside autocast: backward ops run in the dtypes their forward ops used
+        return stats
 
-    def _gmain(self, *, z: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
+    def autocast(self, phase: str = "Gmain") -> torch.autocast:
+        """The autocast context of a phase's forward pass: bfloat16 when ``precision`` is ``bf16``.
+
+        Weights, gradients and optimiser state stay float32; losses are computed in float32. The R1
+        penalty (a gradient of a gradient, 1 step in ``r1_interval``) always runs in float32.
+        """
+        enabled = self.cfg.precision == "bf16" and phase != "Dr1"
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _gmain(self, *, z: torch.Tensor, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = self.model.generator
         images = g.synthesis(g.mapping(z, update_w_avg=True))
-        loss = F.softplus(-self._d(images)).mean()
-        loss.backward()
-        return {"loss/G": loss.detach()}
+        loss = F.softplus(-self._d(images).float()).mean()
+        return loss, {"loss/G": loss.detach()}
 
-    def _erec(self, *, real: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
+    def _erec(self, *, real: torch.Tensor, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = self.model.generator
         mu, _ = self.model.encode(real)
-        mse = (g.synthesis(g.broadcast(mu)) - real).square().mean()
-        (mse * self.cfg.rec_weight).backward()
-        return {"loss/E_rec": mse.detach()}
+        mse = (g.synthesis(g.broadcast(mu)).float() - real).square().mean()
+        return mse * self.cfg.rec_weight, {"loss/E_rec": mse.detach()}
 
-    def _dmain(self, *, real: torch.Tensor, fake: Generated, **_: object) -> dict[str, torch.Tensor]:
-        logits_fake = self._d(fake.images)
-        logits_real = self._d(real)
+    def _dmain(self, *, real: torch.Tensor, fake: Generated, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits_fake = self._d(fake.images).float()
+        logits_real = self._d(real).float()
         loss_fake = F.softplus(logits_fake).mean()
         loss_real = F.softplus(-logits_real).mean()
-        (loss_fake + loss_real).backward()
-        return {
-            "loss/D": (loss_fake + loss_real).detach(),
+        loss = loss_fake + loss_real
+        return loss, {
+            "loss/D": loss.detach(),
             "scores/fake": logits_fake.detach().mean(),
             "scores/real": logits_real.detach().mean(),
         }
 
-    def _enll(self, *, fake: Generated, **_: object) -> dict[str, torch.Tensor]:
-        w = fake.ws[:, 0]
+    def _enll(self, *, fake: Generated, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        w = fake.ws[:, 0].float()
         mu, logvar = self.model.encode(fake.images)
         nll = gaussian_nll(w, mu, logvar)
-        (nll * self.cfg.enc_weight).backward()
-        return {"loss/E_nll": nll.detach(), "E/w_mse": (mu.detach() - w).square().mean()}
+        return nll * self.cfg.enc_weight, {"loss/E_nll": nll.detach(), "E/w_mse": (mu.detach().float() - w).square().mean()}
 
-    def _dr1(self, *, real: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
+    def _dr1(self, *, real: torch.Tensor, **_: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         real = real.detach().requires_grad_(True)
         logits = self._d(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=[1, 2, 3]).mean()
-        (penalty * (self.r1_gamma / 2) * max(self.cfg.r1_interval, 1)).backward()
-        return {"loss/D_r1": penalty.detach()}
+        return penalty * (self.r1_gamma / 2) * max(self.cfg.r1_interval, 1), {"loss/D_r1": penalty.detach()}

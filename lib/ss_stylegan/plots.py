@@ -93,3 +93,37 @@ def plot_label_efficiency(summary: list[dict[str, Any]], path: Path, scope: str,
     axes[0].legend(fontsize=8)
     fig.suptitle(title or f"label efficiency (scored on {scope.replace('_', ' ')}; mean ± std over repeats)")
     return _save(fig, path)
+
+
+def plot_anytime(anytime: dict[str, Any], path: Path, selector: str = "fps") -> Path:
+    """Accuracy of the map against training time and images, per scope, with the baseline of the same run.
+
+    Args:
+        anytime: ``{"embedding", "stages": [{"minutes", "kimg", "summary"}], "baseline": [summary rows]}``
+            as written by :func:`ss_stylegan.evaluate.AnytimeRecorder.finish`.
+        path: output PNG.
+        selector: which selection's rows to draw (``fps`` or ``random``).
+    """
+    name, stages = anytime["embedding"], anytime["stages"]
+    ks = sorted({r["k"] for st in stages for r in st["summary"]})
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
+    for row, scope in enumerate(("all_unlabelled", "unseen_groups")):
+        for col, xkey in enumerate(("minutes", "kimg")):
+            ax = axes[row, col]
+            for i, k in enumerate(ks):
+                pts = [(st[xkey], r["accuracy_mean"], r["accuracy_std"]) for st in stages for r in st["summary"]
+                       if (r["method"], r["k"], r["scope"]) == (f"{name} + {selector}", k, scope)]
+                if pts:
+                    x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=cmap(i), label=f"W + {selector}, k={k}")
+                for r in anytime["baseline"]:
+                    if (r["method"].endswith(f" + {selector}") and r["k"] == k and r["scope"] == scope):
+                        ax.axhline(r["accuracy_mean"], color=cmap(i), linestyle="--", linewidth=1,
+                                   label=f"{r['method']}, k={k}")
+            ax.set_xlabel("training minutes" if xkey == "minutes" else "training images (thousands)")
+            ax.set_ylabel(f"accuracy, {scope.replace('_', ' ')}")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("anytime evaluation: the map of each training stage (mean ± std over repeats); dashed: baseline")
+    return _save(fig, path)

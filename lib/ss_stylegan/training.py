@@ -76,6 +76,28 @@ class TrainResult:
     images_seen: int
     stopped: bool                   # True when should_stop() ended the run early
     losses: dict[str, float] = field(default_factory=dict)
+    elapsed: float = 0.0            # seconds of training over all sessions (milestone callbacks not counted)
+    out_of_time: bool = False       # True when the max_minutes budget ended the run
+
+
+@dataclass
+class Milestone:
+    """A pause in training for :func:`train`'s ``on_milestone``, right after a checkpoint was written.
+
+    Milestones come every ``milestone_minutes`` of training time and/or ``milestone_kimg`` thousand images,
+    and once at the end when training finishes or its time budget runs out (``final``), but not when a
+    stop was requested. ``model`` is the live model: use it read-only, under ``torch.no_grad()``. The time a
+    callback takes is not training time, and it cannot change the training (its RNG use is isolated).
+    """
+
+    step: int
+    total_steps: int
+    images_seen: int
+    elapsed: float                  # seconds of training over all sessions
+    checkpoint: Path
+    model_version: str
+    model: SSStyleGAN
+    final: bool
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -117,6 +139,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
     progress_bar: bool | None = None,
+    on_milestone: Callable[[Milestone], None] | None = None,
 ) -> TrainResult:
     """Train SS-StyleGAN on unlabelled slices, resuming from the newest good checkpoint in ``out_dir``.
 
@@ -130,6 +153,8 @@ def train(
         should_stop: polled after every step; ``True`` writes a checkpoint and returns (``stopped=True``).
         device: ``"cpu"``, ``"cuda"``, ... ; ``None`` picks CUDA when available.
         progress_bar: show a tqdm bar on stderr; ``None`` shows it when stderr is a terminal.
+        on_milestone: called with a :class:`Milestone` at each milestone of ``train_cfg`` and at the end
+            (e.g. to embed and publish a map while training goes on).
 
     Returns:
         A :class:`TrainResult` naming the last checkpoint and its model version.
@@ -146,7 +171,7 @@ def train(
         run = Trainer(images_u8, model_cfg, train_cfg, out, dev)
         if progress_bar is None:
             progress_bar = sys.stderr.isatty()
-        return run.loop(progress, should_stop, progress_bar)
+        return run.loop(progress, should_stop, progress_bar, on_milestone)
 
 
 class Trainer:
@@ -162,6 +187,8 @@ class Trainer:
         self.images, self.model_cfg, self.cfg, self.out, self.device = images, model_cfg, cfg, out, device
         self.total = cfg.total_steps()
         self.model = SSStyleGAN(model_cfg).to(device).train()
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.loss = SSStyleGANLoss(self.model, cfg)
         r1_on = cfg.r1_interval > 0 and self.loss.r1_gamma > 0
         # Lazy R1 is added to the D loss of the same optimiser step (not a separate step as in StyleGAN2), so
@@ -265,7 +292,8 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def _batch(self) -> torch.Tensor:
         idx = torch.randint(self.images.shape[0], (self.cfg.batch_size,), generator=self.data_rng).numpy()
-        return to_model_input(self.images[np.sort(idx)], self.device)
+        batch = to_model_input(self.images[np.sort(idx)], self.device)
+        return batch.contiguous(memory_format=self.memory_format)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One G step, one D/encoder step and the EMA update; returns this step's named losses (0-dim tensors)."""
@@ -302,42 +330,75 @@ class Trainer:
             b_ema.copy_(b)
 
     def loop(self, progress: Callable[[TrainProgress], None] | None, should_stop: Callable[[], bool] | None,
-             progress_bar: bool) -> TrainResult:
+             progress_bar: bool, on_milestone: Callable[[Milestone], None] | None = None) -> TrainResult:
+        cfg = self.cfg
+        budget = cfg.max_minutes * 60.0 if cfg.max_minutes is not None else math.inf
         start, start_step = time.perf_counter(), self.step
+        paused = 0.0                       # seconds spent in milestone callbacks (not training time)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         last_log_t, last_log_step = start, self.step
-        stopped, last = False, {}
+        stopped, out_of_time, last = False, self.elapsed_before >= budget, {}
         ckpt: Path | None = None
+        schedule = _MilestoneSchedule(cfg, self.images_seen, self.elapsed_before)
         bar = tqdm(total=self.total, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
+
+        def elapsed_now() -> float:
+            return self.elapsed_before + time.perf_counter() - start - paused
+
         try:
-            while self.step < self.total:
+            while self.step < self.total and not out_of_time:
                 stats = self.train_step()
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v
                     counts[k] = counts.get(k, 0) + 1
                 bar.update(1)
                 stopped = bool(should_stop and should_stop())
-                done = stopped or self.step >= self.total
-                save = done or self.step % self.cfg.checkpoint_interval == 0
-                if save or self.step % self.cfg.log_interval == 0:   # losses are checked before every save
+                elapsed = elapsed_now()
+                out_of_time = elapsed >= budget
+                done = stopped or out_of_time or self.step >= self.total
+                milestone = not stopped and (done or schedule.due(self.images_seen, elapsed))
+                save = done or milestone or self.step % cfg.checkpoint_interval == 0
+                if save or self.step % cfg.log_interval == 0:   # losses are checked before every save
                     now = time.perf_counter()
                     last = self._averages(sums, counts)
-                    rate = (self.step - last_log_step) * self.cfg.batch_size / max(now - last_log_t, 1e-9)
-                    self._log(last, now - start, start_step, rate, progress, bar)
+                    rate = (self.step - last_log_step) * cfg.batch_size / max(now - last_log_t, 1e-9)
+                    self._log(last, elapsed - self.elapsed_before, start_step, rate, progress, bar, budget)
                     sums, counts, last_log_t, last_log_step = {}, {}, now, self.step
                 if save:
-                    ckpt = self._save(self.elapsed_before + time.perf_counter() - start)
+                    ckpt = self._save(elapsed)
+                if milestone and on_milestone is not None and ckpt is not None:
+                    t0 = time.perf_counter()
+                    self._milestone(on_milestone, ckpt, elapsed, final=done)
+                    paused += time.perf_counter() - t0
+                    last_log_t = time.perf_counter()
                 if stopped:
                     logger.info("training stopped on request at step %d", self.step)
                     break
         finally:
             bar.close()
-        if ckpt is None:   # nothing left to do: the newest checkpoint already covers total_steps
+        if out_of_time:
+            logger.info("training time budget of %.1f minutes reached at step %d", budget / 60, self.step)
+        if ckpt is None:   # nothing left to do: the newest checkpoint already covers the run
             ckpt = latest_checkpoint(self.out) or self._save(self.elapsed_before)
+            if on_milestone is not None and not stopped:
+                self._milestone(on_milestone, ckpt, self.elapsed_before, final=True)
         return TrainResult(out_dir=self.out, checkpoint=ckpt, model_version=checkpoint_version(ckpt),
                            step=self.step, total_steps=self.total, images_seen=self.images_seen,
-                           stopped=stopped, losses=last)
+                           stopped=stopped, losses=last, elapsed=elapsed_now() if self.step > start_step
+                           else self.elapsed_before, out_of_time=out_of_time and not stopped)
+
+    def _milestone(self, callback: Callable[[Milestone], None], ckpt: Path, elapsed: float, final: bool) -> None:
+        """Call ``callback`` with the model in eval mode and the training RNG streams isolated."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                callback(Milestone(step=self.step, total_steps=self.total, images_seen=self.images_seen,
+                                   elapsed=elapsed, checkpoint=ckpt, model_version=checkpoint_version(ckpt),
+                                   model=self.model, final=final))
+        finally:
+            self.model.train()
 
     def _averages(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
         """Mean of each statistic over the steps that produced it; raises when training has diverged."""
@@ -351,10 +412,12 @@ class Trainer:
         return means
 
     def _log(self, losses: dict[str, float], session_elapsed: float, start_step: int, rate: float,
-             progress: Callable[[TrainProgress], None] | None, bar: Any) -> None:
+             progress: Callable[[TrainProgress], None] | None, bar: Any, budget: float = math.inf) -> None:
         steps_done = self.step - start_step
         eta = (self.total - self.step) * session_elapsed / steps_done if steps_done else None
         elapsed = self.elapsed_before + session_elapsed
+        if eta is not None and math.isfinite(budget):
+            eta = max(0.0, min(eta, budget - elapsed))
         record = {"step": self.step, "images_seen": self.images_seen, "kimg": self.images_seen / 1000,
                   **losses, "time": round(elapsed, 3), "images_per_second": round(rate, 2)}
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
@@ -365,6 +428,28 @@ class Trainer:
             progress(TrainProgress(step=self.step, total_steps=self.total, images_seen=self.images_seen,
                                    losses=dict(losses), elapsed=elapsed, eta_seconds=eta,
                                    images_per_second=rate))
+
+
+class _MilestoneSchedule:
+    """When the next milestone is due: every ``milestone_kimg`` images and/or ``milestone_minutes`` of training
+    time, counted from zero (a resumed run keeps the grid of the run it continues)."""
+
+    def __init__(self, cfg: TrainConfig, images_seen: int, elapsed: float) -> None:
+        self.every_img = cfg.milestone_kimg * 1000.0 if cfg.milestone_kimg else None
+        self.every_s = cfg.milestone_minutes * 60.0 if cfg.milestone_minutes else None
+        self.next_img = self._after(images_seen, self.every_img)
+        self.next_s = self._after(elapsed, self.every_s)
+
+    @staticmethod
+    def _after(value: float, every: float | None) -> float:
+        return math.inf if every is None else (math.floor(value / every) + 1) * every
+
+    def due(self, images_seen: int, elapsed: float) -> bool:
+        hit = images_seen >= self.next_img or elapsed >= self.next_s
+        if hit:
+            self.next_img = self._after(images_seen, self.every_img)
+            self.next_s = self._after(elapsed, self.every_s)
+        return hit
 
 
 def _grid(images: torch.Tensor, cols: int) -> np.ndarray:

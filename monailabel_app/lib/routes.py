@@ -1,6 +1,7 @@
-"""HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/``, and its own
-``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST /train/ss_stylegan``, ``GET /train/``
-and ``DELETE /train/``.
+"""HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/`` (with one
+slice's model-ready PNG at ``/slicemap/slice`` and a DICOM series study as a zip at ``/slicemap/series``), and
+its own ``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST /train/ss_stylegan``,
+``GET /train/`` and ``DELETE /train/``.
 
 Every handler takes MONAI Label's auth dependency first (``Depends(RBAC(role))``, roles in :mod:`lib.auth`),
 so with auth on a request without a token is answered 401 before anything else is read. JSON bodies are
@@ -19,10 +20,13 @@ multipart ``file`` upload with an optional ``params`` form field) and answer.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from starlette.background import BackgroundTask
 
 from ss_stylegan.labels import MAX_USER_CHARS
 from ss_stylegan.uploads import received_upload
@@ -91,6 +95,24 @@ def build_router(service: SliceLabelService, control: TrainControl) -> APIRouter
     def slice_map(user: User = Depends(RBAC(READ))) -> dict[str, Any]:
         with http_errors():
             return service.points()
+
+    @router.get("/slicemap/slice", tags=["SliceLabels"], summary="One slice as the model sees it (PNG)",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def slice_png(user: User = Depends(RBAC(READ)), image: str = Query(...), slice: str = Query(...)) -> Response:
+        with http_errors():
+            return Response(service.slice_png(image, integer_text(slice, "slice", minimum=0)), media_type="image/png")
+
+    @router.get("/slicemap/series", tags=["SliceLabels"], summary="A DICOM series study as one zip file")
+    def series_zip(user: User = Depends(RBAC(READ)), image: str = Query(...)) -> FileResponse:
+        folder = tempfile.mkdtemp(prefix="ss_stylegan-series-")
+        try:
+            with http_errors():
+                path = service.series_archive(image, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return FileResponse(path, media_type="application/zip", filename=path.name,
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     def classify(
         user: User = Depends(RBAC(READ)),

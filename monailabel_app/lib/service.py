@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
 from ss_stylegan.data.fingerprint import stamp as study_stamp
-from ss_stylegan.data.readers import StudyReadError, read_volume
-from ss_stylegan.labels import SliceLabelStore, StudyState, UnreadableImageError, flag_of
+from ss_stylegan.data.preprocess import encode_png, model_ready_slice
+from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
+from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, StudyState, UnreadableImageError, flag_of
 from ss_stylegan.selection import FarthestPointSelector, RandomSelector, derive_seed
 from ss_stylegan.validation import FieldError, identifier, integer, text
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
@@ -447,9 +449,52 @@ class SliceLabelService:
         answer["model_version"] = slice_map.model_version
         return answer
 
+    def slice_png(self, image_id: str, slice_index: int) -> bytes:
+        """One slice of a datastore study as the model sees it (canonical, windowed, resized), as PNG.
+
+        Raises:
+            NotFoundError: no study with this id in the studies folder.
+            NotReadyError: before training (the model-ready image is the trained map's input).
+            SliceOutOfRangeError: the study has no such slice (the message gives the range).
+            UnreadableImageError: the study cannot be read.
+        """
+        study = self.study(identifier(image_id, "image"))
+        if study is None:
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+        self.require_map()
+        try:
+            volume = read_volume(study.path)
+        except StudyReadError as err:
+            raise UnreadableImageError(str(err)) from err
+        try:
+            image = model_ready_slice(volume, slice_index, self.settings.slice_cfg)
+        except IndexError as err:
+            raise SliceOutOfRangeError(f"image {image_id!r}: {err}") from err
+        return encode_png(image)
+
+    def series_archive(self, image_id: str, folder: str | Path) -> Path:
+        """A DICOM series study packed as one uncompressed zip file in ``folder`` (MONAI Label's
+        ``GET /datastore/image`` serves only single-file studies).
+
+        Raises:
+            NotFoundError: no study with this id, or the study is a single file.
+        """
+        study = self.study(identifier(image_id, "image"))
+        if study is None:
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+        if not study.path.is_dir():
+            raise NotFoundError(f"image {image_id!r} is a single file, not a DICOM series: download it with "
+                                "GET /datastore/image")
+        target = Path(folder) / f"{image_id}.zip"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted(p for p in study.path.iterdir()
+                               if p.is_file() and not p.is_symlink() and looks_like_dicom_file(p)):
+                archive.write(path, path.name)
+        return target
+
     def points(self) -> dict[str, Any]:
-        """Every embedded slice of a study in the folder, with its map position, label and (when labels
-        exist) prediction; slices of deleted or changed studies are left out."""
+        """Every embedded slice of a study in the folder, with its map position, world position, label and
+        (when labels exist) prediction; slices of deleted or changed studies are left out."""
         slice_map = self.require_map()
         self.maybe_refresh()
         keep = np.ones(len(slice_map), dtype=bool)
@@ -473,6 +518,7 @@ class SliceLabelService:
                 "slice": slices,
                 "x": slice_map.xy[keep, 0].astype(float).tolist(),
                 "y": slice_map.xy[keep, 1].astype(float).tolist(),
+                "world": slice_map.positions[keep].astype(float).tolist(),
                 "label": label,
                 "prediction": prediction,
                 "score": score,

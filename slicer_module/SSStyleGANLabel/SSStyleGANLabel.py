@@ -1,10 +1,10 @@
 """3D Slicer module of SS-StyleGAN Label: label the slices a MONAI Label server suggests, classify the rest.
 
-Module / parameter node / Widget / Logic / Test, as in Slicer's scripted-module template. Everything that is
-not Slicer (HTTP, the labelling session, the map data, slice geometry) lives in the Slicer-free package
-``SSStyleGANLabelLib`` next to this file, which is tested with pytest against a real server outside Slicer.
-The widget wires the UI to the logic and draws; the logic loads studies, moves the slice views and delegates
-everything else to ``SSStyleGANLabelLib``.
+Module / parameter node / Widget / Test, as in Slicer's scripted-module template; the Logic lives in the
+Qt-free package ``SSStyleGANLabelLogic`` next to this file (MRML scene and slice views only, tested against a
+real MRML scene with ``slicer-core``). Everything that is not Slicer (HTTP, the labelling session, the map
+data, slice geometry) lives in the Slicer-free package ``SSStyleGANLabelLib``, tested with pytest against a
+real server. The widget wires the UI to the logic and draws; it keeps everything Qt.
 
 This file is written for Slicer's Python (3.9 in Slicer 5.8): no ``X | Y`` annotations evaluated at runtime.
 """
@@ -21,31 +21,20 @@ import vtk
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
-from SSStyleGANLabelLib import (
-    Classification,
-    CurrentSlice,
-    LabelSession,
-    MapPoints,
-    MapScene,
-    ModelState,
-    SessionError,
-    SliceLabel,
-    SSGLClient,
-    StudyFiles,
-)
-from SSStyleGANLabelLib.geometry import axial_axis, canonical_slice_world, slice_at_plane
+from SSStyleGANLabelLib import MapScene, ModelState
 from SSStyleGANLabelLib.mapview import class_colour, matplotlib_available, render_png
+from SSStyleGANLabelLogic import SSStyleGANLabelLogic
+from SSStyleGANLabelLogic.logic import VIEW_NAME
 
 logger = logging.getLogger(__name__)
 
-VIEW_NAME = "Red"  # the axial slice view that shows the current slice and its class
 TRAINING_POLL_MS = 2000
+THUMBNAIL_PIXELS = 128
 
 
 #
@@ -200,7 +189,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        self.setParameterNode(SSStyleGANLabelParameterNode(self.logic.getParameterNode()))
 
     def setParameterNode(self, inputParameterNode: Optional[SSStyleGANLabelParameterNode]) -> None:
         if self._parameterNode:
@@ -327,8 +316,19 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             why = f" - suggested: {current.suggestion.reason}" if current.suggestion and current.suggestion.reason else ""
             shown = f"{className} ({source})" if className else "not labelled"
             self.ui.currentSliceLabel.text = f"{current.image}, slice {current.slice}: {shown}{why}"
+            self.showThumbnail(current.image, current.slice)
         self.onSliceMoved()
         self.drawMap()
+
+    def showThumbnail(self, image: str, sliceIndex: int) -> None:
+        """The slice as the model sees it (server's PNG), beside the slice views."""
+        try:
+            path = self.logic.sliceThumbnail(image, sliceIndex)
+        except Exception as err:  # a thumbnail is a help, never a reason to stop labelling
+            self.ui.thumbnailLabel.text = f"no model image: {err}"
+            return
+        pixmap = qt.QPixmap(path)
+        self.ui.thumbnailLabel.setPixmap(pixmap.scaled(THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, qt.Qt.KeepAspectRatio))
 
     def updateLabelledTable(self) -> None:
         records = self.logic.requireSession().labelled_slices()
@@ -420,163 +420,6 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# SSStyleGANLabelLogic
-#
-
-
-class SSStyleGANLabelLogic(ScriptedLoadableModuleLogic):
-    """Loads studies and moves slice views; every other action is delegated to ``SSStyleGANLabelLib``.
-
-    Usable without the widget (the module test drives it directly).
-    """
-
-    IMAGE_ID_ATTRIBUTE = "SSStyleGANLabel.ImageId"
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.session: Optional[LabelSession] = None
-        self.studies: Optional[StudyFiles] = None
-
-    def getParameterNode(self):
-        return SSStyleGANLabelParameterNode(super().getParameterNode())
-
-    def requireSession(self) -> LabelSession:
-        if self.session is None:
-            raise SessionError("not connected: enter the server URL and press Connect")
-        return self.session
-
-    # -- server and training ---------------------------------------------------------------------
-    def connect(self, url: str, user: str, password: str = "", strategy: str = "fps", batchSize: int = 1,
-                downloadFolder: Optional[str] = None) -> ModelState:
-        """Connect (logging in when a password is given), read the model state and mirror the labels."""
-        client = SSGLClient(url, username=(user or None) if password else None, password=password or None)
-        session = LabelSession(client, user or "slicer", strategy=strategy, batch_size=batchSize)
-        state = session.connect()
-        self.session = session
-        host = "".join(c if c.isalnum() else "_" for c in client.url.split("://", 1)[-1])
-        self.studies = StudyFiles(client, downloadFolder or os.path.join(slicer.app.temporaryPath, "SSStyleGANLabel", host))
-        return state
-
-    def startTraining(self, kimg: float = 0.0) -> ModelState:
-        return self.requireSession().start_training(kimg=kimg if kimg and kimg > 0 else None)
-
-    def stopTraining(self) -> ModelState:
-        return self.requireSession().stop_training()
-
-    def pollTraining(self):
-        """One poll: ``(state, finished)``; the widget calls it from a ``qt.QTimer``."""
-        session = self.requireSession()
-        finished = session.training_finished()
-        return session.state, finished
-
-    # -- studies and slice views -----------------------------------------------------------------
-    def loadStudy(self, image: str):
-        """The volume node of a datastore study, downloading and loading it only the first time."""
-        loaded = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                  if n.GetAttribute(self.IMAGE_ID_ATTRIBUTE) == image]
-        if loaded:
-            node = loaded[0]
-        else:
-            if self.studies is None:
-                raise SessionError("not connected: enter the server URL and press Connect")
-            node = slicer.util.loadVolume(str(self.studies.path(image)), properties={"name": image, "show": False})
-            node.SetAttribute(self.IMAGE_ID_ATTRIBUTE, image)
-        slicer.util.setSliceViewerLayers(background=node, fit=not loaded)
-        return node
-
-    def showSlice(self, current: CurrentSlice):
-        """Load the slice's study if needed and centre every slice view on the slice."""
-        node = self.loadStudy(current.image)
-        world = current.world
-        if world is None:
-            matrix = vtk.vtkMatrix4x4()
-            node.GetIJKToRASMatrix(matrix)
-            world = canonical_slice_world(slicer.util.arrayFromVTKMatrix(matrix), node.GetImageData().GetDimensions(),
-                                          current.slice)
-        slicer.modules.markups.logic().JumpSlicesToLocation(world[0], world[1], world[2], True)
-        return node
-
-    def sliceWorlds(self, image: str, node):
-        """Slice index -> world centre, from the server when it reported them, else from the volume."""
-        worlds = self.requireSession().slice_worlds(image)
-        if worlds:
-            return worlds
-        matrix = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(matrix)
-        ijkToRas = slicer.util.arrayFromVTKMatrix(matrix)
-        dims = node.GetImageData().GetDimensions()
-        axis, _ = axial_axis(ijkToRas)
-        return {k: canonical_slice_world(ijkToRas, dims, k) for k in range(dims[axis])}
-
-    def sliceShownIn(self, viewName: str = VIEW_NAME):
-        """``(image, slice)`` the view's plane cuts through, or None (no study of ours shown, or between slices)."""
-        composite = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceCompositeNode{viewName}")
-        sliceNode = slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{viewName}")
-        if composite is None or sliceNode is None:
-            return None
-        node = slicer.mrmlScene.GetNodeByID(composite.GetBackgroundVolumeID() or "")
-        image = node.GetAttribute(self.IMAGE_ID_ATTRIBUTE) if node is not None else None
-        if not image:
-            return None
-        m = sliceNode.GetSliceToRAS()
-        origin = [m.GetElement(i, 3) for i in range(3)]
-        normal = [m.GetElement(i, 2) for i in range(3)]
-        matrix = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(matrix)
-        axis, _ = axial_axis(slicer.util.arrayFromVTKMatrix(matrix))
-        halfSpacing = 0.5 * node.GetSpacing()[axis]  # the plane lies within half a slice of the slice centre
-        index = slice_at_plane(self.sliceWorlds(image, node), origin, normal, max_distance=halfSpacing + 1e-3)
-        return None if index is None else (image, index)
-
-    def viewAnnotation(self, viewName: str = VIEW_NAME):
-        """Text and RGB colour telling the class of the slice the view shows."""
-        shown = self.sliceShownIn(viewName)
-        if shown is None:
-            return "", (1.0, 1.0, 1.0)
-        session = self.requireSession()
-        className, source = session.class_at(*shown)
-        if className is None:
-            return f"{shown[0]} slice {shown[1]}: not labelled", (1.0, 1.0, 1.0)
-        return f"{shown[0]} slice {shown[1]}: {className} ({source})", class_colour(className, session.classes)
-
-    # -- labelling, map, classification ----------------------------------------------------------
-    def nextSuggestion(self) -> Optional[CurrentSlice]:
-        current = self.requireSession().next_suggestion()
-        if current is not None:
-            self.showSlice(current)
-        return current
-
-    def goTo(self, image: str, sliceIndex: int) -> CurrentSlice:
-        current = self.requireSession().go_to(image, sliceIndex)
-        self.showSlice(current)
-        return current
-
-    def labelCurrent(self, className: str) -> SliceLabel:
-        return self.requireSession().label_current(className)
-
-    def labelKey(self, key: str) -> SliceLabel:
-        return self.requireSession().label_key(key)
-
-    def removeCurrentLabel(self) -> None:
-        session = self.requireSession()
-        if session.current is None:
-            raise SessionError("no slice is shown")
-        session.unlabel(session.current.image, session.current.slice)
-
-    def refreshMap(self) -> MapPoints:
-        return self.requireSession().refresh_map()
-
-    def classifyCurrent(self) -> Classification:
-        return self.requireSession().classify()
-
-    def exportCsv(self, path: str) -> str:
-        session = self.requireSession()
-        if session.map is None:
-            session.refresh_map()
-        return str(session.export_csv(path))
-
-
-#
 # SSStyleGANLabelTest
 #
 
@@ -639,11 +482,19 @@ class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
             text, _ = logic.viewAnnotation(VIEW_NAME)
             self.assertIn(className, text)
 
-            self.delayDisplay("Classify the study")
+            thumbnail = logic.sliceThumbnail(current.image, current.slice)
+            with open(thumbnail, "rb") as fh:
+                self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+
+            self.delayDisplay("Classify the study; the answer is kept in a table node")
             result = logic.classifyCurrent()
             self.assertGreater(len(result.slices), 0)
             self.assertTrue(all(p.class_name in state.classes for p in result.slices))
             self.assertEqual(sum(result.summary.values()), len(result.slices))
+            table = logic.predictionsTable(current.image)
+            self.assertIsNotNone(table)
+            self.assertEqual(table.GetNumberOfRows(), len(result.slices))
+            self.assertEqual(logic.storedPredictions(current.image), {p.slice: p.class_name for p in result.slices})
 
             self.delayDisplay("Map and CSV export")
             points = logic.refreshMap()

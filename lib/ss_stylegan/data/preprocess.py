@@ -10,6 +10,7 @@ percentiles of the volume otherwise (MR, unscaled scanner values).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 
 import numpy as np
@@ -162,10 +163,7 @@ def preprocess_volume(volume: Volume, cfg: SliceConfig) -> PreprocessedSlices:
         The kept slices, in inferior -> superior order.
     """
     low, high = window_range(volume.data, volume.is_hu, cfg, is_8bit=volume.is_8bit)
-    # [X, Y, Z] -> [Z, X, Y]: slice k is data[:, :, k] with its own first axis as rows.
-    slices = np.moveaxis(volume.data, 2, 0)
-    windowed = apply_window(slices, low, high)
-    images = resize_square(windowed, cfg.resolution, pad_value=0.0)
+    images = _model_ready(volume, slice(None), (low, high), cfg)
     kept = np.flatnonzero(keep_mask(images, cfg.min_foreground))
     if cfg.max_slices_per_study is not None and len(kept) > cfg.max_slices_per_study:
         pick = np.unique(np.linspace(0, len(kept) - 1, cfg.max_slices_per_study).round().astype(np.int64))
@@ -179,3 +177,46 @@ def preprocess_volume(volume: Volume, cfg: SliceConfig) -> PreprocessedSlices:
         n_slices=volume.n_slices,
         window=(low, high),
     )
+
+
+def model_ready_slice(volume: Volume, slice_index: int, cfg: SliceConfig) -> np.ndarray:
+    """One axial slice exactly as :func:`preprocess_volume` gives it to the model, kept or not.
+
+    The window is the whole volume's (as in :func:`preprocess_volume`), so the image equals the cached
+    slice the map was made from. Rows run along the canonical first axis (towards R), columns towards A.
+
+    Args:
+        volume: a canonical volume from :func:`ss_stylegan.data.readers.read_volume`.
+        slice_index: canonical axial index, ``0 <= slice_index < volume.n_slices`` (0 = most inferior).
+        cfg: slice settings (resolution, window).
+
+    Returns:
+        ``uint8 [R, R]``.
+
+    Raises:
+        IndexError: the index is outside the volume (the message gives the valid range).
+    """
+    n = volume.n_slices
+    if not 0 <= slice_index < n:
+        raise IndexError(f"slice {slice_index} is out of range: {volume.path.name} has slices 0..{n - 1}")
+    window = window_range(volume.data, volume.is_hu, cfg, is_8bit=volume.is_8bit)
+    return _model_ready(volume, slice(slice_index, slice_index + 1), window, cfg)[0]
+
+
+def _model_ready(volume: Volume, which: slice, window: tuple[float, float], cfg: SliceConfig) -> np.ndarray:
+    """Window and resize the axial slices ``which`` of a volume: ``uint8 [n, R, R]``."""
+    # [X, Y, Z] -> [Z, X, Y]: slice k is data[:, :, k] with its own first axis as rows.
+    slices = np.moveaxis(volume.data[:, :, which], 2, 0)
+    return resize_square(apply_window(slices, *window), cfg.resolution, pad_value=0.0)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A ``uint8 [H, W]`` grey image as PNG bytes (row 0 at the top)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

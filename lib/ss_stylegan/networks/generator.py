@@ -59,9 +59,9 @@ class MappingNetwork(nn.Module):
         w = self.layers(normalize_2nd_moment(z))
         if update_w_avg:
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+                self.w_avg.copy_(w.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if truncation_psi != 1.0:
-            w = self.w_avg.lerp(w, truncation_psi)
+            w = self.w_avg.to(w.dtype).lerp(w, truncation_psi)
         return w[:, None, :].repeat(1, self.num_ws, 1)
 
 

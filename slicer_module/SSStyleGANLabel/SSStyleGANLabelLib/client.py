@@ -11,15 +11,19 @@ token (``access_token`` is null when the server runs without authentication, and
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -268,6 +272,21 @@ class SSGLClient:
         """The t-SNE map of every embedded slice (``GET /slicemap/``); parse with ``mapview.MapPoints``."""
         return self._json("GET", "/slicemap/")
 
+    def slice_png(self, image: str, slice_index: int) -> bytes:
+        """One slice as the model sees it, as PNG bytes (``GET /slicemap/slice?image=&slice=``).
+
+        Canonical RAS orientation (rows run towards R, columns towards A), the server's intensity window,
+        resized to the model resolution: a thumbnail of exactly what the map was made from.
+
+        Raises:
+            ServerError: 404 unknown image, 422 slice out of range (the message gives the range), 409 before
+                training.
+        """
+        body, _ = self._send("GET", "/slicemap/slice", query={"image": image, "slice": int(slice_index)})
+        if not body.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ProtocolError(f"GET /slicemap/slice did not answer a PNG image (got {body[:40]!r})")
+        return body
+
     def classify(self, image: str) -> Classification:
         """Classify every slice of a datastore study (``POST /infer/classify?image=<id>``).
 
@@ -305,6 +324,41 @@ class SSGLClient:
         target = folder / name
         write_bytes_atomic(target, body)
         return target
+
+    def download_series(self, image: str, folder: str | Path) -> Path:
+        """Download a DICOM series study (``GET /slicemap/series?image=<id>``, a zip) into ``folder``.
+
+        The files are unpacked into a temporary sibling folder that is renamed to ``folder`` at the end, so a
+        cut download never looks complete. ``folder`` must not exist or be empty.
+
+        Returns:
+            The series' first file by name (Slicer reads the whole series from it).
+
+        Raises:
+            ServerError: 404 for an unknown image or one that is a single file (use :meth:`download_image`).
+        """
+        body, _ = self._send("GET", "/slicemap/series", query={"image": image})
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        unpacked = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                names = [info.filename for info in archive.infolist()]
+                bad = [n for n in names if n != os.path.basename(n) or n.startswith(".")]
+                if bad or not names:
+                    raise ProtocolError(
+                        f"GET /slicemap/series answered an archive that is not one flat series: {bad or 'empty'}")
+                archive.extractall(unpacked)
+            if folder.is_dir():
+                folder.rmdir()  # an empty leftover; a folder with files is refused here
+            os.replace(unpacked, folder)
+        except zipfile.BadZipFile:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise ProtocolError(f"GET /slicemap/series did not answer a zip archive (got {body[:40]!r})") from None
+        except BaseException:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise
+        return folder / sorted(names)[0]
 
 
 def _reason(reason: object) -> str:

@@ -51,6 +51,8 @@ class MapPoints:
         labels: stored class per point or None, object ``[N]``.
         predictions: 1-NN class per point or None, object ``[N]``; scores: float64 ``[N]`` (NaN when none).
         model_version: version of the model that made the map.
+        worlds: world (R, A, S) centre of each slice in mm, float64 ``[N, 3]`` (NaN rows when the server
+            did not send positions).
     """
 
     images: np.ndarray
@@ -60,6 +62,7 @@ class MapPoints:
     predictions: np.ndarray
     scores: np.ndarray
     model_version: str | None
+    worlds: np.ndarray
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -86,6 +89,11 @@ class MapPoints:
             return out
 
         raw_scores = pts.get("score") or [None] * n
+        worlds = np.full((n, 3), np.nan)
+        if pts.get("world") is not None:
+            worlds = np.asarray(pts["world"], dtype=np.float64)
+            if worlds.shape != (n, 3):
+                raise ProtocolError(f"the /slicemap/ world positions must be {n} x (R, A, S), got {worlds.shape}")
         return cls(
             images=np.asarray([str(i) for i in pts["image"]], dtype=str).reshape(n),
             slices=np.asarray(pts["slice"], dtype=np.int64).reshape(n),
@@ -95,6 +103,7 @@ class MapPoints:
             predictions=optional("prediction"),
             scores=np.asarray([np.nan if s is None else float(s) for s in raw_scores], dtype=np.float64),
             model_version=payload.get("model_version"),
+            worlds=worlds,
         )
 
     def with_labels(self, labels: Mapping[SliceKey, str]) -> MapPoints:
@@ -105,6 +114,12 @@ class MapPoints:
     def key(self, index: int) -> SliceKey:
         """``(image_id, slice_index)`` of point ``index``."""
         return (str(self.images[index]), int(self.slices[index]))
+
+    def world_positions(self) -> dict[SliceKey, tuple[float, float, float]]:
+        """``(image, slice) -> (R, A, S)`` of every point whose world position the server sent."""
+        known = np.flatnonzero(np.isfinite(self.worlds).all(axis=1))
+        return {self.key(i): (float(self.worlds[i, 0]), float(self.worlds[i, 1]), float(self.worlds[i, 2]))
+                for i in known}
 
     def index_of(self, image: str, slice_index: int) -> int | None:
         """Point index of a slice, or None when the slice is not in the map (e.g. skipped as empty)."""

@@ -194,14 +194,15 @@ class LabelSession:
         return self.current
 
     def world_of(self, image: str, slice_index: int) -> tuple[float, float, float] | None:
-        """World (R, A, S) of a slice as the server reported it, classifying its study once if needed.
+        """World (R, A, S) of a slice as the server reported it, fetching the map once if needed.
 
-        Returns None when the server cannot say (e.g. not trained yet); the viewer then uses the volume.
+        Returns None when the server cannot say (not trained yet, or a slice left out of the map as
+        empty); the viewer then computes the position from the volume.
         """
         key = (image, int(slice_index))
-        if key not in self._world and image not in self.predictions:
+        if key not in self._world and self.map is None:
             try:
-                self.classify(image)
+                self.refresh_map()
             except ServerError as err:
                 logger.info("no world position for %s slice %d yet: %s", image, slice_index, err.detail)
         return self._world.get(key)
@@ -271,6 +272,7 @@ class LabelSession:
         self.map = MapPoints.from_json(self.client.slice_map()).with_labels(
             {k: r.class_name for k, r in self.labels.items()}
         )
+        self._world.update(self.map.world_positions())
         return self.map
 
     def classify(self, image: str | None = None) -> Classification:

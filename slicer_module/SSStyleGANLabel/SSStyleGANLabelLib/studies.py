@@ -1,7 +1,7 @@
 """Local copies of the server's studies: download each one once and reuse it afterwards.
 
-The Slicer logic loads the file this returns with ``slicer.util.loadVolume`` (or reuses the volume node it
-already made for that image id); the download folder is the only state kept on disk.
+The Slicer logic loads the file this returns (or reuses the volume node it already made for that image id);
+the download folder is the only state kept on disk.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from .client import SSGLClient
+from .errors import ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,20 @@ class StudyFiles:
         return self.folder / safe
 
     def path(self, image: str) -> Path:
-        """The local file of ``image``, downloading it from the server only the first time."""
+        """The local file of ``image``, downloading it from the server only the first time.
+
+        A DICOM series (which MONAI Label's datastore does not serve) is downloaded as one archive and
+        unpacked; its first file is returned, from which Slicer reads the whole series.
+        """
         found = self.cached(image)
         if found is not None:
             return found
-        target = self.client.download_image(image, self._home(image))
+        try:
+            target = self.client.download_image(image, self._home(image))
+        except ServerError as err:
+            if err.status != 404:
+                raise
+            target = self.client.download_series(image, self._home(image))
         self.downloads += 1
         logger.info("downloaded study %s to %s", image, target)
         return target

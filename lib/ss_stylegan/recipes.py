@@ -1,0 +1,104 @@
+"""Training recipes: the network, training and map settings for one kind of device, by name.
+
+One table serves the server (its ``--conf`` defaults), the CLI (``python -m ss_stylegan train --recipe``) and
+the evaluation (``python -m ss_stylegan.evaluate --recipe``), so that the evaluation measures exactly what the
+server runs. Network sizes have their own names (:data:`PRESETS`: ``default``, ``small``, ``tiny``); a recipe
+names one of them and adds how long and how to train it.
+
+The CPU recipe is the result of the compute-scaling study in ``docs/evaluation/`` (2-core CPU, IQ-OTH/NCCD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ss_stylegan.config import ConfigError, ModelConfig, TrainConfig
+
+PRESETS: dict[str, Callable[[int], ModelConfig]] = {
+    "default": lambda resolution: ModelConfig(resolution=resolution),   # StyleGAN2-sized, for a GPU
+    "small": ModelConfig.small,                                        # CPU servers
+    "tiny": ModelConfig.tiny,                                          # tests and smoke runs
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything a device needs to train SS-StyleGAN and draw the slice map.
+
+    Attributes:
+        name: ``cpu``, ``gpu`` or ``tiny``.
+        description: one line for ``/info/`` and reports.
+        preset: network size, a key of :data:`PRESETS`.
+        resolution: model (and slice cache) resolution.
+        train: training settings, including the time budget (``max_minutes``) and how often a map is
+            published while training runs (``milestone_minutes``).
+        perplexity: t-SNE perplexity of the slice map.
+    """
+
+    name: str
+    description: str
+    preset: str
+    resolution: int
+    train: TrainConfig
+    perplexity: float = 30.0
+
+    def model(self, resolution: int | None = None) -> ModelConfig:
+        """The network of this recipe, at ``resolution`` (default: the recipe's)."""
+        return model_preset(self.preset, resolution or self.resolution)
+
+
+def model_preset(name: str, resolution: int) -> ModelConfig:
+    """The network preset ``name`` at ``resolution``; a clear error for an unknown name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown network preset {name!r}; presets are {sorted(PRESETS)}")
+    return PRESETS[name](resolution)
+
+
+def _cpu() -> Recipe:
+    return Recipe(
+        name="cpu",
+        description="2-core CPU: small network at 64x64, 30 minutes, a new map every 5 minutes",
+        preset="small",
+        resolution=64,
+        train=TrainConfig(batch_size=16, kimg=200.0, max_minutes=30.0, milestone_minutes=5.0,
+                          checkpoint_interval=25),
+        perplexity=30.0,
+    )
+
+
+def _gpu() -> Recipe:
+    return Recipe(
+        name="gpu",
+        description="one GPU: StyleGAN2-sized network at 128x128, 200 kimg, a new map every 10 minutes",
+        preset="default",
+        resolution=128,
+        train=TrainConfig(batch_size=32, kimg=200.0, milestone_minutes=10.0, checkpoint_interval=500),
+        perplexity=30.0,
+    )
+
+
+def _tiny() -> Recipe:
+    return Recipe(
+        name="tiny",
+        description="smoke test: tiny network at 32x32, seconds on a CPU",
+        preset="tiny",
+        resolution=32,
+        train=TrainConfig(batch_size=4, kimg=0.016, checkpoint_interval=2),
+        perplexity=5.0,
+    )
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"cpu": _cpu, "gpu": _gpu, "tiny": _tiny}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe ``name`` (``cpu``, ``gpu`` or ``tiny``)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; recipes are {sorted(RECIPES)}")
+    return RECIPES[name]()
+
+
+def recipe_for_device(device: str) -> Recipe:
+    """The recipe a server on ``device`` (``cpu``, ``cuda``, ``cuda:N``) uses by default."""
+    return get_recipe("cpu" if str(device).startswith("cpu") else "gpu")
