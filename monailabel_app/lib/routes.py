@@ -100,7 +100,7 @@ def build_router(service: SliceLabelService, control: TrainControl) -> APIRouter
                 response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def slice_png(user: User = Depends(RBAC(READ)), image: str = Query(...), slice: str = Query(...)) -> Response:
         with http_errors():
-            return Response(service.slice_png(image, integer_text(slice, "slice", minimum=0)), media_type="image/png")
+            return Response(service.slice_png(image, integer_text(slice, "slice")), media_type="image/png")
 
     @router.get("/slicemap/series", tags=["SliceLabels"], summary="A DICOM series study as one zip file")
     def series_zip(user: User = Depends(RBAC(READ)), image: str = Query(...)) -> FileResponse:
