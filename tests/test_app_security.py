@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -274,10 +275,12 @@ def test_classes_that_would_orphan_labels_refuse_to_start(server: RunningServer)
     assert lesions
     server.stop()
     conf = {**CONF, "classes": "normal,tumour"}
-    with pytest.raises(ServerStartError, match=rf"--conf classes normal,tumour: {len(lesions)} stored slice label"
-                                               r"\(s\) use class\(es\) \['lesion'\].*export the labels"):
-        start_server(server.studies, conf, log_path=server.log_path, start_timeout_s=90)
-    server.start()
+    try:
+        with pytest.raises(ServerStartError, match=rf"--conf classes normal,tumour: {len(lesions)} stored slice "
+                                                   r"label\(s\) use class\(es\) \['lesion'\].*export the labels"):
+            start_server(server.studies, conf, log_path=server.log_path, start_timeout_s=90).stop()
+    finally:
+        server.start()
     assert server.get_json("/slicelabels/")["labels"] == labels
 
 
@@ -308,8 +311,10 @@ def test_label_writes_survive_kill_9_with_8_writers(server: RunningServer) -> No
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    while writes[0] < 300:  # writes in full flow
+    deadline = time.monotonic() + 120
+    while writes[0] < 300 and time.monotonic() < deadline:  # writes in full flow
         threading.Event().wait(0.02)
+    assert writes[0] >= 300, f"only {writes[0]} label writes answered 200 in 120 s\n{server.log()}"
     server.kill()
     stop.set()
     for t in threads:
