@@ -152,8 +152,10 @@ def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_pa
 def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     flat = ws.save_map(_map("old", 2))
-    for name in ("slice_map.npz", "slice_map.json"):
-        (flat.folder / name).rename(tmp_path / name)
+    flat.map_path.rename(tmp_path / "slice_map.npz")  # as maps were written before: no "arrays" in the JSON
+    meta = json.loads(flat.map_meta_path.read_text(encoding="utf-8"))
+    del meta["arrays"]
+    (tmp_path / "slice_map.json").write_text(json.dumps(meta), encoding="utf-8")
     ws.pointer_path.unlink()
     loaded = ws.load_map()
     assert loaded.model_version == "old" and loaded.version.folder == tmp_path
@@ -162,6 +164,20 @@ def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
     ws.save_map(_map("new", 3))  # the first versioned publish replaces the flat files
     assert ws.load_map().model_version == "new"
     assert not (tmp_path / "slice_map.npz").exists() and not (tmp_path / "published").exists()
+
+
+def test_a_map_update_killed_half_way_leaves_a_complete_map(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    version = ws.save_map(_map("v1", 3))
+    first_arrays = version.map_path
+    ws.save_map(_map("v1", 5), version)  # an in-place update (a study added, dropped or re-read)
+    assert ws.load_map().slices.tolist() == [0, 1, 2, 3, 4] and first_arrays.exists()  # kept one update longer
+    # killed after writing the next arrays file, before the JSON that names it: the map is still the last one
+    (version.folder / "slice_map-99999999999999999999.npz").write_bytes(b"half")
+    assert len(ws.load_map()) == 5
+    ws.save_map(_map("v1", 4), version)
+    assert len(ws.load_map()) == 4 and not first_arrays.exists()
+    assert len(list(version.folder.glob("slice_map*.npz"))) == 2
 
 
 def test_status_and_stop_flag(tmp_path: Path) -> None:

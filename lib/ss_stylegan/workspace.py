@@ -8,8 +8,11 @@ Layout of a workspace folder (by default ``<studies>/.ss_stylegan/``)::
                       before it is made current:
         checkpoint/       the checkpoint the slice map was made with
         projection/       saved TSNEProjector (reference W and 2-D map)
-        slice_map.npz     every embedded slice: image id, slice index, world position, W, map position
-        slice_map.json    model version, number of slices, errors per study (written after the npz)
+        slice_map-<n>.npz every embedded slice: image id, slice index, world position, W, map position
+        slice_map.json    model version, number of slices, errors, depths and fingerprints per study, and
+                          the name of its arrays file; written after the npz it names, so replacing it is
+                          the one atomic step of a map update (the previous npz is kept one update longer
+                          for readers that opened the old JSON; ``slice_map.npz`` in maps written before)
     current.json      ``{"current": "maps/<name>", "previous": "maps/<name>" | null, "model_version"}``:
                       the pointer readers follow, replaced atomically (a single rename) by a publish
     status.json       training state and progress (written atomically by the training process)
@@ -185,15 +188,40 @@ class MapVersion:
 
     @property
     def map_path(self) -> Path:
-        return self.folder / "slice_map.npz"
+        """The arrays file the map's metadata names (``slice_map.npz`` when it names none, or has none yet)."""
+        return self.folder / _arrays_name(self.map_meta_path)
 
     @property
     def map_meta_path(self) -> Path:
         return self.folder / "slice_map.json"
 
     def is_complete(self) -> bool:
-        """True when the map's metadata (written last) and arrays exist."""
+        """True when the map's metadata (written last) and the arrays it names exist."""
         return self.map_meta_path.is_file() and self.map_path.is_file()
+
+
+_ARRAYS_NAMES: dict[str, tuple[tuple[int, int, int], str]] = {}  # metadata path -> (stat key, arrays name)
+
+
+def _arrays_name(meta_path: Path) -> str:
+    """The arrays file named by a map's metadata, read again only when the metadata file changes (readers
+    check it at every request, and the metadata of a large datastore is not small)."""
+    try:
+        st = meta_path.stat()
+    except OSError:
+        return "slice_map.npz"
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)  # an atomic rewrite is a new inode
+    cached = _ARRAYS_NAMES.get(str(meta_path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        name = json.loads(meta_path.read_text(encoding="utf-8")).get("arrays")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if not (isinstance(name, str) and name.startswith("slice_map") and "/" not in name):
+        name = "slice_map.npz"
+    _ARRAYS_NAMES[str(meta_path)] = (key, name)
+    return name
 
 
 class ReservationLimitError(ValueError):
@@ -443,7 +471,9 @@ class Workspace:
             return None
 
     def save_map(self, slice_map: SliceMap, version: MapVersion | None = None) -> MapVersion:
-        """Write the map atomically into ``version`` (arrays first, then the JSON readers check for).
+        """Write the map atomically into ``version``: a new arrays file, then the JSON that names it (the one
+        step that switches readers over), then the arrays file before the previous one is removed. A process
+        killed at any point leaves a JSON naming a complete arrays file.
 
         Without ``version`` the map is published on its own: written into a new version folder that is
         then made current. Returns the version written; ``slice_map.version`` is set to it.
@@ -464,8 +494,11 @@ class Workspace:
             )
             fh.write(buf.getvalue())
 
-        atomic_write(version.map_path, write)
+        previous = version.map_path if version.map_meta_path.is_file() else None
+        arrays = version.folder / f"slice_map-{time.time_ns()}.npz"
+        atomic_write(arrays, write)
         meta = {
+            "arrays": arrays.name,
             "model_version": slice_map.model_version,
             "n_slices": len(slice_map),
             "n_images": len(slice_map.image_set()),
@@ -475,6 +508,10 @@ class Workspace:
             "written": time.time(),
         }
         atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
+        keep = {arrays.name} | ({previous.name} if previous is not None else set())
+        for old in version.folder.glob("slice_map*.npz"):
+            if old.name not in keep:  # older than the previous update: no reader can still be on it
+                old.unlink(missing_ok=True)
         slice_map.version = version
         if publish:
             self.activate(version)
