@@ -87,6 +87,8 @@ class SliceMap:
         fingerprints: ``{image id: Fingerprint.to_dict()}`` of each study's file when it was read
             (:mod:`ss_stylegan.data.fingerprint`), so a study changed on disk later is detected.
         version: the published version folder the map was read from or written to (None when new).
+        training: how far the model of this map was trained when it was made (``step``, ``kimg``,
+            ``minutes`` of training, ``final``: whether training had finished); empty when not recorded.
     """
 
     image_ids: np.ndarray
@@ -99,6 +101,7 @@ class SliceMap:
     depths: dict[str, int] = dataclasses.field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     version: MapVersion | None = None
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -155,6 +158,7 @@ class SliceMap:
             depths={**self.depths, **(depths or {})},
             fingerprints={**self.fingerprints, **(fingerprints or {})},
             version=self.version,
+            training=dict(self.training),
         )
 
     def without(self, image_ids: set[str] | frozenset[str]) -> SliceMap:
@@ -167,6 +171,7 @@ class SliceMap:
             depths={k: v for k, v in self.depths.items() if k not in image_ids},
             fingerprints={k: v for k, v in self.fingerprints.items() if k not in image_ids},
             version=self.version,
+            training=dict(self.training),
         )
 
 
@@ -443,6 +448,19 @@ class Workspace:
             shutil.rmtree(self.root / name, ignore_errors=True)
         log.info("published %s (model %s)", version.name, pointer["model_version"])
 
+    def publish(self, slice_map: SliceMap, checkpoint: Path, projector: Any) -> MapVersion:
+        """Publish one complete model version and make it current: the checkpoint the map was made with,
+        the fitted projector (anything with ``save(folder)``, e.g. :class:`~ss_stylegan.projection.TSNEProjector`)
+        and the slice map are written into a new version folder, then one atomic pointer switch makes it
+        current. A process killed before the switch leaves the previous version current and complete.
+        """
+        version = self.new_version(slice_map.model_version)
+        self.publish_checkpoint(checkpoint, version)
+        projector.save(version.projection_dir)
+        self.save_map(slice_map, version)
+        self.activate(version)
+        return version
+
     # -- stop flag ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
         atomic_write_text(self.stop_path, str(time.time()))
@@ -505,6 +523,7 @@ class Workspace:
             "errors": slice_map.errors,
             "depths": slice_map.depths,
             "fingerprints": slice_map.fingerprints,
+            "training": slice_map.training,
             "written": time.time(),
         }
         atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
@@ -533,7 +552,8 @@ class Workspace:
             slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]),
                                  errors=dict(meta.get("errors", {})),
                                  depths={k: int(v) for k, v in meta.get("depths", {}).items()},
-                                 fingerprints=dict(meta.get("fingerprints", {})), version=version)
+                                 fingerprints=dict(meta.get("fingerprints", {})), version=version,
+                                 training=dict(meta.get("training") or {}))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise WorkspaceError(
                 f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err
