@@ -149,23 +149,6 @@ def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_pa
     assert ws.current_version() is None and not ws.has_map()
 
 
-def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path)
-    flat = ws.save_map(_map("old", 2))
-    flat.map_path.rename(tmp_path / "slice_map.npz")  # as maps were written before: no "arrays" in the JSON
-    meta = json.loads(flat.map_meta_path.read_text(encoding="utf-8"))
-    del meta["arrays"]
-    (tmp_path / "slice_map.json").write_text(json.dumps(meta), encoding="utf-8")
-    ws.pointer_path.unlink()
-    loaded = ws.load_map()
-    assert loaded.model_version == "old" and loaded.version.folder == tmp_path
-    assert loaded.version.checkpoint_dir == tmp_path / "published"
-    (tmp_path / "published").mkdir()
-    ws.save_map(_map("new", 3))  # the first versioned publish replaces the flat files
-    assert ws.load_map().model_version == "new"
-    assert not (tmp_path / "slice_map.npz").exists() and not (tmp_path / "published").exists()
-
-
 def test_a_map_update_killed_half_way_leaves_a_complete_map(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     version = ws.save_map(_map("v1", 3))

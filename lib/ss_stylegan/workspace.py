@@ -24,8 +24,7 @@ atomic, so the server (reading) and the training subprocess (writing) never see 
 publish writes a new ``maps/<name>/`` folder and only then switches ``current.json``: a training
 killed mid-publish leaves the previous version current and complete (the half-written folder is
 removed by the next publish). When the pointer names a folder without a complete map (damaged by
-hand), readers fall back to ``previous``. A workspace of the earlier flat layout (``slice_map.*``,
-``published/`` and ``projection/`` directly in the root) is still read as one version.
+hand), readers fall back to ``previous``.
 """
 
 from __future__ import annotations
@@ -401,26 +400,24 @@ class Workspace:
 
     def current_version(self) -> MapVersion | None:
         """The version readers should use: the pointer's current one, else its previous one when the
-        current folder has no complete map, else a map of the earlier flat layout; None before any."""
+        current folder has no complete map; None before any."""
         pointer = self._read_pointer()
-        if pointer is not None:
-            for key in ("current", "previous"):
-                version = self._version_at(pointer.get(key))
-                if version is not None and version.is_complete():
-                    if key == "previous" and self._warned != pointer:
-                        self._warned = pointer
-                        log.error("%s names %s, which has no complete slice map; using the previous version %s",
-                                  self.pointer_path, pointer.get("current"), version.name)
-                    return version
+        if pointer is None:
             return None
-        legacy = MapVersion(folder=self.root, checkpoint_dir=self.root / "published",
-                            projection_dir=self.root / "projection")
-        return legacy if legacy.is_complete() else None
+        for key in ("current", "previous"):
+            version = self._version_at(pointer.get(key))
+            if version is not None and version.is_complete():
+                if key == "previous" and self._warned != pointer:
+                    self._warned = pointer
+                    log.error("%s names %s, which has no complete slice map; using the previous version %s",
+                              self.pointer_path, pointer.get("current"), version.name)
+                return version
+        return None
 
     def activate(self, version: MapVersion) -> None:
         """Make ``version`` current with one atomic rename of ``current.json``, keep the version it
         replaces as ``previous`` (a reader may still be using it) and remove every other version folder
-        (e.g. one a killed publish left half-written) and any map of the earlier flat layout.
+        (e.g. one a killed publish left half-written).
 
         Raises:
             WorkspaceError: ``version`` has no complete slice map.
@@ -441,11 +438,6 @@ class Workspace:
         for folder in self.maps_dir.iterdir() if self.maps_dir.is_dir() else ():
             if folder.is_dir() and folder.resolve() not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
-        # a map of the earlier flat layout is no longer read once a version is current
-        for name in ("slice_map.npz", "slice_map.json"):
-            (self.root / name).unlink(missing_ok=True)
-        for name in ("published", "projection"):
-            shutil.rmtree(self.root / name, ignore_errors=True)
         log.info("published %s (model %s)", version.name, pointer["model_version"])
 
     def publish(self, slice_map: SliceMap, checkpoint: Path, projector: Any) -> MapVersion:
