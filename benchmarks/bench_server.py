@@ -12,7 +12,7 @@ the files are never opened). Then it labels 20 slices over HTTP and times:
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_server.py --slices 10000 100000
+    .venv/bin/python benchmarks/bench_server.py --slices 10000 100000 1000000
 
 Prints medians and 95th percentiles in milliseconds. Speed is measured here, never asserted in tests.
 """
@@ -114,7 +114,7 @@ def run(n_slices: int, n_calls: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slices", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--slices", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--calls", type=int, default=64, help="requests per measurement (multiple of 16)")
     args = parser.parse_args()
     for n in args.slices:
