@@ -2,8 +2,9 @@
 
 Trainer ``ss_stylegan`` (unlabelled SS-StyleGAN + slice map), strategies ``fps`` and ``random`` (the next
 slice to label), classifier ``classify`` (1-NN class of every slice), and the ``/slicelabels/`` and
-``/slicemap/`` routes. See ``docs/ARCHITECTURE.md`` for the REST contract and
-``lib/configs/settings.py`` for every ``--conf`` setting.
+``/slicemap/`` routes. Every route carries MONAI Label's auth dependency (:mod:`lib.auth`), and MONAI Label's
+inherited routes that take ids, tags, names or uploads are served guarded (:mod:`lib.guards`). See
+``docs/ARCHITECTURE.md`` for the REST contract and ``lib/configs/settings.py`` for every ``--conf`` setting.
 
 MONAI Label removes this folder from ``sys.path`` after loading this file, so everything the app needs
 is imported here, at module level.
@@ -12,8 +13,9 @@ is imported here, at module level.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
+
+from fastapi import APIRouter, FastAPI
 
 from monailabel.config import settings as monai_settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -22,21 +24,32 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.utils.async_tasks.utils import processes
 
 import lib.activelearning.slice_strategy  # noqa: F401  (import eagerly: see module docstring)
+import lib.auth  # noqa: F401
 import lib.datastore  # noqa: F401
 import lib.embedder  # noqa: F401
+import lib.errors  # noqa: F401
+import lib.guards  # noqa: F401
 import lib.infers.classify  # noqa: F401
 import lib.routes  # noqa: F401
+import lib.train_control  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
+import lib.uploads  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.configs.settings import AppSettings
-from lib.datastore import AtomicLocalDatastore, datastore_extensions, set_aside_unreadable
+from lib.datastore import AtomicLocalDatastore, LabelCountMirror, datastore_extensions, set_aside_unreadable
+from lib.errors import NotFoundError, hide_paths, redacted
+from lib.guards import build_guards
 from lib.infers.classify import SliceClassifier
-from lib.routes import build_router, install
+from lib.routes import build_router
 from lib.service import LABEL_TAG, SliceLabelService
+from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
+from ss_stylegan.config import ConfigError
+from ss_stylegan.labels import OrphanedLabelsError
+from ss_stylegan.validation import identifier
+from ss_stylegan.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +59,11 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, studies)  # ConfigError: the server refuses to start
-        self.service = SliceLabelService(
-            self.settings, studies, training_running=lambda: len(processes("train")) > 0
-        )
+        self.control = TrainControl(Workspace(self.settings.workspace), trainers=("ss_stylegan",))
+        try:
+            self.service = SliceLabelService(self.settings, studies, training_running=self.control.running)
+        except OrphanedLabelsError as err:
+            raise ConfigError(f"--conf classes {','.join(self.settings.classes)}: {err}") from err
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -58,7 +73,9 @@ class SSStyleGANLabelApp(MONAILabelApp):
             version="0.1.0",
             labels=list(self.settings.classes),
         )
-        self.service.on_labels_changed = self.mirror_labels
+        self.mirror = LabelCountMirror(self.datastore, self.service.labels.counts, LABEL_TAG,
+                                       listed=lambda i: (s := self.service.study(i)) is not None and s.path.is_file())
+        self.service.on_labels_changed = self.mirror.changed
 
     def init_datastore(self) -> Datastore:
         """The local datastore, written atomically; an unreadable state file is set aside first."""
@@ -70,6 +87,8 @@ class SSStyleGANLabelApp(MONAILabelApp):
             extensions=datastore_extensions(monai_settings.MONAI_LABEL_DATASTORE_FILE_EXT),
             auto_reload=monai_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=monai_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            protected_tag=LABEL_TAG,
+            protected_info=LABEL_TAG,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -93,57 +112,48 @@ class SSStyleGANLabelApp(MONAILabelApp):
         meta = super().info()
         meta["ss_stylegan"] = self.service.state()
         meta["classifier"] = "classify"
-        return meta
+        return redacted(meta)
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """MONAI Label's infer, after a datastore refresh when the image id is new (a file just copied in).
+        """MONAI Label's infer for datastore image ids only (never a path: MONAI Label would read any file
+        that exists), after a datastore refresh when the id is new (a file just copied in).
 
         ``POST /infer/classify`` itself is served by :mod:`lib.routes` (in the thread pool); this path is
-        for other callers of the app (e.g. MONAI Label's batch infer)."""
-        image = request.get("image")
-        if isinstance(image, str) and image and not os.path.exists(image) and not self.known_image(image):
-            study = self.service.study(image)
-            if study is not None:
-                request = {**request, "image": str(study.path)}
-            else:
-                self.datastore().refresh()
+        for other callers of the app (MONAI Label's batch infer)."""
+        image = identifier(request.get("image"), "image")
+        study = self.service.study(image)
+        if study is None:
+            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
+        if not self.known_image(image):
+            self.datastore().refresh()
+        if not self.known_image(image):  # a DICOM series folder: MONAI Label lists files only
+            request = {**request, "image": str(study.path)}
         return super().infer(request, datastore)
 
     def known_image(self, image_id: str) -> bool:
         return bool(self.datastore().get_image_uri(image_id))
 
-    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Like MONAI Label's, but a ``{"done": true}`` answer (nothing left to label) is passed through."""
-        strategy = request.get("strategy") or "fps"
-        task = self._strategies.get(strategy)
-        if task is None:
-            return super().next_sample(request)
-        res = task(request, self.datastore())
-        study = self.service.study(res["id"]) if res.get("id") else None
-        if study is not None:
-            res["path"] = str(study.path)
-        return res
-
     def on_init_complete(self) -> None:
         super().on_init_complete()
         from monailabel.app import app as fastapi_app  # the running server's FastAPI object
 
-        install(fastapi_app, build_router(self.service))
-        self._sync_datastore_info()
+        hide_paths(studies=self.studies, workspace=self.settings.workspace)
+        self.service.labels.open_for_writing()  # the server is the one process that writes labels
+        install(fastapi_app, build_router(self.service, self.control), build_guards(
+            datastore=self.datastore, limits=lambda: self.settings.upload_limits, mirror=self.mirror,
+            control=self.control, models=lambda: sorted(self._infers), strategies=lambda: sorted(self._strategies),
+        ))
+        for image_id in self.service.labels.images():  # label counts into the datastore info (GET /datastore/)
+            self.mirror.changed(image_id)
         log.info("SS-StyleGAN Label ready: %s", self.service.state()["message"])
 
-    def _sync_datastore_info(self) -> None:
-        """Mirror the slice label counts into MONAI Label's image info (visible in ``GET /datastore/``)."""
-        for image_id in {r["image"] for r in self.service.labels.records()}:
-            self.mirror_labels(image_id)
 
-    def mirror_labels(self, image_id: str) -> None:
-        if not self.known_image(image_id):
-            study = self.service.study(image_id)
-            if study is None or study.path.is_dir():  # a DICOM series folder: MONAI Label lists files only
-                return
-            self.datastore().refresh()  # a file copied in since the last refresh
-        try:
-            self.datastore().update_image_info(image_id, {LABEL_TAG: self.service.labels.counts(image_id)})
-        except Exception as err:  # the mirror is informative only; the label store is the record
-            log.warning("could not update datastore info of %s: %s", image_id, err)
+def install(app: FastAPI, *routers: APIRouter) -> None:
+    """Put the routes of ``routers`` (in order) ahead of MONAI Label's, so their paths take precedence."""
+    before = len(app.router.routes)
+    for router in routers:
+        app.include_router(router)
+    added = app.router.routes[before:]
+    del app.router.routes[before:]
+    app.router.routes[0:0] = added
+    app.openapi_schema = None

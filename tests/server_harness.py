@@ -31,7 +31,6 @@ from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-APP_DIR = REPO / "monailabel_app"
 DEFAULT_START_TIMEOUT_S = 120.0
 
 TINY_CONF: dict[str, str] = {
@@ -80,6 +79,8 @@ class RunningServer:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        repo: Path = REPO,
+        token: str | None = None,
     ) -> None:
         self.studies = Path(studies).resolve()
         self.conf = {str(k): str(v) for k, v in conf.items()}
@@ -88,15 +89,18 @@ class RunningServer:
         self.log_path = Path(log_path)
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
+        self.repo = Path(repo).resolve()
+        self.token = token  # sent as a bearer token by the helpers below (servers started with auth on)
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._groups: set[int] = set()  # process groups of every start, so stop() also ends orphans
 
     # -- lifecycle -------------------------------------------------------------------------------
     def command(self) -> list[str]:
         """The command line that starts the server."""
         cmd = [
             sys.executable, "-m", "monailabel.main", "start_server",
-            "--app", str(APP_DIR),
+            "--app", str(self.repo / "monailabel_app"),
             "--studies", str(self.studies),
             "--host", "127.0.0.1",
             "--port", str(self.port),
@@ -115,6 +119,8 @@ class RunningServer:
             raise RuntimeError(f"server on {self.url} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
+        # the app's library comes from the same checkout as the app (another checkout can be benchmarked)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.repo / "lib"), *filter(None, [env.get("PYTHONPATH")])])
         env.update({"PYTHONUNBUFFERED": "1"})
         env.update(self.env)
         t0 = time.monotonic()
@@ -130,6 +136,7 @@ class RunningServer:
                 env=env,
                 start_new_session=True,
             )
+        self._groups.add(self._proc.pid)
         try:
             self._wait_ready(t0)
         except BaseException:
@@ -152,6 +159,9 @@ class RunningServer:
                 with urllib.request.urlopen(self.url + "/info/", timeout=5) as resp:
                     if resp.status == 200:
                         return
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # auth is on: the server answers, it just wants a token
+                    return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.25)
@@ -168,16 +178,25 @@ class RunningServer:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def _signal_group(self, sig: int) -> None:
-        assert self._proc is not None
+    def _signal_group(self, sig: int, group: int | None = None) -> None:
+        assert group is not None or self._proc is not None
         try:
-            os.killpg(self._proc.pid, sig)  # the group we created with start_new_session
+            os.killpg(group if group is not None else self._proc.pid, sig)  # a group we created
         except ProcessLookupError:
             pass
+
+    def end_orphans(self) -> None:
+        """SIGKILL every process left in the process groups of earlier starts (e.g. a training
+        subprocess that outlived a server killed with :meth:`kill_server_only`)."""
+        for group in list(self._groups):
+            if self._proc is None or group != self._proc.pid:
+                self._signal_group(signal.SIGKILL, group)
+                self._groups.discard(group)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop gracefully (SIGTERM to the server's process group), escalating to SIGKILL after ``timeout_s``."""
         if self._proc is None:
+            self.end_orphans()
             return
         if self._proc.poll() is None:
             self._signal_group(signal.SIGTERM)
@@ -189,6 +208,7 @@ class RunningServer:
         # children (e.g. a training subprocess) may outlive the server: end them too
         self._signal_group(signal.SIGKILL)
         self._proc = None
+        self.end_orphans()
 
     def kill(self) -> None:
         """Kill the server and its children at once (SIGKILL), as a crash or power cut would."""
@@ -199,6 +219,15 @@ class RunningServer:
             self._proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass
+        self._proc = None
+
+    def kill_server_only(self) -> None:
+        """SIGKILL the server process alone, as ``kill -9 <server pid>`` would: its children (a training
+        subprocess) run on, orphaned. :meth:`stop` ends them later."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait(timeout=20)
         self._proc = None
 
     def restart(self, kill: bool = False) -> RunningServer:
@@ -222,18 +251,27 @@ class RunningServer:
         return log_tail(self.log_path, n_lines)
 
     # -- small HTTP helpers (stdlib only) ----------------------------------------------------------
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        """``Authorization`` header for ``token`` (default: the server's token; none when both are None)."""
+        token = token if token is not None else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def request(
         self,
         method: str,
         path: str,
         body: Any = None,
         timeout_s: float = 60.0,
+        token: str | None = None,
+        raw: bytes | None = None,
     ) -> tuple[int, Any]:
-        """Send a JSON request; return ``(status, parsed JSON or text)``; HTTP errors are returned, not raised."""
+        """Send a JSON request (``body``, or ``raw`` bytes sent as JSON as they are); return ``(status,
+        parsed JSON or text)``; HTTP errors are returned, not raised. ``token`` overrides the server's
+        token ("" sends none)."""
         data = None
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            data = json.dumps(body).encode()
+        headers = {"Accept": "application/json", **self.headers(token)}
+        if body is not None or raw is not None:
+            data = raw if raw is not None else json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
@@ -276,6 +314,8 @@ def start_server(
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+    repo: Path = REPO,
+    token: str | None = None,
 ) -> RunningServer:
     """Start the SS-StyleGAN MONAI Label app over ``studies`` and wait until ``GET /info/`` answers.
 
@@ -286,6 +326,8 @@ def start_server(
         log_path: where the server's stdout/stderr go; ``<studies>/../server-<port>.log`` when None.
         env: extra environment variables for the server process.
         start_timeout_s: how long to wait for ``/info/``.
+        repo: the checkout whose ``monailabel_app`` and ``lib`` are served (this one by default).
+        token: bearer token the helpers send (for a server started with ``MONAI_LABEL_AUTH_ENABLE``).
 
     Returns:
         The running server; use it as a context manager or call ``.stop()``.
@@ -293,5 +335,6 @@ def start_server(
     studies = Path(studies).resolve()
     port = port or free_port()
     log_path = Path(log_path) if log_path else studies.parent / f"server-{port}.log"
-    server = RunningServer(studies, conf or {}, port, log_path, env=env, start_timeout_s=start_timeout_s)
+    server = RunningServer(studies, conf or {}, port, log_path, env=env, start_timeout_s=start_timeout_s,
+                           repo=repo, token=token)
     return server.start()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "monailabel_app"))
-from lib.configs.settings import AppSettings  # noqa: E402
+from lib.configs.settings import AppSettings, parse_train_request  # noqa: E402
 
 from ss_stylegan.config import ConfigError  # noqa: E402
+from ss_stylegan.validation import FieldError  # noqa: E402
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -60,8 +61,39 @@ def test_values_parsed_into_typed_settings(tmp_path: Path) -> None:
         ({"perplexity": "-1"}, "perplexity must be > 0"),
         ({"window": "spleen"}, "window"),
         ({"devcie": "cpu"}, "unknown --conf setting"),
+        ({"suggestion_cap": "0"}, "suggestion_cap must be >= 1"),
+        ({"max_upload_mb": "-5"}, "max_upload_mb must be a whole number >= 1"),
+        ({"max_upload_voxels": "many"}, "max_upload_voxels must be a int"),
     ],
 )
 def test_invalid_values_are_clear_errors(tmp_path: Path, conf: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         AppSettings.from_conf(conf, tmp_path)
+
+
+def test_security_settings(tmp_path: Path) -> None:
+    s = AppSettings.from_conf({}, tmp_path)
+    assert s.suggestion_cap == 32
+    assert (s.upload_limits.max_bytes, s.upload_limits.max_unpacked_bytes) == (1024 << 20, 2048 << 20)
+    assert s.upload_limits.max_voxels == 512 * 512 * 1024
+    s = AppSettings.from_conf({"suggestion_cap": "5", "max_upload_mb": "2", "max_upload_unpacked_mb": "3",
+                               "max_upload_voxels": "1000"}, tmp_path)
+    assert s.suggestion_cap == 5 and s.upload_limits.max_bytes == 2 << 20
+    assert s.upload_limits.max_unpacked_bytes == 3 << 20 and s.upload_limits.max_voxels == 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"kimg": True}, "kimg: must be a finite number, got bool"),
+        ({"steps": 2.5}, "steps: must be an integer"),
+        ({"batch_size": 0}, "batch_size: must be an integer >= 1"),
+        ({"device": "x" * 50}, "device: is 50 characters long"),
+        ({"lr": 0.1}, "lr: is not a known field"),
+    ],
+)
+def test_training_requests_are_checked_strictly(body: dict, message: str) -> None:
+    with pytest.raises(FieldError, match=message):
+        parse_train_request(body)
+    assert parse_train_request({"kimg": 2, "steps": 3, "batch_size": 4, "device": "cpu"}) == {
+        "kimg": 2.0, "steps": 3, "batch_size": 4, "device": "cpu"}

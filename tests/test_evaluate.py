@@ -135,3 +135,18 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
     assert (out / "anytime_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = anytime["meta"]["embeddings"]["ss_stylegan"]
     assert info["model"]["channel_max"] == 32 and anytime["meta"]["recipe"] == "tiny"
+
+
+def test_diagnostics_separate_scan_identity_from_class_signal() -> None:
+    from ss_stylegan.diagnostics import cross_group_nn_accuracy, linear_probe, same_group_neighbours
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 10).astype(str)
+    labels = np.repeat(np.arange(20) % 2, 10)
+    scan = rng.normal(0, 5, (20, 8))[np.repeat(np.arange(20), 10)]          # tight per-scan clusters
+    E_scan = scan + rng.normal(0, 0.1, scan.shape)
+    E_class = np.c_[labels * 3.0 + rng.normal(0, 0.5, 200), rng.normal(0, 1, (200, 7))]   # class, no scan
+    assert same_group_neighbours(E_scan, groups, k=5) > 0.95 and same_group_neighbours(E_class, groups, k=5) < 0.3
+    assert cross_group_nn_accuracy(E_class, labels, groups) > 0.9
+    assert 0.2 < cross_group_nn_accuracy(E_scan, labels, groups) < 0.8      # scans carry no class here
+    assert linear_probe(E_class, labels, groups) > 0.9 and linear_probe(E_scan, labels, groups) < 0.75

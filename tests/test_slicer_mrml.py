@@ -55,9 +55,10 @@ from SSStyleGANLabelLogic import SSStyleGANLabelLogic  # noqa: E402
 pytestmark = pytest.mark.server
 
 N_SLICES, SIZE = 6, 32
-# suggestions are reserved for 5 s only: the geometry test takes every slice at once, later sessions need some
+# suggestions are reserved for 5 s only: the geometry test takes every slice at once (a cap above the default
+# of 32 per user), later sessions need some
 CONF = {"preset": "tiny", "resolution": "32", "kimg": "0.1", "batch_size": "8", "perplexity": "5",
-        "suggestion_ttl": "5"}
+        "suggestion_ttl": "5", "suggestion_cap": "1000"}
 TRAIN_TIMEOUT_S = 300.0
 
 

@@ -172,6 +172,16 @@ class PrecomputedEmbedder:
                 "made_by": self.info}
 
 
+def model_diagnostics(model: Any) -> dict[str, float]:
+    """How well the encoder inverts the generator: ``mu(G(w))`` against ``w`` for the EMA and the raw
+    generator (1.0 = no better than the mean w; see :func:`ss_stylegan.embedding.w_recovery_error`)."""
+    from ss_stylegan.embedding import w_recovery_error
+
+    device = next(model.parameters()).device   # the live model of a milestone stays where it trains
+    return {"w_recovery_ema": round(w_recovery_error(model, 512, device=device, use_ema=True), 4),
+            "w_recovery_raw": round(w_recovery_error(model, 512, device=device, use_ema=False), 4)}
+
+
 class FixedEmbedder:
     """Embeddings already in memory (e.g. one training stage's W)."""
 
@@ -192,21 +202,23 @@ class GANEmbedder:
     are kept under ``out_dir`` so a later run can reuse them with ``--embeddings``. Slices are resized to
     the model's resolution when the data has another one (the pixel baseline keeps the data's own).
 
-    ``on_stage(W, milestone)`` is called at each training milestone (``train_cfg.milestone_minutes`` /
-    ``milestone_kimg``) with every slice embedded by the model of that moment: the anytime evaluation.
+    ``on_stage(W, milestone, model_diagnostics)`` is called at each training milestone
+    (``train_cfg.milestone_minutes`` / ``milestone_kimg``) with every slice embedded by the model of that
+    moment and :func:`model_diagnostics` of it: the anytime evaluation.
     The final model's W is what :meth:`embed` returns; ``on_stage`` is not called for it.
     """
 
     def __init__(self, model_cfg: Any, train_cfg: Any, out_dir: Path, device: str = "cpu",
                  retrain_per_repeat: bool = False, model_dir: Path | None = None,
                  max_train_seconds: float | None = None, name: str = "ss_stylegan",
-                 on_stage: Callable[[np.ndarray, Any], None] | None = None) -> None:
+                 on_stage: Callable[[np.ndarray, Any, dict[str, float]], None] | None = None) -> None:
         self.model_cfg, self.out_dir = model_cfg, Path(out_dir)
         if max_train_seconds is not None:
             train_cfg = train_cfg.replace(max_minutes=max_train_seconds / 60.0)
         self.train_cfg = train_cfg
         self.device, self.retrain_per_repeat, self.model_dir, self.name = device, retrain_per_repeat, model_dir, name
         self.on_stage = on_stage
+        self.final_diagnostics: dict[str, float] = {}
         self._cache: dict[int, np.ndarray] = {}
         self.train_seconds: list[float] = []
         self.trained: list[dict[str, Any]] = []
@@ -231,7 +243,7 @@ class GANEmbedder:
 
             def stage(m: Milestone) -> None:
                 if self.on_stage is not None and not m.final:
-                    self.on_stage(embed_images(m.model, images, 256, self.device), m)
+                    self.on_stage(embed_images(m.model, images, 256, self.device), m, model_diagnostics(m.model))
 
             result = train(images, self.model_cfg, cfg, run_dir, device=self.device, progress=_log_progress,
                            progress_bar=False, on_milestone=stage if self.on_stage is not None else None)
@@ -243,6 +255,7 @@ class GANEmbedder:
             log.info("SS-StyleGAN trained for %.0f s (repeat %d)", result.elapsed, repeat)
         model = load_model(run_dir, self.device)
         self.model_versions.append(str(model.model_version))
+        self.final_diagnostics = model_diagnostics(model)
         W = np.asarray(embed_images(model, images, 256, self.device), dtype=np.float32)
         info = json.dumps(self.describe())
         np.savez(self.out_dir / f"embeddings_repeat{repeat}.npz", embeddings=W, info=np.array(info))
@@ -337,30 +350,40 @@ class AnytimeRecorder:
         self.tsne_params = dict(tsne_params or {})
         self.stages: list[dict[str, Any]] = []
 
-    def __call__(self, W: np.ndarray, milestone: Any) -> None:
+    def __call__(self, W: np.ndarray, milestone: Any, model_diag: dict[str, float] | None = None) -> None:
         result = run_protocol(self.data, [FixedEmbedder(self.name, W)], self.ks, self.repeats, self.seed,
                               self.tsne_params)
         self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
-                  result["summary"])
+                  result["summary"], self._diagnostics(W, model_diag))
         last = self.stages[-1]
         log.info("stage at %.1f min / %.2f kimg: %s + fps accuracy %s", last["minutes"], last["kimg"], self.name,
                  {r["scope"][:6] + f"@{r['k']}": round(r["accuracy_mean"], 3) for r in last["summary"]
                   if r["method"].endswith("fps")})
 
+    def _diagnostics(self, W: np.ndarray, model_diag: dict[str, float] | None) -> dict[str, float]:
+        from ss_stylegan.diagnostics import embedding_diagnostics
+
+        return {**embedding_diagnostics(W, self.data.labels, self.data.groups), **(model_diag or {})}
+
     def _add(self, step: int, images_seen: int, elapsed: float, version: str, final: bool,
-             summary: list[dict[str, Any]]) -> None:
+             summary: list[dict[str, Any]], diagnostics: dict[str, float]) -> None:
         self.stages.append({"step": int(step), "kimg": images_seen / 1000.0, "minutes": elapsed / 60.0,
-                            "model_version": version, "final": final,
+                            "model_version": version, "final": final, "diagnostics": diagnostics,
                             "summary": [r for r in summary if r["method"].startswith(self.name + " + ")]})
 
-    def finish(self, gan: GANEmbedder, result: dict[str, Any]) -> dict[str, Any]:
-        """All stages plus the baseline rows of the main run (``result`` of :func:`run_protocol`)."""
+    def finish(self, gan: GANEmbedder, result: dict[str, Any], baseline: Embedder) -> dict[str, Any]:
+        """All stages plus the baseline rows of the main run (``result`` of :func:`run_protocol`) and the
+        diagnostics of the ``baseline`` embedding (its repeat-0 vectors)."""
+        from ss_stylegan.diagnostics import embedding_diagnostics
+
         if gan.trained:
             t = gan.trained[-1]
             self._add(t["steps"], t["images_seen"], t["train_seconds"], gan.model_versions[-1], True,
-                      result["summary"])
-        baseline = [r for r in result["summary"] if not r["method"].startswith(self.name + " + ")]
-        return {"embedding": self.name, "stages": self.stages, "baseline": baseline}
+                      result["summary"], self._diagnostics(gan.embed(self.data.images, 0), gan.final_diagnostics))
+        rows = [r for r in result["summary"] if not r["method"].startswith(self.name + " + ")]
+        diag = embedding_diagnostics(baseline.embed(self.data.images, 0), self.data.labels, self.data.groups)
+        return {"embedding": self.name, "stages": self.stages, "baseline": rows,
+                "baseline_diagnostics": {baseline.name: diag}}
 
 
 def anytime_markdown(anytime: dict[str, Any], ks: Sequence[int]) -> str:
@@ -381,7 +404,24 @@ def anytime_markdown(anytime: dict[str, Any], ks: Sequence[int]) -> str:
             tag = " (final)" if st["final"] else ""
             lines.append(f"| {name}{tag} | {st['minutes']:.1f} | {st['kimg']:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
+    keys = ("same_group_at_10", "cross_group_1nn", "linear_probe", "w_recovery_ema", "w_recovery_raw")
+    lines += ["## Diagnostics of the vectors (before the map)", "",
+              "same-group@10: share of a slice's 10 nearest neighbours from its own scan; cross-group 1-NN: class "
+              "agreement with the nearest slice of another scan; linear probe: balanced accuracy of a logistic "
+              "regression across scans (group 5-fold); w recovery: |mu(G(w)) - w|^2 / var(w) (1 = chance).", "",
+              "| embedding | minutes | kimg | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+    for emb, diag in anytime.get("baseline_diagnostics", {}).items():
+        lines.append(f"| {emb} (baseline) | – | – | " + " | ".join(_diag_cell(diag, k) for k in keys) + " |")
+    for st in anytime["stages"]:
+        lines.append(f"| {name} | {st['minutes']:.1f} | {st['kimg']:.2f} | "
+                     + " | ".join(_diag_cell(st.get("diagnostics", {}), k) for k in keys) + " |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _diag_cell(diag: dict[str, float], key: str) -> str:
+    return f"{diag[key]:.3f}" if key in diag and diag[key] is not None and not math.isnan(diag[key]) else "–"
 
 
 def _mean_cell(rows: list[dict[str, Any]], method: str, k: int, scope: str) -> str:
@@ -524,8 +564,7 @@ def gan_configs(args: argparse.Namespace, data_resolution: int) -> tuple[Any, An
              "max_minutes": args.max_train_minutes, "milestone_minutes": args.eval_every_minutes,
              "milestone_kimg": args.eval_every_kimg}
     base_train = recipe.train.to_dict() if recipe else {}
-    if not (args.eval_every_minutes or args.eval_every_kimg):   # no anytime stages unless asked for
-        base_train.update(milestone_minutes=None, milestone_kimg=None)
+    base_train.update(milestone_minutes=None, milestone_kimg=None)   # stages only from --eval-every-*
     train_cfg = TrainConfig.from_dict({**base_train, **_json_arg(args.train_config),
                                        **{k: v for k, v in flags.items() if v is not None}})
     if args.kimg is not None and args.steps is None:
@@ -567,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = write_outputs(result, data, meta, out)
     print(markdown_report(result, meta))
     if anytime is not None and gan is not None:
-        paths.update(write_anytime(anytime.finish(gan, result), meta, out))
+        paths.update(write_anytime(anytime.finish(gan, result, embedders[-1]), meta, out))
         print(Path(paths["anytime_md"]).read_text(encoding="utf-8"))
     print("wrote", ", ".join(str(p) for p in paths.values()))
     return 0

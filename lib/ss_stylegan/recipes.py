@@ -58,11 +58,15 @@ def model_preset(name: str, resolution: int) -> ModelConfig:
 def _cpu() -> Recipe:
     return Recipe(
         name="cpu",
-        description="2-core CPU: small network at 64x64, 30 minutes, a new map every 5 minutes",
+        description="2-core CPU: small network at 32x32, reconstruction weight 10, 30 minutes, "
+                    "a new map every 5 minutes",
         preset="small",
-        resolution=64,
-        train=TrainConfig(batch_size=16, kimg=200.0, max_minutes=30.0, milestone_minutes=5.0,
-                          checkpoint_interval=25),
+        resolution=32,
+        # The study (docs/evaluation/compute_study.md): at 32x32 a 2-core CPU trains ~4x the images of 64x64 in
+        # the same minutes, and a stronger reconstruction term (beta 10) made W more class-coherent per kimg;
+        # channels_last measured 1.15x per step at 32 (benchmarks/bench_step.py), bf16 did not pay at 32.
+        train=TrainConfig(batch_size=16, kimg=200.0, rec_weight=10.0, channels_last=True, max_minutes=30.0,
+                          milestone_minutes=5.0, checkpoint_interval=25),
         perplexity=30.0,
     )
 

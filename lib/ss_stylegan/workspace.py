@@ -8,11 +8,15 @@ Layout of a workspace folder (by default ``<studies>/.ss_stylegan/``)::
                       before it is made current:
         checkpoint/       the checkpoint the slice map was made with
         projection/       saved TSNEProjector (reference W and 2-D map)
-        slice_map.npz     every embedded slice: image id, slice index, world position, W, map position
-        slice_map.json    model version, number of slices, errors per study (written after the npz)
+        slice_map-<n>.npz every embedded slice: image id, slice index, world position, W, map position
+        slice_map.json    model version, number of slices, errors, depths and fingerprints per study, and
+                          the name of its arrays file; written after the npz it names, so replacing it is
+                          the one atomic step of a map update (the previous npz is kept one update longer
+                          for readers that opened the old JSON; ``slice_map.npz`` in maps written before)
     current.json      ``{"current": "maps/<name>", "previous": "maps/<name>" | null, "model_version"}``:
                       the pointer readers follow, replaced atomically (a single rename) by a publish
     status.json       training state and progress (written atomically by the training process)
+    train.lock        held (flock) by the running training, which writes its PID into it
     STOP              present while a stop is requested; the training loop polls it
 
 The slice map is what makes suggestions and classification cheap: they only read it. Every write is
@@ -42,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ss_stylegan.atomic import atomic_write, atomic_write_text
+from ss_stylegan.training_lock import TrainingLock
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class SliceMap:
         model_version: identifier of the checkpoint that produced ``w``.
         errors: ``{image id: message}`` for studies that could not be read.
         depths: ``{image id: number of slices in the volume}`` (kept or skipped as empty).
+        fingerprints: ``{image id: Fingerprint.to_dict()}`` of each study's file when it was read
+            (:mod:`ss_stylegan.data.fingerprint`), so a study changed on disk later is detected.
         version: the published version folder the map was read from or written to (None when new).
     """
 
@@ -90,6 +97,7 @@ class SliceMap:
     model_version: str
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
     depths: dict[str, int] = dataclasses.field(default_factory=dict)
+    fingerprints: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     version: MapVersion | None = None
 
     def __post_init__(self) -> None:
@@ -133,6 +141,7 @@ class SliceMap:
     def extended(
         self, image_ids: np.ndarray, slices: np.ndarray, positions: np.ndarray, w: np.ndarray, xy: np.ndarray,
         errors: dict[str, str] | None = None, depths: dict[str, int] | None = None,
+        fingerprints: dict[str, dict[str, Any]] | None = None,
     ) -> SliceMap:
         """A new map with more slices appended (same model version)."""
         return SliceMap(
@@ -144,6 +153,19 @@ class SliceMap:
             model_version=self.model_version,
             errors={**self.errors, **(errors or {})},
             depths={**self.depths, **(depths or {})},
+            fingerprints={**self.fingerprints, **(fingerprints or {})},
+            version=self.version,
+        )
+
+    def without(self, image_ids: set[str] | frozenset[str]) -> SliceMap:
+        """A new map without the slices, errors, depths and fingerprints of ``image_ids`` (same model)."""
+        keep = ~np.isin(self.image_ids, np.asarray(sorted(image_ids), dtype=str))
+        return SliceMap(
+            image_ids=self.image_ids[keep], slices=self.slices[keep], positions=self.positions[keep],
+            w=self.w[keep], xy=self.xy[keep], model_version=self.model_version,
+            errors={k: v for k, v in self.errors.items() if k not in image_ids},
+            depths={k: v for k, v in self.depths.items() if k not in image_ids},
+            fingerprints={k: v for k, v in self.fingerprints.items() if k not in image_ids},
             version=self.version,
         )
 
@@ -166,55 +188,108 @@ class MapVersion:
 
     @property
     def map_path(self) -> Path:
-        return self.folder / "slice_map.npz"
+        """The arrays file the map's metadata names (``slice_map.npz`` when it names none, or has none yet)."""
+        return self.folder / _arrays_name(self.map_meta_path)
 
     @property
     def map_meta_path(self) -> Path:
         return self.folder / "slice_map.json"
 
     def is_complete(self) -> bool:
-        """True when the map's metadata (written last) and arrays exist."""
+        """True when the map's metadata (written last) and the arrays it names exist."""
         return self.map_meta_path.is_file() and self.map_path.is_file()
+
+
+_ARRAYS_NAMES: dict[str, tuple[tuple[int, int, int], str]] = {}  # metadata path -> (stat key, arrays name)
+
+
+def _arrays_name(meta_path: Path) -> str:
+    """The arrays file named by a map's metadata, read again only when the metadata file changes (readers
+    check it at every request, and the metadata of a large datastore is not small)."""
+    try:
+        st = meta_path.stat()
+    except OSError:
+        return "slice_map.npz"
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)  # an atomic rewrite is a new inode
+    cached = _ARRAYS_NAMES.get(str(meta_path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        name = json.loads(meta_path.read_text(encoding="utf-8")).get("arrays")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if not (isinstance(name, str) and name.startswith("slice_map") and "/" not in name):
+        name = "slice_map.npz"
+    _ARRAYS_NAMES[str(meta_path)] = (key, name)
+    return name
+
+
+class ReservationLimitError(ValueError):
+    """A client asked for more suggestions than it may hold reserved at once (HTTP 429)."""
 
 
 class PendingSuggestions:
     """Slices suggested to a client and not yet labelled, reserved for ``ttl_s`` seconds.
 
     Two annotators asking at the same time get different slices: a strategy excludes every slice
-    reserved by another client. Thread-safe; in memory (a restart frees all reservations).
+    reserved by another client. Each *owner* (the signed-in user, or the client id when the server has
+    no login) may hold at most ``cap`` reservations over all its clients, so one client cannot reserve
+    every slice and leave everyone else with nothing. Thread-safe; in memory (a restart frees all
+    reservations).
     """
 
-    def __init__(self, ttl_s: float = 600.0) -> None:
+    def __init__(self, ttl_s: float = 600.0, cap: int = 32) -> None:
         self.ttl_s = float(ttl_s)
+        self.cap = int(cap)
         self._lock = threading.Lock()
-        self._by_key: dict[tuple[str, int], tuple[str, float]] = {}
+        self._by_key: dict[tuple[str, int], tuple[str, str, float]] = {}  # key -> (client, owner, expiry)
         # held by a strategy while it chooses and reserves, so two requests cannot pick the same slice
         self.selection_lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
-        for key in [k for k, (_, t) in self._by_key.items() if t <= now]:
+        for key in [k for k, (_, _, t) in self._by_key.items() if t <= now]:
             del self._by_key[key]
 
     def reserved(self, exclude_client: str | None = None) -> set[tuple[str, int]]:
         """Keys reserved by any client other than ``exclude_client``."""
         with self._lock:
             self._expire(time.monotonic())
-            return {k for k, (c, _) in self._by_key.items() if c != exclude_client}
+            return {k for k, (c, _, _) in self._by_key.items() if c != exclude_client}
 
-    def reserve(self, client: str, keys: list[tuple[str, int]]) -> None:
+    def room(self, client: str, owner: str | None = None) -> int:
+        """How many suggestions ``client`` may be given now: the cap, less what the same owner holds
+        under its other clients (a new request replaces the client's own reservations)."""
+        owner = owner or client
+        with self._lock:
+            self._expire(time.monotonic())
+            held = sum(1 for c, o, _ in self._by_key.values() if o == owner and c != client)
+        return max(0, self.cap - held)
+
+    def check_count(self, count: int, client: str, owner: str | None = None) -> None:
+        """Raise :class:`ReservationLimitError` when ``count`` suggestions would exceed the owner's cap."""
+        room = self.room(client, owner)
+        if count > room:
+            held = self.cap - room
+            raise ReservationLimitError(
+                f"count {count} is more than this client may hold reserved: at most {self.cap} suggestions "
+                f"per user at once (setting suggestion_cap)"
+                + (f", and {held} are reserved under its other client ids" if held else "")
+                + "; label the slices already suggested or ask for fewer")
+
+    def reserve(self, client: str, keys: list[tuple[str, int]], owner: str | None = None) -> None:
         """Reserve ``keys`` for ``client``, replacing that client's previous reservations."""
+        owner = owner or client
         with self._lock:
             now = time.monotonic()
             self._expire(now)
-            for key in [k for k, (c, _) in self._by_key.items() if c == client]:
+            for key in [k for k, (c, _, _) in self._by_key.items() if c == client]:
                 del self._by_key[key]
             for key in keys:
-                self._by_key[key] = (client, now + self.ttl_s)
+                self._by_key[key] = (client, owner, now + self.ttl_s)
 
     def release(self, key: tuple[str, int]) -> None:
         with self._lock:
             self._by_key.pop(key, None)
-
 
 
 class Workspace:
@@ -259,6 +334,10 @@ class Workspace:
     @property
     def stop_path(self) -> Path:
         return self.root / "STOP"
+
+    def training_lock(self) -> TrainingLock:
+        """The lock a training process holds while it runs (``train.lock``: one training per workspace)."""
+        return TrainingLock(self.root / "train.lock")
 
     # -- training status ------------------------------------------------------------------------------
     def read_status(self) -> TrainingStatus:
@@ -392,7 +471,9 @@ class Workspace:
             return None
 
     def save_map(self, slice_map: SliceMap, version: MapVersion | None = None) -> MapVersion:
-        """Write the map atomically into ``version`` (arrays first, then the JSON readers check for).
+        """Write the map atomically into ``version``: a new arrays file, then the JSON that names it (the one
+        step that switches readers over), then the arrays file before the previous one is removed. A process
+        killed at any point leaves a JSON naming a complete arrays file.
 
         Without ``version`` the map is published on its own: written into a new version folder that is
         then made current. Returns the version written; ``slice_map.version`` is set to it.
@@ -413,16 +494,24 @@ class Workspace:
             )
             fh.write(buf.getvalue())
 
-        atomic_write(version.map_path, write)
+        previous = version.map_path if version.map_meta_path.is_file() else None
+        arrays = version.folder / f"slice_map-{time.time_ns()}.npz"
+        atomic_write(arrays, write)
         meta = {
+            "arrays": arrays.name,
             "model_version": slice_map.model_version,
             "n_slices": len(slice_map),
             "n_images": len(slice_map.image_set()),
             "errors": slice_map.errors,
             "depths": slice_map.depths,
+            "fingerprints": slice_map.fingerprints,
             "written": time.time(),
         }
         atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
+        keep = {arrays.name} | ({previous.name} if previous is not None else set())
+        for old in version.folder.glob("slice_map*.npz"):
+            if old.name not in keep:  # older than the previous update: no reader can still be on it
+                old.unlink(missing_ok=True)
         slice_map.version = version
         if publish:
             self.activate(version)
@@ -443,7 +532,8 @@ class Workspace:
                 arrays = {k: data[k] for k in ("image_ids", "slices", "positions", "w", "xy")}
             slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]),
                                  errors=dict(meta.get("errors", {})),
-                                 depths={k: int(v) for k, v in meta.get("depths", {}).items()}, version=version)
+                                 depths={k: int(v) for k, v in meta.get("depths", {}).items()},
+                                 fingerprints=dict(meta.get("fingerprints", {})), version=version)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise WorkspaceError(
                 f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err

@@ -1,7 +1,15 @@
 """The live slice map of one datastore: the published map, kept in step with the studies folder.
 
-:class:`LiveSliceMap` serves the current :class:`~ss_stylegan.workspace.SliceMap` to request handlers and
-embeds studies added after training into it in a background thread (never refitting the map).
+:class:`LiveSliceMap` serves the current :class:`~ss_stylegan.workspace.SliceMap` to request handlers and,
+in a background thread, keeps it in step with the studies folder (never refitting the map):
+
+- studies added after training are embedded into it;
+- studies deleted from the folder leave it (their points, and with them the 1-NN reference);
+- studies changed on disk (rewritten, truncated, replaced by another of the same name) are found by a
+  sweep at most every ``SWEEP_S`` seconds that compares each study's stamp (size, times, inode) with the
+  one recorded in the map and, when it differs, its SHA-256: a changed study's points are dropped and
+  it is read again (an unreadable one is reported in ``errors``); a study only touched is kept.
+  Until then, a request that meets a study whose stamp changed treats it as being re-read.
 
 Concurrency: request handlers never wait for an embedding. The current map is an immutable snapshot
 swapped in one assignment; reading it takes no lock unless the files on disk changed. The background
@@ -23,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies, read_study_slices
+from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache
+from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.readers import StudyReadError, is_volume_file
 from ss_stylegan.workspace import SliceMap, Workspace, WorkspaceError
 
@@ -34,6 +44,7 @@ log = logging.getLogger(__name__)
 # a failed background embedding is retried after this many seconds, doubled after each failure up to the cap
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 300.0
+SWEEP_S = 1.0  # studies on disk are compared with the map at most this often
 
 
 class LiveSliceMap:
@@ -48,8 +59,9 @@ class LiveSliceMap:
     """
 
     def __init__(self, settings: AppSettings, studies: Path, workspace: Workspace,
-                 training_running: Callable[[], bool]) -> None:
+                 training_running: Callable[[], bool], fingerprints: FingerprintCache | None = None) -> None:
         self.settings = settings
+        self.fingerprints = fingerprints or FingerprintCache()
         self.studies = Path(studies)
         self.workspace = workspace
         self.training_running = training_running
@@ -63,9 +75,11 @@ class LiveSliceMap:
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
         self.embedding: frozenset[str] = frozenset()  # image ids being embedded now
+        self.changed: frozenset[str] = frozenset()  # image ids whose files changed since they were embedded
         self.failed: dict[str, str] = {}  # image id -> why its embedding failed (retried after a back-off)
         self._retry_at = 0.0
         self._retry_s = RETRY_FIRST_S
+        self._next_sweep = 0.0
 
     # -- slice map --------------------------------------------------------------------------------------
     def current(self) -> SliceMap | None:
@@ -93,6 +107,10 @@ class LiveSliceMap:
             slice_map = self.workspace.load_map()
             self.problem = ""
             log.info("slice map loaded: %d slices, model %s", len(slice_map), slice_map.model_version)
+            by_id = self._scan()[3]
+            for image_id, recorded in slice_map.fingerprints.items():
+                if image_id in by_id:  # known content hashes: a later check needs no re-hash
+                    self.fingerprints.remember(by_id[image_id].path, Fingerprint.from_dict(recorded))
         except WorkspaceError as err:
             self.problem = str(err)
             log.error("%s; still using the previous slice map", err)
@@ -115,6 +133,10 @@ class LiveSliceMap:
             self._scan_cache = cached
         return cached
 
+    def folder_stamp(self) -> int | None:
+        """Changes whenever a study is added to or removed from the folder."""
+        return self._scan()[0]
+
     def study(self, image_id: str) -> Study | None:
         """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
         return self._scan()[3].get(image_id)
@@ -123,30 +145,83 @@ class LiveSliceMap:
         """Files in the studies folder that are not studies (not images), so a user sees why they are unused."""
         return list(self._scan()[2])
 
-    def maybe_refresh(self) -> bool:
-        """Start a background embedding of studies missing from the map; return whether one was started.
+    def is_stale(self, image_id: str, slice_map: SliceMap | None = None) -> bool:
+        """Whether the study's file differs from the one the map holds (one ``stat``; no hashing).
 
-        Studies whose embedding failed are retried once their back-off has passed (2 s, doubling up to
-        5 min), e.g. after a publish that was interrupted is completed by the next training.
+        True while a changed study waits to be read again, and for a study whose stamp differs from the
+        recorded one (the next sweep hashes it: a file only touched is then kept)."""
+        if image_id in self.changed:
+            return True
+        slice_map = slice_map if slice_map is not None else self.current()
+        recorded = slice_map.fingerprints.get(image_id) if slice_map is not None else None
+        study = self.study(image_id)
+        if recorded is None or study is None:
+            return False
+        if Fingerprint.from_dict(recorded).stamp == study_stamp(study.path):
+            return False
+        self.maybe_refresh()
+        return True
+
+    def maybe_refresh(self) -> bool:
+        """Start a background update of the map when something may have changed; return whether one started.
+
+        It runs when studies are new or gone, and at most every ``SWEEP_S`` seconds to compare the
+        studies' files with the map. Studies whose embedding failed are retried once their back-off has
+        passed (2 s, doubling up to 5 min), e.g. after a publish that was interrupted is completed by the
+        next training.
         """
         slice_map = self.current()
         if slice_map is None or self.training_running():
             return False
         known = slice_map.image_set() | set(slice_map.errors) | set(slice_map.depths)
+        by_id = self._scan()[3]
+        gone = frozenset(known - set(by_id))
         if time.monotonic() < self._retry_at:
             known |= set(self.failed)
         new = [s for s in self._scan()[1] if s.image_id not in known]
-        if not new:
+        sweep = time.monotonic() >= max(self._next_sweep, self._retry_at if self.failed else 0.0)
+        if not new and not gone and not sweep:
             return False
         with self._refresh_lock:
             if self._refresh_thread is not None and self._refresh_thread.is_alive():
                 return False
-            self.embedding = frozenset(s.image_id for s in new)
+            self._next_sweep = time.monotonic() + SWEEP_S
+            if new:
+                self.embedding = frozenset(s.image_id for s in new)
             self._refresh_thread = threading.Thread(
-                target=self._refresh, args=(new,), name="ss_stylegan-refresh", daemon=True
+                target=self._refresh, args=(new, gone, sweep), name="ss_stylegan-refresh", daemon=True
             )
             self._refresh_thread.start()
         return True
+
+    def _sweep(self, snapshot: SliceMap) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """Compare every study of the map with its file: ``(changed ids, fingerprints to record)``.
+
+        A study whose stamp matches the recorded one is unchanged. Otherwise its content is hashed: the
+        same hash (a touch, a copy of the same bytes) only updates the record; another hash, or no
+        recorded hash to compare with while the stamp moved, means changed. A study recorded without any
+        fingerprint (a map made before fingerprints existed) is adopted as it is now.
+        """
+        by_id = self._scan()[3]
+        changed: set[str] = set()
+        record: dict[str, dict[str, Any]] = {}
+        for image_id in (snapshot.image_set() | set(snapshot.errors) | set(snapshot.depths)) & set(by_id):
+            path = by_id[image_id].path
+            raw = snapshot.fingerprints.get(image_id)
+            recorded = Fingerprint.from_dict(raw) if raw else None
+            if recorded is not None and recorded.sha256 and recorded.stamp == study_stamp(path):
+                continue
+            current = self.fingerprints.fingerprint(path)
+            if current is None or current.sha256 is None:  # vanished or still being written
+                changed.add(image_id)
+            elif recorded is None or (recorded.sha256 is None and recorded.stamp == current.stamp) or \
+                    recorded.sha256 == current.sha256:
+                record[image_id] = current.to_dict()
+            else:
+                changed.add(image_id)
+        if changed:
+            log.warning("studies changed on disk since they were embedded, reading them again: %s", sorted(changed))
+        return changed, record
 
     def wait_refresh(self, timeout_s: float = 60.0) -> None:
         """Wait for a running background embedding (tests and tools; request handlers never wait)."""
@@ -154,17 +229,31 @@ class LiveSliceMap:
         if thread is not None:
             thread.join(timeout_s)
 
-    def _refresh(self, studies: list[Study]) -> None:
-        """Embed ``studies`` into a snapshot of the map without holding any lock, then check the model
-        version and save + swap the extended map under ``_map_lock``."""
+    def _refresh(self, new: list[Study], gone: frozenset[str], sweep: bool) -> None:
+        """Sweep for changed studies (when ``sweep``), then embed new and changed studies into a snapshot of
+        the map without holding any lock, and save + swap the updated map (without the gone and changed
+        studies' old points) under ``_map_lock`` if the published version is still the same."""
         t0 = time.monotonic()
         ids: list[str] = []
+        studies = list(new)
         try:
             snapshot = self.current()
             if snapshot is None:
                 return
-            slices, positions, ws, xys, depths, errors = [], [], [], [], {}, {}
+            changed, adopted = self._sweep(snapshot) if sweep else (set(self.changed), {})
+            self.changed = frozenset(changed)  # unavailable until read again (also if this update fails)
+            if changed:
+                by_id = self._scan()[3]
+                studies += [by_id[i] for i in sorted(changed) if i in by_id]
+                self.embedding = frozenset(s.image_id for s in studies)
+            drop = set(gone) | changed
+            if not studies and not drop and not adopted:
+                return
+            slices, positions, ws, xys, depths, errors, prints = [], [], [], [], {}, {}, {}
             for study in studies:
+                fingerprint = self.fingerprints.fingerprint(study.path)  # before reading: a later change shows
+                if fingerprint is not None:
+                    prints[study.image_id] = fingerprint.to_dict()
                 try:
                     study_slices = read_study_slices(study.path, self.settings.slice_cfg, study.image_id)
                 except StudyReadError as err:
@@ -186,28 +275,29 @@ class LiveSliceMap:
                     log.info("a new model was published while %d studies were embedded; they are embedded "
                              "into the new map next", len(studies))
                     return
-                if current.image_set() & set(ids) or set(current.depths) & set(depths):
-                    log.info("these studies were embedded meanwhile; dropping this embedding")
+                if len(current) != len(snapshot) or current.depths != snapshot.depths:
+                    log.info("the map changed meanwhile; this update is done again on the next request")
                     return
                 w_dim = current.w.shape[1]
-                new_map = current.extended(
+                new_map = current.without(frozenset(drop)).extended(
                     np.asarray(ids, dtype=str),
                     np.concatenate(slices) if slices else np.zeros(0, dtype=np.int64),
                     np.concatenate(positions) if positions else np.zeros((0, 3)),
                     np.concatenate(ws) if ws else np.zeros((0, w_dim), dtype=np.float32),
                     np.concatenate(xys) if xys else np.zeros((0, 2), dtype=np.float32),
-                    errors=errors, depths=depths,
+                    errors=errors, depths=depths, fingerprints={**adopted, **prints},
                 )
                 assert current.version is not None
                 self.workspace.save_map(new_map, current.version)
                 self._current = (self.workspace.map_stamp(), new_map)
             for image_id in {s.image_id for s in studies}:
                 self.failed.pop(image_id, None)
+            self.changed = frozenset(self.changed - changed)
             self._retry_s = RETRY_FIRST_S
-            log.info("embedded %d new slices of %d new studies in %.2f s", len(ids), len(studies),
-                     time.monotonic() - t0)
+            log.info("map updated in %.2f s: %d new slices of %d new or changed studies, %d studies removed",
+                     time.monotonic() - t0, len(ids), len(studies), len(drop))
         except Exception as err:  # a background thread must report, not die silently
-            log.exception("embedding new studies failed; retrying in %.0f s", self._retry_s)
+            log.exception("updating the map failed; retrying in %.0f s", self._retry_s)
             for study in studies:
                 self.failed[study.image_id] = f"embedding failed (retried automatically): {err}"
             self._retry_at = time.monotonic() + self._retry_s
@@ -216,14 +306,15 @@ class LiveSliceMap:
             self.embedding = frozenset()
 
     def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
-        """Rows of the map whose image has left the studies folder (never suggested), cached per map
-        (model version, size and the stamp it was loaded with) and set of studies."""
+        """Rows of the map whose image has left the studies folder or changed on disk (never suggested),
+        cached per map (model version, size and the stamp it was loaded with), studies and changed set."""
         studies = frozenset(self._scan()[3])
-        stamp, current = self._current
-        key = (slice_map.model_version, len(slice_map), stamp if current is slice_map else None, studies)
+        stamp_, current = self._current
+        changed = self.changed
+        key = (slice_map.model_version, len(slice_map), stamp_ if current is slice_map else None, studies, changed)
         cached = self._gone
         if key[2] is None or cached[0] != key:
-            gone = slice_map.image_set() - studies
+            gone = (slice_map.image_set() - studies) | (slice_map.image_set() & changed)
             rows = np.concatenate([slice_map.rows_of(i) for i in gone]) if gone else np.zeros(0, dtype=np.int64)
             cached = (key, rows)
             if key[2] is not None:

@@ -7,12 +7,17 @@ are embedded into the existing map by a background thread (:meth:`SliceLabelServ
 never by refitting the map.
 
 Request handlers never wait for that embedding (see :mod:`lib.live_map`).
+
+Labels that no longer fit their study (deleted, unreadable, fewer slices, changed file) are *flagged*
+(:func:`ss_stylegan.labels.flag_of`): listed with the reason in ``/slicelabels/`` and ``/info/``, and left
+out of suggestions and classification, never moved or dropped.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,31 +27,30 @@ import numpy as np
 
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.data.cache import Study, read_study_slices
+from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
+from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
 from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
-from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError
+from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, StudyState, UnreadableImageError, flag_of
 from ss_stylegan.selection import FarthestPointSelector, RandomSelector, derive_seed
+from ss_stylegan.validation import FieldError, identifier, integer, text
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
 
 from lib.configs.settings import AppSettings
+from lib.errors import EmbeddingInProgressError, NotFoundError, NotReadyError
 from lib.live_map import LiveSliceMap
 
 log = logging.getLogger(__name__)
 
 LABEL_TAG = "slice_class"
 STRATEGIES = ("fps", "random")
+FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change, else at most this often
+MAX_CLIENT_ID_CHARS = 128
 
 
-class NotReadyError(RuntimeError):
-    """The request needs something that does not exist yet (a trained model, a label); HTTP 409."""
-
-
-class EmbeddingInProgressError(NotReadyError):
-    """The image is being embedded into the map right now; HTTP 409, retry in a few seconds."""
-
-
-class NotFoundError(LookupError):
-    """An image id that the datastore does not hold; HTTP 404."""
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A label record as answered to clients: without the study fingerprint it keeps for flagging."""
+    return {k: v for k, v in record.items() if k != "study"}
 
 
 class SliceLabelService:
@@ -68,13 +72,18 @@ class SliceLabelService:
         self.studies = Path(studies)
         self.workspace = Workspace(settings.workspace)
         self.training_running = training_running
-        self.pending = PendingSuggestions(settings.suggestion_ttl_s)
-        self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of)
-        self.maps = LiveSliceMap(settings, self.studies, self.workspace, training_running)
+        self.pending = PendingSuggestions(settings.suggestion_ttl_s, settings.suggestion_cap)
+        self.fingerprints = FingerprintCache()
+        self.maps = LiveSliceMap(settings, self.studies, self.workspace, training_running, self.fingerprints)
         self.embedder = self.maps.embedder
+        self._depths: dict[str, tuple[Stamp, int | str]] = {}  # path -> (stamp, slices or why unreadable)
+        # raises OrphanedLabelsError when --conf classes drops a class that still holds labels
+        # read-only until the server process opens it for writing (MONAI Label's subprocesses never write)
+        self.labels = SliceLabelStore(self.studies / "labels" / LABEL_TAG, settings.classes, self.depth_of,
+                                      writable=False)
         self.on_labels_changed: Callable[[str], None] | None = None
-        self._depths: dict[tuple[str, float], int] = {}
         self._random_calls = itertools.count()
+        self._flags: tuple[Any, float, dict[tuple[str, int], str]] = (None, 0.0, {})
 
     # -- slice map and studies (see lib.live_map) --------------------------------------------------------
     def slice_map(self) -> SliceMap | None:
@@ -100,7 +109,10 @@ class SliceLabelService:
         return slice_map
 
     def depth_of(self, image_id: str) -> int | None:
-        """Number of slices of a datastore image (None when the datastore has no such image).
+        """Number of slices of a datastore image now (None when the datastore has no such image).
+
+        The map's count is used while the study's file is the one that was embedded; otherwise the file
+        is read (once per stamp).
 
         Raises:
             UnreadableImageError: the image is in the datastore but cannot be read.
@@ -108,20 +120,77 @@ class SliceLabelService:
         study = self.study(image_id)
         if study is None:
             return None
-        path = study.path
         slice_map = self.slice_map()
-        if slice_map is not None and image_id in slice_map.depths:
-            return slice_map.depths[image_id]
-        try:
-            key = (str(path), Path(path).stat().st_mtime)
-        except OSError:
+        if slice_map is not None and (image_id in slice_map.depths or image_id in slice_map.errors) \
+                and not self.maps.is_stale(image_id, slice_map):
+            if image_id in slice_map.depths:
+                return slice_map.depths[image_id]
+            raise UnreadableImageError(slice_map.errors[image_id])
+        now = study_stamp(study.path)
+        if now is None:
             return None
-        if key not in self._depths:
+        key = str(study.path)
+        cached = self._depths.get(key)
+        if cached is None or cached[0] != now:
             try:
-                self._depths[key] = read_volume(path).n_slices
+                cached = (now, read_volume(study.path).n_slices)
             except StudyReadError as err:
-                raise UnreadableImageError(str(err)) from err
-        return self._depths[key]
+                cached = (now, str(err))
+            self._depths[key] = cached
+        if isinstance(cached[1], str):
+            raise UnreadableImageError(cached[1])
+        return cached[1]
+
+    def study_state(self, image_id: str, records: list[dict[str, Any]]) -> StudyState:
+        """What the studies folder holds for ``image_id`` now, to judge its ``records`` by (hashes the file
+        only when a record's stamp differs from the file's)."""
+        study = self.study(image_id)
+        if study is None:
+            return StudyState(exists=False)
+        try:
+            n_slices = self.depth_of(image_id)
+        except UnreadableImageError as err:
+            return StudyState(exists=True, error=str(err))
+        now = study_stamp(study.path)
+        state = StudyState(exists=True, n_slices=n_slices, fingerprint=Fingerprint(now) if now else None)
+        if state.needs_hash(records):
+            state = StudyState(exists=True, n_slices=n_slices, fingerprint=self.fingerprints.fingerprint(study.path))
+        return state
+
+    def flags(self) -> dict[tuple[str, int], str]:
+        """``{(image, slice): why the label no longer fits}`` for every flagged label."""
+        key = (self.labels.version, id(self.maps.current()), self.maps.changed, self.maps.folder_stamp())
+        cached_key, at, flags = self._flags
+        if cached_key == key and time.monotonic() - at < FLAGS_TTL_S:
+            return flags
+        flags = {}
+        for image_id in self.labels.images():
+            records = self.labels.records(image_id)
+            state = self.study_state(image_id, records)
+            for record in records:
+                reason = flag_of(record, state)
+                if reason:
+                    flags[(image_id, record["slice"])] = reason
+        self._flags = (key, time.monotonic(), flags)
+        return flags
+
+    def usable_labels(self) -> dict[tuple[str, int], str]:
+        """``{(image, slice): class}`` of every label that is not flagged."""
+        flags = self.flags()
+        return {k: c for k, c in self.labels.labelled_keys().items() if k not in flags}
+
+    def label_records(self, image_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored records (of one image), each with ``"flag"`` when it no longer fits its study."""
+        if image_id is not None:
+            identifier(image_id, "image")
+        self.maybe_refresh()
+        flags = self.flags()
+        out = []
+        for record in self.labels.records(image_id):
+            shown = public_record(record)
+            reason = flags.get((record["image"], record["slice"]))
+            out.append({**shown, "flag": reason} if reason else shown)
+        return out
 
     # -- state ------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -143,12 +212,13 @@ class SliceLabelService:
             state = "untrained"
             message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
         else:
-            state, message = "untrained", "not trained yet: POST /train/ss_stylegan"
+            state, message = "untrained", status.message or "not trained yet: POST /train/ss_stylegan"
         if self.maps.problem:
             message += f"; the published map could not be loaded ({self.maps.problem}), the previous one is in use"
         self.maybe_refresh()
         errors = dict(slice_map.errors) if slice_map is not None else {}
         errors.update(self.maps.failed)
+        flagged = [r for r in self.label_records() if "flag" in r]
         return {
             "state": state,
             "message": message,
@@ -157,6 +227,9 @@ class SliceLabelService:
             "n_embedded": len(slice_map) if slice_map is not None else 0,
             "n_images_embedded": len(slice_map.image_set()) if slice_map is not None else 0,
             "n_labelled": len(self.labels),
+            "n_flagged": len(flagged),
+            "flagged_labels": [{k: r[k] for k in ("image", "slice", "class", "flag")} for r in flagged[:100]],
+            "changed": sorted(self.maps.changed),
             "model_version": slice_map.model_version if slice_map is not None else None,
             "progress": status.progress,
             "errors": errors,
@@ -176,15 +249,32 @@ class SliceLabelService:
         }
 
     # -- suggestions ------------------------------------------------------------------------------------
-    def suggest(self, strategy: str, count: int = 1, client_id: str = "") -> dict[str, Any]:
-        """The next slice(s) to label: farthest from every labelled or reserved slice (``fps``) or random."""
+    def suggest(self, strategy: str, count: Any = 1, client_id: Any = "", owner: str | None = None
+                ) -> dict[str, Any]:
+        """The next slice(s) to label: farthest from every labelled or reserved slice (``fps``) or random.
+
+        Args:
+            strategy: ``fps`` or ``random``.
+            count: how many (1 .. ``suggestion_cap``); they are reserved for the client.
+            client_id: who asks (reservations are per client; default ``anonymous``).
+            owner: whose cap the reservations count against (the signed-in user); the client by default.
+
+        Raises:
+            NotFoundError: unknown strategy. FieldError: a bad ``count`` or ``client_id``.
+            ReservationLimitError: the owner holds too many reservations under other client ids.
+            NotReadyError: no map yet.
+        """
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; valid strategies are {list(STRATEGIES)}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1 or count > 1000:
-            raise ValueError(f"count must be an integer between 1 and 1000, got {count!r}")
+            raise NotFoundError(f"unknown strategy {strategy!r}; valid strategies are {list(STRATEGIES)}")
+        cap = self.settings.suggestion_cap
+        if isinstance(count, int) and not isinstance(count, bool) and count > cap:
+            raise FieldError("count", f"at most {cap} suggestions may be reserved at once (setting "
+                                      f"suggestion_cap), got {count}")
+        count = integer(count, "count", minimum=1, maximum=cap)
+        client = text(client_id or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
+        self.pending.check_count(count, client, owner)
         slice_map = self.require_map()
         self.maybe_refresh()
-        client = str(client_id or "anonymous")
         row_of = slice_map.row_lookup()
         with self.pending.selection_lock:
             removed = self.maps.removed_rows(slice_map)
@@ -192,7 +282,7 @@ class SliceLabelService:
             gone[removed] = True
             # slices of studies that left the folder are unavailable, but neither labelled nor reserved:
             # they must not act as FPS centres (that would push their neighbours to the end)
-            labelled = [r for r in (row_of.get(k) for k in self.labels.labelled_keys()) if r is not None and not gone[r]]
+            labelled = [r for r in (row_of.get(k) for k in self.usable_labels()) if r is not None and not gone[r]]
             reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
                         if r is not None and not gone[r]]
             if strategy == "fps":
@@ -203,7 +293,7 @@ class SliceLabelService:
                                                                    next(self._random_calls)))
             picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count, exclude=removed)
             keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
-            self.pending.reserve(client, keys)
+            self.pending.reserve(client, keys, owner)
         if not picks:
             n_active = len(slice_map) - len(removed)
             message = (
@@ -226,12 +316,15 @@ class SliceLabelService:
         return {**suggestions[0], "suggestions": suggestions}
 
     # -- labels -----------------------------------------------------------------------------------------
-    def set_label(self, image_id: str, slice_index: int, class_name: str, user: str = "") -> dict[str, Any]:
-        record = self.labels.set(image_id, slice_index, class_name, user)
-        self.pending.release((image_id, int(slice_index)))
+    def set_label(self, image_id: Any, slice_index: Any, class_name: Any, user: Any = "") -> dict[str, Any]:
+        """Store the label of one slice, with the study's fingerprint now (see :meth:`flags`)."""
+        study = self.study(identifier(image_id, "image"))  # the store checks the rest
+        fingerprint = self.fingerprints.fingerprint(study.path) if study is not None else None
+        record = self.labels.set(image_id, slice_index, class_name, user, study=fingerprint)
+        self.pending.release((image_id, slice_index))
         if self.on_labels_changed is not None:
             self.on_labels_changed(image_id)
-        return record
+        return public_record(record)
 
     def remove_label(self, image_id: str, slice_index: int) -> bool:
         removed = self.labels.remove(image_id, slice_index)
@@ -242,7 +335,9 @@ class SliceLabelService:
     # -- classification ---------------------------------------------------------------------------------
     def _classifier(self, slice_map: SliceMap) -> tuple[NearestNeighbourClassifier, list[tuple[str, int, str]]]:
         row_of = slice_map.row_lookup()
-        labelled = [(img, s, c) for (img, s), c in self.labels.labelled_keys().items() if (img, s) in row_of]
+        gone = set(slice_map.image_ids[self.maps.removed_rows(slice_map)].tolist())
+        labelled = [(img, s, c) for (img, s), c in self.usable_labels().items()
+                    if (img, s) in row_of and img not in gone]
         if not labelled:
             raise NotReadyError(
                 "no embedded slice is labelled yet: label at least one slice of each class "
@@ -300,9 +395,13 @@ class SliceLabelService:
             NotReadyError: no map, no label, or no usable slice in the study.
             UnreadableImageError: the study cannot be read.
         """
+        identifier(image_id, "image")
         if self.study(image_id) is None:
             raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
         slice_map = self.require_map()
+        if self.maps.is_stale(image_id, slice_map):
+            raise EmbeddingInProgressError(f"image {image_id!r} changed on disk since it was embedded; it is "
+                                           "being read again, retry in a few seconds")
         rows = slice_map.rows_of(image_id)
         if len(rows) == 0:
             error = slice_map.errors.get(image_id)
@@ -359,7 +458,7 @@ class SliceLabelService:
             SliceOutOfRangeError: the study has no such slice (the message gives the range).
             UnreadableImageError: the study cannot be read.
         """
-        study = self.study(image_id)
+        study = self.study(identifier(image_id, "image"))
         if study is None:
             raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
         self.require_map()
@@ -380,7 +479,7 @@ class SliceLabelService:
         Raises:
             NotFoundError: no study with this id, or the study is a single file.
         """
-        study = self.study(image_id)
+        study = self.study(identifier(image_id, "image"))
         if study is None:
             raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
         if not study.path.is_dir():
@@ -388,21 +487,26 @@ class SliceLabelService:
                                 "GET /datastore/image")
         target = Path(folder) / f"{image_id}.zip"
         with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-            for path in sorted(p for p in study.path.iterdir() if p.is_file() and looks_like_dicom_file(p)):
+            for path in sorted(p for p in study.path.iterdir()
+                               if p.is_file() and not p.is_symlink() and looks_like_dicom_file(p)):
                 archive.write(path, path.name)
         return target
 
     def points(self) -> dict[str, Any]:
-        """Every embedded slice with its map position, world position, label and (when labels exist)
-        prediction."""
+        """Every embedded slice of a study in the folder, with its map position, world position, label and
+        (when labels exist) prediction; slices of deleted or changed studies are left out."""
         slice_map = self.require_map()
-        keys = self.labels.labelled_keys()
-        label = [keys.get((img, int(s))) for img, s in zip(slice_map.image_ids.tolist(), slice_map.slices.tolist())]
-        prediction: list[str | None] = [None] * len(slice_map)
-        score: list[float | None] = [None] * len(slice_map)
+        self.maybe_refresh()
+        keep = np.ones(len(slice_map), dtype=bool)
+        keep[self.maps.removed_rows(slice_map)] = False
+        keys = self.usable_labels()
+        image_ids, slices = slice_map.image_ids[keep].tolist(), slice_map.slices[keep].tolist()
+        label = [keys.get((img, int(s))) for img, s in zip(image_ids, slices)]
+        prediction: list[str | None] = [None] * len(image_ids)
+        score: list[float | None] = [None] * len(image_ids)
         try:
             clf, _ = self._classifier(slice_map)
-            pred = clf.predict(slice_map.xy)
+            pred = clf.predict(slice_map.xy[keep])
             prediction = [str(c) for c in pred.labels]
             score = [float(s) for s in pred.score]
         except NotReadyError:
@@ -410,11 +514,11 @@ class SliceLabelService:
         return {
             "model_version": slice_map.model_version,
             "points": {
-                "image": slice_map.image_ids.tolist(),
-                "slice": slice_map.slices.tolist(),
-                "x": slice_map.xy[:, 0].astype(float).tolist(),
-                "y": slice_map.xy[:, 1].astype(float).tolist(),
-                "world": slice_map.positions.astype(float).tolist(),
+                "image": image_ids,
+                "slice": slices,
+                "x": slice_map.xy[keep, 0].astype(float).tolist(),
+                "y": slice_map.xy[keep, 1].astype(float).tolist(),
+                "world": slice_map.positions[keep].astype(float).tolist(),
                 "label": label,
                 "prediction": prediction,
                 "score": score,

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from lib.service import NotReadyError, SliceLabelService
+from lib.errors import http_errors
+from lib.service import SliceLabelService
 
 
 class SliceStrategy(Strategy):
     """Suggest (image id, slice index) pairs with the service's ``fps`` or ``random`` rule.
 
-    Request fields: ``count`` (default 1) and ``client_id`` (reservations are per client).
+    ``POST /activelearning/<name>`` itself is served by :mod:`lib.routes`; this task is what MONAI Label
+    lists in ``/info/``. Request fields: ``count`` (default 1) and ``client_id`` (reservations are per client).
     """
 
     def __init__(self, service: SliceLabelService, strategy: str, description: str) -> None:
@@ -23,10 +24,6 @@ class SliceStrategy(Strategy):
         self.strategy = strategy
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        count = request.get("count", 1)
-        try:
-            return self.service.suggest(self.strategy, count=count, client_id=str(request.get("client_id") or ""))
-        except NotReadyError as err:
-            raise HTTPException(status_code=409, detail=str(err)) from err
-        except ValueError as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err
+        with http_errors():
+            return self.service.suggest(self.strategy, count=request.get("count", 1),
+                                        client_id=request.get("client_id") or "")

@@ -20,6 +20,10 @@ to start instead of failing later.
 | random_state | 0 | seed of training, t-SNE and random suggestions |
 | checkpoint_interval | auto | training steps between checkpoints; ``auto``: 500 on a GPU, 25 on a CPU |
 | suggestion_ttl | 600 | seconds a suggested slice stays reserved for the client it was given to |
+| suggestion_cap | 32 | most suggestions one user (one client id without login) may hold reserved at once |
+| max_upload_mb | 1024 | largest uploaded file (MB) |
+| max_upload_unpacked_mb | 2048 | largest uploaded file once decompressed (MB) |
+| max_upload_voxels | 268435456 | most voxels an uploaded image's header may declare (512 x 512 x 1024) |
 | workspace | <studies>/.ss_stylegan | where the cache, checkpoints and slice map live |
 """
 
@@ -27,13 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.labels import LabelError, parse_classes
+from ss_stylegan.uploads import UploadLimits
+from ss_stylegan.validation import integer, number, only_keys, text
 
 KNOWN_KEYS = (
     "classes", "resolution", "window", "preset", "kimg", "steps", "batch_size", "device", "perplexity",
-    "random_state", "checkpoint_interval", "suggestion_ttl", "workspace",
+    "random_state", "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb",
+    "max_upload_unpacked_mb", "max_upload_voxels", "workspace",
 )
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
@@ -57,6 +65,8 @@ class AppSettings:
     perplexity: float
     random_state: int
     suggestion_ttl_s: float
+    suggestion_cap: int
+    upload_limits: UploadLimits
     workspace: Path
 
     @classmethod
@@ -96,6 +106,14 @@ class AppSettings:
         ttl = _float(conf, "suggestion_ttl", 600.0)
         if not ttl > 0:
             raise ConfigError(f"--conf suggestion_ttl must be > 0 seconds, got {ttl}")
+        cap = _int(conf, "suggestion_cap", 32)
+        if cap < 1:
+            raise ConfigError(f"--conf suggestion_cap must be >= 1, got {cap}")
+        limits = UploadLimits(
+            max_bytes=_positive(conf, "max_upload_mb", 1024) << 20,
+            max_unpacked_bytes=_positive(conf, "max_upload_unpacked_mb", 2048) << 20,
+            max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024),
+        )
         workspace = Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan"
         return cls(
             classes=classes,
@@ -107,8 +125,25 @@ class AppSettings:
             perplexity=perplexity,
             random_state=_int(conf, "random_state", 0),
             suggestion_ttl_s=ttl,
+            suggestion_cap=cap,
+            upload_limits=limits,
             workspace=workspace,
         )
+
+
+def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a training request body, checked strictly (422 naming the field): ``kimg`` a positive
+    number, ``steps`` and ``batch_size`` positive integers, ``device`` a device name; nothing else."""
+    only_keys(body, TRAIN_REQUEST_KEYS)
+    checked: dict[str, Any] = {}
+    if "kimg" in body:
+        checked["kimg"] = number(body["kimg"], "kimg", minimum=0.001)
+    for key in ("steps", "batch_size"):
+        if key in body:
+            checked[key] = integer(body[key], key, minimum=1)
+    if "device" in body:
+        checked["device"] = text(body["device"], "device", 16, allow_empty=False)
+    return checked
 
 
 def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
@@ -162,3 +197,10 @@ def _int(conf: dict[str, str], key: str, default: int) -> int:
 
 def _float(conf: dict[str, str], key: str, default: float) -> float:
     return float(_number(conf[key], f"--conf {key}", float)) if key in conf else default
+
+
+def _positive(conf: dict[str, str], key: str, default: int) -> int:
+    value = _int(conf, key, default)
+    if value < 1:
+        raise ConfigError(f"--conf {key} must be a whole number >= 1, got {value}")
+    return value

@@ -5,22 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ss_stylegan.data.readers import image_id_of
 
-from lib.routes import classify_errors
-from lib.service import NotFoundError, SliceLabelService
+from lib.errors import NotFoundError, http_errors
+from lib.service import SliceLabelService
 
 
 class SliceClassifier(InferTask):
     """``POST /infer/classify?image=<id>`` (or with an uploaded file): per-slice class, score, neighbour.
 
     The HTTP request itself is served by :mod:`lib.routes` (in FastAPI's thread pool); this task is what
-    MONAI Label lists in ``/info/`` and runs for its other callers. MONAI Label resolves ``image`` to the
-    datastore file before calling it; a path inside the studies folder is a datastore image, any other
-    path is an uploaded study placed into the map.
+    MONAI Label lists in ``/info/`` and runs for its other callers (batch inference). MONAI Label resolves
+    ``image`` to the datastore file before calling it; only studies directly inside the studies folder are
+    classified here (uploads go through the route, which checks them first).
     """
 
     def __init__(self, service: SliceLabelService) -> None:
@@ -36,16 +35,9 @@ class SliceClassifier(InferTask):
         return True
 
     def __call__(self, request: dict[str, Any]) -> tuple[None, dict[str, Any]]:
-        image = request.get("image")
-        if not isinstance(image, str) or not image:
-            raise HTTPException(
-                status_code=404,
-                detail="unknown image: give ?image=<datastore image id> (see GET /datastore/) or upload a file",
-            )
-        path = Path(image)
-        with classify_errors():
-            if path.parent.resolve() == self.service.studies.resolve() and path.exists():
-                return None, self.service.classify_image(image_id_of(path))
-            if not path.exists():
-                raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
-            return None, self.service.classify_file(path)
+        with http_errors():
+            image = request.get("image")
+            path = Path(image) if isinstance(image, str) and image else None
+            if path is None or path.parent.resolve() != self.service.studies.resolve() or not path.exists():
+                raise NotFoundError("unknown image: give a datastore image id (see GET /datastore/)")
+            return None, self.service.classify_image(image_id_of(path))

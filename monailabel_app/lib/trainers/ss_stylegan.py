@@ -5,7 +5,9 @@ server shows in ``GET /info/`` and ``GET /train/``:
 
 1. build (or update) the slice cache of every study in the datastore;
 2. train SS-StyleGAN (resuming from the last checkpoint; stoppable by ``DELETE /train/``, which kills
-   this process, or by the workspace ``STOP`` file);
+   this process, or by the workspace ``STOP`` file). The process holds the workspace's training lock
+   (:class:`~ss_stylegan.training_lock.TrainingLock`, with its PID) while it runs, so a server started
+   later finds, reports and can stop it;
 3. embed every slice into W with the encoder, fit the t-SNE map, and publish checkpoint, projector and
    slice map as one new version folder made current by a single atomic pointer switch, so suggestions
    and classification cost milliseconds and a training killed mid-publish leaves the old version in use.
@@ -13,12 +15,10 @@ server shows in ``GET /info/`` and ``GET /train/``:
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ss_stylegan.checkpoint import latest_checkpoint, load_model, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
+from ss_stylegan.data.fingerprint import Fingerprint, stamp
 from ss_stylegan.embedding import embed_images
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.training import TrainProgress, train
@@ -36,25 +37,6 @@ from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace
 from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
 
 log = logging.getLogger(__name__)
-
-
-class TrainingBusyError(RuntimeError):
-    """Another training process holds this workspace."""
-
-
-@contextmanager
-def workspace_lock(workspace: Workspace) -> Iterator[None]:
-    """Exclusive lock of a workspace for one training process (released when the process dies)."""
-    path = workspace.root / "train.lock"
-    fh = open(path, "a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise TrainingBusyError(f"another training is running on {workspace.root}; wait for it or stop it") from err
-        yield
-    finally:
-        fh.close()
 
 
 class SSStyleGANTrainer(TrainTask):
@@ -84,7 +66,7 @@ class SSStyleGANTrainer(TrainTask):
         except ConfigError as err:
             self._status("failed", f"invalid training request: {err}")
             raise
-        with workspace_lock(self.workspace):
+        with self.workspace.training_lock().hold():
             return run_training(self.workspace, self.studies, self.settings, train_cfg, device)
 
     def _status(self, state: str, message: str, progress: Mapping[str, Any] | None = None) -> None:
@@ -105,7 +87,10 @@ def run_training(
     workspace.clear_stop()
     try:
         status("training", "reading and caching every slice of the datastore")
-        cache = SliceCache.build(find_studies(studies), settings.slice_cfg, workspace.cache_dir)
+        found = find_studies(studies)
+        # stamped before reading: a study changed while it is read shows as changed to the server
+        fingerprints = {s.image_id: Fingerprint(st).to_dict() for s in found if (st := stamp(s.path)) is not None}
+        cache = SliceCache.build(found, settings.slice_cfg, workspace.cache_dir)
         errors = {e.image_id: e.message for e in cache.errors}
         if len(cache) < 4:
             raise ValueError(
@@ -162,7 +147,7 @@ def run_training(
         workspace.save_map(SliceMap(
             image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,
             model_version=model.model_version, errors=errors,
-            depths={s.image_id: int(s.n_slices) for s in cache.studies},
+            depths={s.image_id: int(s.n_slices) for s in cache.studies}, fingerprints=fingerprints,
         ), version)
         workspace.activate(version)
         progress.update({"phase": "done", "model_version": model.model_version,

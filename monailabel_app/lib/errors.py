@@ -1,0 +1,145 @@
+"""The one table from domain errors to HTTP status codes, and the scrubbing of server paths from answers.
+
+Every route of the app runs its work inside :func:`http_errors`: a library or service error becomes an
+``HTTPException`` with the status of the first matching row of :data:`STATUS` and the error's message as
+``detail``, with every server folder registered by :func:`hide_paths` (studies, workspace, temp, the app)
+replaced by a relative name. An error type that is not in the table is a bug and stays a 500.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+
+from ss_stylegan.config import ConfigError
+from ss_stylegan.data.readers import StudyReadError
+from ss_stylegan.labels import (
+    OrphanedLabelsError,
+    SliceOutOfRangeError,
+    UnknownClassError,
+    UnknownImageError,
+    UnreadableImageError,
+)
+from ss_stylegan.training_lock import TrainingBusyError
+from ss_stylegan.uploads import UploadError, UploadTooLargeError
+from ss_stylegan.validation import FieldError
+from ss_stylegan.workspace import ReservationLimitError, WorkspaceError
+
+
+class NotReadyError(RuntimeError):
+    """The request needs something that does not exist yet (a trained model, a label); HTTP 409."""
+
+
+class EmbeddingInProgressError(NotReadyError):
+    """The image is being embedded into the map right now; HTTP 409, retry in a few seconds."""
+
+
+class NotFoundError(LookupError):
+    """An image id, model, strategy or session that does not exist; HTTP 404."""
+
+
+class ProtectedError(PermissionError):
+    """A generic MONAI Label route was asked to change what only the app's own API may change (the slice
+    label tag, the label counts it mirrors); HTTP 422 with the route to use instead."""
+
+
+class NotUsedError(RuntimeError):
+    """A MONAI Label feature this app does not offer (sessions); HTTP 406, as MONAI Label answers."""
+
+
+STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (UploadTooLargeError, 413),
+    (UploadError, 422),
+    (FieldError, 422),                 # includes PathEscapeError
+    (ProtectedError, 422),
+    (UnknownImageError, 404),
+    (NotFoundError, 404),
+    (UnknownClassError, 422),
+    (SliceOutOfRangeError, 422),
+    (UnreadableImageError, 422),
+    (StudyReadError, 422),
+    (OrphanedLabelsError, 409),
+    (ConfigError, 422),                # a training request with a value out of range
+    (ReservationLimitError, 429),
+    (TrainingBusyError, 409),
+    (NotReadyError, 409),
+    (WorkspaceError, 409),
+    (NotUsedError, 406),
+)
+"""``(error type, HTTP status)``; the first row whose type matches wins (subclasses before bases)."""
+
+_hidden: list[tuple[str, str]] = []  # (folder, what it is called in answers), longest first
+
+
+def hide_paths(**folders: str | Path | None) -> None:
+    """Register server folders whose absolute paths must never appear in an answer.
+
+    ``hide_paths(studies=..., workspace=...)``: a path inside a folder is shown relative to it; the folder
+    itself is shown by its keyword (``<studies>``). The temp folder, the app and the Python prefix are
+    always hidden.
+    """
+    found = {**{"temp": tempfile.gettempdir(), "server": str(Path(__file__).resolve().parent.parent),
+                "python": sys.prefix}, **folders}
+    pairs = {(os.path.realpath(str(p)), name) for name, p in found.items() if p}
+    pairs |= {(os.path.abspath(str(p)), name) for name, p in found.items() if p}
+    _hidden[:] = sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered server folder replaced (see :func:`hide_paths`)."""
+    if not _hidden:
+        hide_paths()
+    for folder, name in _hidden:
+        if folder in text:
+            text = re.sub(re.escape(folder) + r"(?![^/\s'\",;:)\]])(?:/+([^\s'\",;)\]]*))?",
+                          lambda m, n=name: _shown_path(m.group(1), n), text)
+    return text
+
+
+def _shown_path(rest: str | None, name: str) -> str:
+    if not rest:
+        return f"<{name}>"
+    return rest.rstrip("/").rsplit("/", 1)[-1] if name == "temp" else rest  # a temp folder's name is noise
+
+
+def redacted(value: Any) -> Any:
+    """A JSON-like value with :func:`redact` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(v) for v in value]
+    return value
+
+
+def status_of(err: BaseException) -> int | None:
+    """The HTTP status of a domain error (None for an error that is not in the table: a bug)."""
+    for kind, status in STATUS:
+        if isinstance(err, kind):
+            return status
+    return None
+
+
+@contextmanager
+def http_errors() -> Iterator[None]:
+    """Turn domain errors raised in the block into HTTP answers (see :data:`STATUS`)."""
+    try:
+        yield
+    except HTTPException as err:
+        if isinstance(err.detail, str):
+            err.detail = redact(err.detail)
+        raise
+    except Exception as err:
+        status = status_of(err)
+        if status is None:
+            raise
+        raise HTTPException(status_code=status, detail=redact(str(err))) from err
