@@ -4,8 +4,10 @@ Runs in MONAI Label's training subprocess. Steps, each reported in the workspace
 server shows in ``GET /info/`` and ``GET /train/``:
 
 1. build (or update) the slice cache of every study in the datastore;
-2. train SS-StyleGAN (resuming from the last checkpoint; stoppable by ``DELETE /train/``, which kills
-   this process, or by the workspace ``STOP`` file). The process holds the workspace's training lock
+2. train SS-StyleGAN on one device, or with ``--conf gpus`` on one process per GPU (``torch.distributed``:
+   this process is rank 0, see :func:`ss_stylegan.launcher.launch`), resuming from the last checkpoint
+   (with any number of GPUs); stoppable by ``DELETE /train/``, which kills this process, or by the
+   workspace ``STOP`` file. The process holds the workspace's training lock
    (:class:`~ss_stylegan.training_lock.TrainingLock`, with its PID) while it runs, so a server started
    later finds, reports and can stop it;
 3. embed every slice into W with the encoder, fit the t-SNE map, and publish checkpoint, projector and
@@ -31,7 +33,8 @@ from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.fingerprint import Fingerprint, stamp
 from ss_stylegan.embedding import embed_images
 from ss_stylegan.projection import TSNEProjector
-from ss_stylegan.training import TrainProgress, train
+from ss_stylegan.launcher import launch
+from ss_stylegan.training import TrainProgress
 from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace
 
 from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
@@ -119,9 +122,10 @@ def run_training(
         out_dir = workspace.checkpoint_dir_for(settings.model_cfg.to_dict())
         previous = latest_checkpoint(out_dir) if train_cfg.resume else None
         progress["resumed_from_step"] = int(read_record(previous)["step"]) if previous is not None else 0
-        result = train(cache.images, settings.model_cfg, train_cfg, out_dir,
-                       progress=on_progress, should_stop=workspace.stop_requested, device=device,
-                       progress_bar=False)
+        # one process on `device`, or one per GPU of --conf gpus (rank 0 is this process: callbacks as usual)
+        result = launch(cache.images, settings.model_cfg, train_cfg, out_dir, gpus=settings.gpus,
+                        progress=on_progress, should_stop=workspace.stop_requested, device=device,
+                        progress_bar=False)
         if result.stopped:
             workspace.clear_stop()
             progress["phase"] = "stopped"
