@@ -8,6 +8,13 @@ never by refitting the map.
 
 Request handlers never wait for that embedding (see :mod:`lib.live_map`).
 
+Suggestions and classification keep one index each per published map, changed instead of rebuilt when
+labels and reservations change: farthest point sampling keeps every slice's distance to its nearest
+labelled or reserved slice (:class:`~ss_stylegan.fps_index.SuggestionIndex`), and 1-NN classification
+keeps a k-d tree per class (:class:`~ss_stylegan.classification.NearestLabelIndex`). Their answers equal
+those of the stateless selector and classifier; a new map (a training, or studies embedded into it)
+gets new indexes on first use.
+
 Labels that no longer fit their study (deleted, unreadable, fewer slices, changed file) are *flagged*
 (:func:`ss_stylegan.labels.flag_of`): listed with the reason in ``/slicelabels/`` and ``/info/``, and left
 out of suggestions and classification, never moved or dropped.
@@ -17,7 +24,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from ss_stylegan.classification import NearestNeighbourClassifier
+from ss_stylegan.classification import NearestLabelIndex, Prediction
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
 from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
 from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
 from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, StudyState, UnreadableImageError, flag_of
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector, derive_seed
+from ss_stylegan.fps_index import SuggestionIndex
+from ss_stylegan.selection import RandomSelector, derive_seed
 from ss_stylegan.validation import FieldError, identifier, integer, text
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
 
@@ -84,6 +94,12 @@ class SliceLabelService:
         self.on_labels_changed: Callable[[str], None] | None = None
         self._random_calls = itertools.count()
         self._flags: tuple[Any, float, dict[tuple[str, int], str]] = (None, 0.0, {})
+        # per map: the FPS index (used under pending.selection_lock) and the labelled-slice index
+        # (weak references: an index never keeps a replaced map in memory)
+        self._fps: tuple[weakref.ref[SliceMap] | None, SuggestionIndex | None] = (None, None)
+        self._nn_lock = threading.Lock()
+        self._nn: tuple[weakref.ref[SliceMap] | None, NearestLabelIndex | None, Any, dict[int, str]] = \
+            (None, None, None, {})
 
     # -- slice map and studies (see lib.live_map) --------------------------------------------------------
     def slice_map(self) -> SliceMap | None:
@@ -240,6 +256,7 @@ class SliceLabelService:
                 "window": self.settings.slice_cfg.window,
                 "preset": self.settings.preset,
                 "device": self.settings.device,
+                "gpus": self.settings.gpus,
                 "kimg": self.settings.train_cfg.kimg,
                 "steps": self.settings.train_cfg.steps,
                 "batch_size": self.settings.train_cfg.batch_size,
@@ -285,13 +302,14 @@ class SliceLabelService:
             labelled = [r for r in (row_of.get(k) for k in self.usable_labels()) if r is not None and not gone[r]]
             reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
                         if r is not None and not gone[r]]
-            if strategy == "fps":
-                selector: FarthestPointSelector | RandomSelector = FarthestPointSelector(
-                    start="central", random_state=self.settings.random_state)
+            if strategy == "fps":  # the map's kept index: only what changed since the last call is applied
+                picks = self._suggestion_index(slice_map).select(labelled=labelled, pending=reserved, count=count,
+                                                                 exclude=removed)
             else:  # a new draw per call, repeatable from --conf random_state
                 selector = RandomSelector(random_state=derive_seed(self.settings.random_state,
                                                                    next(self._random_calls)))
-            picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count, exclude=removed)
+                picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count,
+                                        exclude=removed)
             keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
             self.pending.reserve(client, keys, owner)
         if not picks:
@@ -315,6 +333,15 @@ class SliceLabelService:
             })
         return {**suggestions[0], "suggestions": suggestions}
 
+    def _suggestion_index(self, slice_map: SliceMap) -> SuggestionIndex:
+        """The map's FPS index (built on the first suggestion from a map). Caller holds
+        ``pending.selection_lock``."""
+        kept_map, index = self._fps
+        if index is None or kept_map is None or kept_map() is not slice_map:
+            index = SuggestionIndex(slice_map.xy, start="central", random_state=self.settings.random_state)
+            self._fps = (weakref.ref(slice_map), index)
+        return index
+
     # -- labels -----------------------------------------------------------------------------------------
     def set_label(self, image_id: Any, slice_index: Any, class_name: Any, user: Any = "") -> dict[str, Any]:
         """Store the label of one slice, with the study's fingerprint now (see :meth:`flags`)."""
@@ -333,37 +360,67 @@ class SliceLabelService:
         return removed
 
     # -- classification ---------------------------------------------------------------------------------
-    def _classifier(self, slice_map: SliceMap) -> tuple[NearestNeighbourClassifier, list[tuple[str, int, str]]]:
-        row_of = slice_map.row_lookup()
-        gone = set(slice_map.image_ids[self.maps.removed_rows(slice_map)].tolist())
-        labelled = [(img, s, c) for (img, s), c in self.usable_labels().items()
-                    if (img, s) in row_of and img not in gone]
-        if not labelled:
+    def _predict(self, slice_map: SliceMap, xy: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """1-NN of ``xy`` against the usable labels of ``slice_map``'s slices: the prediction (neighbours
+        are map rows) and the labelled classes (the columns of ``scores``).
+
+        Raises:
+            NotReadyError: no slice of the map has a usable label.
+        """
+        with self._nn_lock:
+            index = self._label_index(slice_map)
+            return index.predict(xy), index.classes_
+
+    def _label_index(self, slice_map: SliceMap) -> NearestLabelIndex:
+        """The map's 1-NN index, brought to the usable labels of slices whose study is in the folder (only
+        the labels that changed are applied; nothing is recomputed while labels, flags and studies stay the
+        same). Caller holds ``_nn_lock``.
+
+        Raises:
+            NotReadyError: no slice of the map has a usable label.
+        """
+        kept_map, index, kept_key, kept = self._nn
+        if index is None or kept_map is None or kept_map() is not slice_map:
+            index, kept_key, kept = NearestLabelIndex(slice_map.xy), None, {}
+        flags = self.flags()
+        removed = self.maps.removed_rows(slice_map)
+        key = (self.labels.version, flags, removed)
+        if kept_key is None or key[0] != kept_key[0] or key[1] is not kept_key[1] or key[2] is not kept_key[2]:
+            row_of = slice_map.row_lookup()
+            gone = set(slice_map.image_ids[removed].tolist())
+            wanted = {row_of[k]: c for k, c in self.labels.labelled_keys().items()
+                      if k not in flags and k in row_of and k[0] not in gone}
+            dropped = [r for r in kept if r not in wanted]
+            changed = {r: c for r, c in wanted.items() if kept.get(r) != c}
+            if dropped:
+                index.remove_labels(dropped)
+            if changed:
+                index.set_labels(list(changed), list(changed.values()))
+            kept, kept_key = wanted, key
+        self._nn = (weakref.ref(slice_map), index, kept_key, kept)
+        if index.n_labelled == 0:
             raise NotReadyError(
                 "no embedded slice is labelled yet: label at least one slice of each class "
                 f"({', '.join(self.settings.classes)}) with PUT /slicelabels/ before classifying"
             )
-        labelled.sort()
-        rows = [row_of[(img, s)] for img, s, _ in labelled]
-        clf = NearestNeighbourClassifier().fit(slice_map.xy[rows], [c for _, _, c in labelled])
-        return clf, labelled
+        return index
 
-    def _answer(self, clf: NearestNeighbourClassifier, labelled: list[tuple[str, int, str]], xy: np.ndarray,
-                slices: np.ndarray, positions: np.ndarray, depth: int | None) -> dict[str, Any]:
-        pred = clf.predict(xy)
+    def _answer(self, slice_map: SliceMap, xy: np.ndarray, slices: np.ndarray, positions: np.ndarray,
+                depth: int | None) -> dict[str, Any]:
+        pred, classes = self._predict(slice_map, xy)
         out_slices = []
         summary = {c: 0 for c in self.settings.classes}
         for i in range(len(xy)):
-            n_img, n_slice, n_class = labelled[int(pred.neighbour[i])]
-            cls = str(pred.labels[i])
+            row = int(pred.neighbour[i])
+            cls = str(pred.labels[i])  # 1-NN: the neighbour's class
             summary[cls] = summary.get(cls, 0) + 1
             out_slices.append({
                 "slice": int(slices[i]),
                 "class": cls,
                 "score": float(pred.score[i]),
-                "scores": {str(c): float(s) for c, s in zip(clf.classes_, pred.scores[i])},
-                "neighbour": {"image": n_img, "slice": int(n_slice), "class": n_class,
-                              "distance": float(pred.distance[i])},
+                "scores": {str(c): float(s) for c, s in zip(classes, pred.scores[i])},
+                "neighbour": {"image": str(slice_map.image_ids[row]), "slice": int(slice_map.slices[row]),
+                              "class": cls, "distance": float(pred.distance[i])},
                 "position": [float(v) for v in xy[i]],
                 "world": [float(v) for v in positions[i]],
             })
@@ -374,11 +431,11 @@ class SliceLabelService:
             "summary": summary,
             "volume_class": abnormal or self.settings.classes[0],
             "n_slices": depth,
-            "labelled_classes": [str(c) for c in clf.classes_],
+            "labelled_classes": [str(c) for c in classes],
         }
-        if len(clf.classes_) < 2:
+        if len(classes) < 2:
             answer["warning"] = (
-                f"only class {clf.classes_[0]!r} is labelled, so every slice gets it; label slices of "
+                f"only class {classes[0]!r} is labelled, so every slice gets it; label slices of "
                 "the other classes for a meaningful classification"
             )
         return answer
@@ -422,9 +479,8 @@ class SliceLabelService:
                 f"image {image_id!r} has no embedded slice: no slice has enough foreground "
                 "(a blank or constant image?); check the file or the intensity window (--conf window)"
             )
-        clf, labelled = self._classifier(slice_map)
-        answer = self._answer(clf, labelled, slice_map.xy[rows], slice_map.slices[rows],
-                              slice_map.positions[rows], slice_map.depths.get(image_id))
+        answer = self._answer(slice_map, slice_map.xy[rows], slice_map.slices[rows], slice_map.positions[rows],
+                              slice_map.depths.get(image_id))
         answer["image"] = image_id
         answer["model_version"] = slice_map.model_version
         return answer
@@ -438,13 +494,14 @@ class SliceLabelService:
             WorkspaceError: the published model cannot place slices into the map (train again).
         """
         slice_map = self.require_map()
-        clf, labelled = self._classifier(slice_map)
+        with self._nn_lock:  # no label yet: refuse before reading the file
+            self._label_index(slice_map)
         study = read_study_slices(path, self.settings.slice_cfg)
         if len(study.images) == 0:
             raise StudyReadError(path, "no slice has enough foreground to classify",
                                  "check the intensity window (--conf window) or the file")
         _, xy = self.embedder.embed_and_place(study.images, slice_map)
-        answer = self._answer(clf, labelled, xy, study.slice_indices, study.positions, study.n_slices)
+        answer = self._answer(slice_map, xy, study.slice_indices, study.positions, study.n_slices)
         answer["image"] = None
         answer["model_version"] = slice_map.model_version
         return answer
@@ -505,8 +562,7 @@ class SliceLabelService:
         prediction: list[str | None] = [None] * len(image_ids)
         score: list[float | None] = [None] * len(image_ids)
         try:
-            clf, _ = self._classifier(slice_map)
-            pred = clf.predict(slice_map.xy[keep])
+            pred, _ = self._predict(slice_map, slice_map.xy[keep])
             prediction = [str(c) for c in pred.labels]
             score = [float(s) for s in pred.score]
         except NotReadyError:
