@@ -34,7 +34,7 @@ def test_unset_or_zero_is_one_device(tmp_path: Path) -> None:
     assert AppSettings.from_conf({"gpus": "0"}, tmp_path).gpus is None
 
 
-@pytest.mark.parametrize(("value", "ids"), [("all", [0, 1]), ("2", [0, 1]), ("1", [0]), (" ALL ", [0, 1])])
+@pytest.mark.parametrize(("value", "ids"), [("all", [0, 1]), ("2", [0, 1]), ("1", [0]), (" ALL ", [0, 1]), ("1,0", [1, 0])])
 def test_gpus_name_the_visible_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str,
                                     ids: list[int]) -> None:
     visible_gpus(monkeypatch, 2)
@@ -45,9 +45,11 @@ def test_gpus_name_the_visible_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("gpus", "conf", "message"),
     [
-        (2, {"gpus": "two"}, "gpus must be 'all', a number of GPUs, or 0"),
+        (2, {"gpus": "two"}, "gpus must be 'all', a number of GPUs, GPU ids such as 0,2, or 0"),
         (2, {"gpus": "-1"}, "gpus must be 'all'"),
         (2, {"gpus": "3"}, "visible GPUs are 0..1"),
+        (2, {"gpus": "0,2"}, "visible GPUs are 0..1"),
+        (2, {"gpus": "1,1"}, "each once"),
         (2, {"gpus": "all", "device": "cpu"}, "device is 'cpu'"),
         (0, {"gpus": "all"}, "device is 'cpu'"),
         (3, {"gpus": "all"}, "batch_size 32 is split over 3 GPUs .* multiple of 3"),

@@ -16,7 +16,7 @@ to start instead of failing later.
 | steps | (unset) | training length in steps; overrides kimg |
 | batch_size | auto | images per training step; ``auto``: 32 on a GPU, 16 on a CPU |
 | device | auto | cpu, cuda, cuda:N or auto (cuda when available) |
-| gpus | 0 | train on several GPUs of this machine (``torch.distributed``, one process each): ``all`` or a number N (the first N); 0: one device (``device``) |
+| gpus | 0 | train on several GPUs of this machine (``torch.distributed``, one process each): ``all``, a number N (the first N) or ids ``0,2``; 0: one device (``device``) |
 | perplexity | 30 | t-SNE perplexity (clamped for tiny datastores) |
 | random_state | 0 | seed of training, t-SNE and random suggestions |
 | checkpoint_interval | auto | training steps between checkpoints; ``auto``: 500 on a GPU, 25 on a CPU |
@@ -184,11 +184,13 @@ def parse_device(value: str) -> str:
 
 
 def parse_gpus_setting(value: str, device: str) -> list[int] | None:
-    """``--conf gpus``: ``all`` or N GPUs -> their ids (checked against the visible GPUs); ``0`` -> None."""
-    text = str(value).strip().lower()
-    if text not in ("all", "") and not text.isdigit():
-        raise ConfigError(f"--conf gpus must be 'all', a number of GPUs, or 0 for one device; got {value!r}")
-    if text == "" or text != "all" and int(text) == 0:
+    """``--conf gpus``: ``all``, N GPUs or GPU ids ``i,j`` (as the CLI's ``--gpus``) -> their ids, checked against
+    the visible GPUs; ``0`` -> None."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text not in ("all", "") and not all(part.isdigit() for part in text.split(",")):
+        raise ConfigError(f"--conf gpus must be 'all', a number of GPUs, GPU ids such as 0,2, or 0 for one device; "
+                          f"got {value!r}")
+    if text == "" or text.isdigit() and int(text) == 0:
         return None
     if not device.startswith("cuda"):
         raise ConfigError(f"--conf gpus {value} trains on GPUs, but the device is {device!r} (no CUDA GPU is "
