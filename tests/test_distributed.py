@@ -157,3 +157,59 @@ def test_torchrun_starts_the_cli_as_two_ranks(tmp_path: Path) -> None:
     printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and printed[0]["world_size"] == 2 and printed[0]["step"] == 3   # rank 0 alone prints
     assert load_checkpoint(printed[0]["checkpoint"])["world_size"] == 2
+
+
+PARENT = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+import torch.multiprocessing as mp
+from ss_stylegan.config import ModelConfig, TrainConfig
+from ss_stylegan import launcher
+
+if __name__ == "__main__":
+    rendezvous = Path(sys.argv[1])
+    source = launcher._ImageSource.of(np.zeros((8, 32, 32), np.uint8))
+    # rank 1 of 2, joining a group whose rank 0 never comes: it waits to join (launcher.INIT_TIMEOUT)
+    child = mp.get_context("spawn").Process(target=launcher._worker, args=(
+        1, 2, (rendezvous / "store").as_uri(), str(rendezvous), source, ModelConfig.tiny(32), TrainConfig(steps=1),
+        str(rendezvous / "run"), "cpu", 1, launcher.os.getpid()))
+    child.start()
+    while not (rendezvous / "ready-1").exists():
+        time.sleep(0.05)
+    print(child.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_rank_ends_when_the_launching_process_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of rank 0's process (as ``DELETE /train/`` may do) must not leave a rank waiting for it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT, encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)                           # the child is now waiting in init_process_group
+        assert _alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "rank 1 outlived the process that launched it"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] != "Z"   # a zombie has ended
+    except (FileNotFoundError, ProcessLookupError):
+        return False

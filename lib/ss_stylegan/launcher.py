@@ -11,16 +11,20 @@ README); :func:`train` joins torchrun's process group by itself. :func:`launch` 
 Failure handling: a child that fails before it joins (e.g. cannot open the slices) makes :func:`launch`
 raise at once; one that dies later makes rank 0's next collective fail (gloo reports the closed
 connection at once; NCCL after ``INIT_TIMEOUT``), and :func:`launch` raises :class:`TrainingError`; when
-rank 0 fails, :func:`launch` terminates the children. Nothing written so far is lost: the next run resumes from the
+rank 0 fails, :func:`launch` terminates the children, and when its process is killed (``kill -9``) the
+kernel ends them (Linux: ``PR_SET_PDEATHSIG``). Nothing written so far is lost: the next run resumes from the
 last checkpoint, with any number of processes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +42,7 @@ from ss_stylegan.training import Milestone, TrainingError, TrainProgress, TrainR
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 INIT_TIMEOUT = datetime.timedelta(minutes=10)
 """How long the processes wait for each other when joining and in a training collective (waits while rank 0
 writes a checkpoint or runs a milestone use the control group's longer timeout)."""
@@ -122,7 +127,7 @@ def launch(
     spawn = mp.get_context("spawn")
     children = [spawn.Process(target=_worker, name=f"ss_stylegan-rank{rank}", args=(
         rank, nproc, init_method, str(rendezvous), source, model_cfg, train_cfg, str(out_dir), devices[rank],
-        threads))
+        threads, os.getpid()))
         for rank in range(1, nproc)]
     for child in children:
         child.start()
@@ -194,9 +199,26 @@ def _init_group(rank: int, world_size: int, init_method: str, device: str) -> No
                             timeout=INIT_TIMEOUT, device_id=dev if dev.type == "cuda" else None)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel send this process SIGTERM when the process that launched it ends, however it
+    ends (``kill -9`` by ``DELETE /train/`` included). Otherwise a rank whose rank 0 died while it waits to
+    join, or inside an NCCL collective, would hold its GPU until ``INIT_TIMEOUT``."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):  # no prctl: the collective's timeout still ends the rank
+        logger.warning("cannot ask to end with the launching process; a rank may outlive a killed rank 0")
+        return
+    if os.getppid() != parent_pid:  # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(rank: int, world_size: int, init_method: str, rendezvous: str, source: _ImageSource,
-            model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: str, device: str, threads: int) -> None:
+            model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: str, device: str, threads: int,
+            parent_pid: int) -> None:
     """Entry point of ranks 1 .. world_size - 1 (a spawned process)."""
+    _exit_with_parent(parent_pid)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     images = source.open()
