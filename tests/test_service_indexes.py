@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from lib.errors import NotReadyError  # noqa: E402
 from lib.service import SliceLabelService  # noqa: E402
 
 from ss_stylegan.classification import NearestNeighbourClassifier  # noqa: E402
+from ss_stylegan.labels import flag_of  # noqa: E402
 from ss_stylegan.selection import FarthestPointSelector  # noqa: E402
 from ss_stylegan.workspace import SliceMap, Workspace  # noqa: E402
 
@@ -77,12 +79,23 @@ def expected_classes(svc: SliceLabelService, image_id: str) -> list[str]:
     return [str(c) for c in clf.predict(slice_map.xy[slice_map.rows_of(image_id)]).labels]
 
 
+def fresh_flags(svc: SliceLabelService) -> dict[tuple[str, int], str]:
+    """Every label judged against its study now, with nothing kept from earlier calls."""
+    flags = {}
+    for image_id in svc.labels.images():
+        records = svc.labels.records(image_id)
+        state = svc.study_state(image_id, records)
+        flags.update({(image_id, r["slice"]): reason for r in records if (reason := flag_of(r, state))})
+    return flags
+
+
 def test_suggestions_and_classification_follow_every_change(service: SliceLabelService, tmp_path: Path) -> None:
     svc = service
     rng = np.random.default_rng(1)
     with pytest.raises(NotReadyError, match="no embedded slice is labelled"):
         svc.classify_image("img_00")
     kept: dict[str, object] = {}
+    broken: set[str] = set()                       # studies changed or deleted below
     for step in range(40):
         client, count = f"client{step % 4}", int(rng.integers(1, 4))
         want = expected_fps(svc, client, count)
@@ -102,19 +115,33 @@ def test_suggestions_and_classification_follow_every_change(service: SliceLabelS
                 svc.set_label(image, s, "lesion")
         if svc.usable_labels():
             image_id = f"img_{int(rng.integers(0, N_STUDIES)):02d}"
-            image_id = "img_04" if step > 25 and image_id == "img_03" else image_id
+            image_id = "img_04" if image_id in broken else image_id
             answer = svc.classify_image(image_id)
             assert [x["class"] for x in answer["slices"]] == expected_classes(svc, image_id), step
             for x in answer["slices"]:  # the neighbour is a labelled slice of the predicted class
                 assert svc.usable_labels()[(x["neighbour"]["image"], x["neighbour"]["slice"])] == x["class"]
             kept.setdefault("nn", svc._nn[1])
             assert svc._nn[1] is kept["nn"]
+        assert svc.flags() == fresh_flags(svc), step
+        if step == 20:                             # a labelled study's file changes in place (same folder stamp)
+            svc.set_label("img_05", 1, "normal")
+            broken.add("img_05")
+            (tmp_path / "studies" / "img_05.nii.gz").write_bytes(b"other content")
+            time.sleep(1.1)                        # flags notice a file changed in place within FLAGS_TTL_S
+            assert ("img_05", 1) in svc.flags()         # (here: it cannot be read now)
+            svc.maybe_refresh()
+            svc.wait_refresh()                     # (the map's sweep sets the study aside: it cannot be read)
         if step == 25:                             # a study leaves the folder: never suggested, not a reference
+            svc.set_label("img_03", 2, "lesion")
             os.remove(tmp_path / "studies" / "img_03.nii.gz")
+            broken.add("img_03")
             n_maps = len({id(kept["map"]), id(svc.slice_map())})
             svc.maybe_refresh()
             svc.wait_refresh()                     # (the map without it is published by a background thread)
             assert n_maps == 1 and svc.slice_map() is not kept["map"]
+            assert ("img_03", 2) in svc.flags()
+            svc.remove_label("img_03", 2)          # a flagged label removed: its flag goes at once
+            assert ("img_03", 2) not in svc.flags()
     assert not any(s["id"] == "img_03" for s in svc.suggest("fps", count=8, client_id="last")["suggestions"])
 
 

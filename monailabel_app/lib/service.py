@@ -94,6 +94,9 @@ class SliceLabelService:
         self.on_labels_changed: Callable[[str], None] | None = None
         self._random_calls = itertools.count()
         self._flags: tuple[Any, float, dict[tuple[str, int], str]] = (None, 0.0, {})
+        self._image_flags: dict[str, tuple[Any, dict[tuple[str, int], str]]] = {}  # per image: (inputs, flags)
+        self._relabelled: set[str] = set()  # images whose labels changed since flags() last looked
+        self._relabelled_lock = threading.Lock()
         # per map: the FPS index (used under pending.selection_lock) and the labelled-slice index
         # (weak references: an index never keeps a replaced map in memory)
         self._fps: tuple[weakref.ref[SliceMap] | None, SuggestionIndex | None] = (None, None)
@@ -124,11 +127,11 @@ class SliceLabelService:
             raise NotReadyError("the model is not trained yet: start training with POST /train/ss_stylegan")
         return slice_map
 
-    def depth_of(self, image_id: str) -> int | None:
+    def depth_of(self, image_id: str, slice_map: SliceMap | None = None) -> int | None:
         """Number of slices of a datastore image now (None when the datastore has no such image).
 
         The map's count is used while the study's file is the one that was embedded; otherwise the file
-        is read (once per stamp).
+        is read (once per stamp). ``slice_map``: the current map when the caller already has it.
 
         Raises:
             UnreadableImageError: the image is in the datastore but cannot be read.
@@ -136,7 +139,7 @@ class SliceLabelService:
         study = self.study(image_id)
         if study is None:
             return None
-        slice_map = self.slice_map()
+        slice_map = slice_map if slice_map is not None else self.slice_map()
         if slice_map is not None and (image_id in slice_map.depths or image_id in slice_map.errors) \
                 and not self.maps.is_stale(image_id, slice_map):
             if image_id in slice_map.depths:
@@ -157,14 +160,15 @@ class SliceLabelService:
             raise UnreadableImageError(cached[1])
         return cached[1]
 
-    def study_state(self, image_id: str, records: list[dict[str, Any]]) -> StudyState:
+    def study_state(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None = None
+                    ) -> StudyState:
         """What the studies folder holds for ``image_id`` now, to judge its ``records`` by (hashes the file
         only when a record's stamp differs from the file's)."""
         study = self.study(image_id)
         if study is None:
             return StudyState(exists=False)
         try:
-            n_slices = self.depth_of(image_id)
+            n_slices = self.depth_of(image_id, slice_map)
         except UnreadableImageError as err:
             return StudyState(exists=True, error=str(err))
         now = study_stamp(study.path)
@@ -174,21 +178,69 @@ class SliceLabelService:
         return state
 
     def flags(self) -> dict[tuple[str, int], str]:
-        """``{(image, slice): why the label no longer fits}`` for every flagged label."""
-        key = (self.labels.version, id(self.maps.current()), self.maps.changed, self.maps.folder_stamp())
+        """``{(image, slice): why the label no longer fits}`` for every flagged label.
+
+        Every study with labels is judged again when the map or the studies folder change, and at most every
+        ``FLAGS_TTL_S`` otherwise (a study file changed in place); a study whose labels, file stamp, map and
+        folder are unchanged since it was last judged keeps its flags, at the cost of one ``stat``. Between
+        those sweeps, a label change re-judges only the studies whose labels changed, so it costs no more
+        with thousands of labelled studies.
+        """
+        slice_map = self.maps.current()
+        scene = (id(slice_map), self.maps.changed, self.maps.folder_stamp())
+        key = (self.labels.version, *scene)
         cached_key, at, flags = self._flags
-        if cached_key == key and time.monotonic() - at < FLAGS_TTL_S:
+        now = time.monotonic()
+        if cached_key is not None and cached_key[1:] == scene and now - at < FLAGS_TTL_S:
+            if cached_key == key:
+                return flags
+            relabelled = self._take_relabelled()
+            flags = {k: v for k, v in flags.items() if k[0] not in relabelled}
+            for image_id in relabelled:
+                records = self.labels.records(image_id)
+                flags.update(self._judge(image_id, records, slice_map, scene)[1])
+            self._flags = (key, at, flags)  # the time of the last sweep: the next one is still due at `at + TTL`
             return flags
+        self._take_relabelled()
         flags = {}
+        kept, judged = self._image_flags, {}
         for image_id in self.labels.images():
             records = self.labels.records(image_id)
-            state = self.study_state(image_id, records)
-            for record in records:
-                reason = flag_of(record, state)
-                if reason:
-                    flags[(image_id, record["slice"])] = reason
-        self._flags = (key, time.monotonic(), flags)
+            previous = kept.get(image_id)
+            if previous is not None and previous[0] == self._signature(image_id, records, scene):
+                judged[image_id] = previous
+            else:
+                judged[image_id] = self._judge(image_id, records, slice_map, scene)
+            flags.update(judged[image_id][1])
+        self._image_flags = judged
+        self._flags = (key, now, flags)
         return flags
+
+    def _signature(self, image_id: str, records: list[dict[str, Any]], scene: tuple[Any, ...]) -> tuple[Any, ...]:
+        """What an image's flags depend on: the map and folder, the study file's stamp, and its labels."""
+        study = self.study(image_id)
+        return (scene, study_stamp(study.path) if study is not None else None,
+                [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])
+
+    def _judge(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
+               scene: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[tuple[str, int], str]]:
+        """``(signature, flags)`` of one image's labels, judged against its study now (kept for the next sweep)."""
+        signature = self._signature(image_id, records, scene)
+        state = self.study_state(image_id, records, slice_map)
+        judged = (signature, {(image_id, r["slice"]): reason for r in records if (reason := flag_of(r, state))})
+        self._image_flags[image_id] = judged
+        return judged
+
+    def _take_relabelled(self) -> set[str]:
+        with self._relabelled_lock:
+            taken, self._relabelled = self._relabelled, set()
+        return taken
+
+    def _relabelling(self, image_id: str) -> None:
+        """Called before a label of ``image_id`` is written, so a flags computation that sees the store's new
+        version always re-judges the image."""
+        with self._relabelled_lock:
+            self._relabelled.add(image_id)
 
     def usable_labels(self) -> dict[tuple[str, int], str]:
         """``{(image, slice): class}`` of every label that is not flagged."""
@@ -347,6 +399,7 @@ class SliceLabelService:
         """Store the label of one slice, with the study's fingerprint now (see :meth:`flags`)."""
         study = self.study(identifier(image_id, "image"))  # the store checks the rest
         fingerprint = self.fingerprints.fingerprint(study.path) if study is not None else None
+        self._relabelling(image_id)
         record = self.labels.set(image_id, slice_index, class_name, user, study=fingerprint)
         self.pending.release((image_id, slice_index))
         if self.on_labels_changed is not None:
@@ -354,6 +407,7 @@ class SliceLabelService:
         return public_record(record)
 
     def remove_label(self, image_id: str, slice_index: int) -> bool:
+        self._relabelling(image_id)
         removed = self.labels.remove(image_id, slice_index)
         if removed and self.on_labels_changed is not None:
             self.on_labels_changed(image_id)
