@@ -22,6 +22,7 @@ MONAI Label's datastore does not list) decide which image ids exist.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 300.0
 SWEEP_S = 1.0  # studies on disk are compared with the map at most this often
+# when the folder's stamp moved but its entries have the same names (MONAI Label rewrote datastore_v2.json after
+# label writes), the studies are listed again (every entry examined) at most this often
+RESCAN_S = 10.0
 
 
 class LiveSliceMap:
@@ -72,6 +76,8 @@ class LiveSliceMap:
         self.problem = ""  # why the map on disk could not be loaded (the previous one stays in use)
         self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
         self._scan_cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
+        self._scan_names: frozenset[str] | None = None  # entry names of the folder at the last full listing
+        self._scanned_at = 0.0
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
         self.embedding: frozenset[str] = frozenset()  # image ids being embedded now
@@ -120,10 +126,19 @@ class LiveSliceMap:
 
     def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
         """``(stamp, studies, ignored file names, studies by id)`` of the studies folder, rescanned only
-        when the folder changes."""
+        when the folder changes: when entries were added, removed or renamed, or otherwise at most every
+        ``RESCAN_S`` (the folder's own files, such as MONAI Label's ``datastore_v2.json`` rewritten after
+        every batch of labels, change its stamp too, and examining thousands of entries each time would
+        stall requests)."""
         stamp = self.studies.stat().st_mtime_ns
         cached = self._scan_cache
         if cached[0] != stamp:
+            names = frozenset(os.listdir(self.studies))
+            now = time.monotonic()
+            if names == self._scan_names and now - self._scanned_at < RESCAN_S:
+                self._scan_cache = (stamp, *cached[1:])
+                return self._scan_cache
+            self._scan_names, self._scanned_at = names, now
             ignored = [
                 e.name for e in sorted(self.studies.iterdir(), key=lambda p: p.name)
                 if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))

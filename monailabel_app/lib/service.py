@@ -217,9 +217,11 @@ class SliceLabelService:
         return flags
 
     def _signature(self, image_id: str, records: list[dict[str, Any]], scene: tuple[Any, ...]) -> tuple[Any, ...]:
-        """What an image's flags depend on: the map and folder, the study file's stamp, and its labels."""
+        """What an image's flags depend on: the map and the studies being re-read (``scene`` without the
+        folder's stamp, which moves with every rewrite of MONAI Label's datastore file), the study's file and
+        its stamp (None when the study is gone), and its labels."""
         study = self.study(image_id)
-        return (scene, study_stamp(study.path) if study is not None else None,
+        return (scene[:2], None if study is None else (study.path, study_stamp(study.path)),
                 [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])
 
     def _judge(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
