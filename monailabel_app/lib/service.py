@@ -22,6 +22,7 @@ out of suggestions and classification, never moved or dropped.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import threading
@@ -63,6 +64,40 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "study"}
 
 
+def settle_garbage_collector() -> None:
+    """Exempt every object alive now (the server's code, MONAI Label's, the loaded map and indexes: over
+    half a million objects) from the garbage collector's full collections.
+
+    A full collection walks every tracked object; in the server that took 0.3-0.6 s, and the thread that ran
+    it (any request, or the label-count mirror) stalled every other request meanwhile: 16 annotators at a
+    million slices saw a 95th percentile of 0.6 s. Frozen objects are still freed by reference counting;
+    only reference cycles among them are never collected, which long-lived server state does not form.
+    """
+    gc.freeze()
+
+
+class MapRows:
+    """``(image id, slice) -> row`` of one slice map, made per image on first use.
+
+    ``SliceMap.row_lookup`` would hold one Python tuple and dict entry per slice: at a million slices every
+    full garbage collection of the server walks them, and the measured pauses (0.3 s) stalled concurrent
+    requests. The server only looks up labelled and reserved slices, so only their studies get a dict.
+    """
+
+    def __init__(self, slice_map: SliceMap) -> None:
+        self.slice_map = slice_map
+        self._by_image: dict[str, dict[int, int]] = {}
+
+    def get(self, key: tuple[str, int]) -> int | None:
+        image_id, slice_index = key
+        rows = self._by_image.get(image_id)
+        if rows is None:
+            found = self.slice_map.rows_of(image_id)
+            rows = dict(zip(self.slice_map.slices[found].tolist(), found.tolist()))
+            self._by_image[image_id] = rows
+        return rows.get(slice_index)
+
+
 class SliceLabelService:
     """Suggestions, labels and classification over one datastore's slice map.
 
@@ -101,6 +136,7 @@ class SliceLabelService:
         # (weak references: an index never keeps a replaced map in memory)
         self._fps: tuple[weakref.ref[SliceMap] | None, SuggestionIndex | None] = (None, None)
         self._nn_lock = threading.Lock()
+        self._map_rows: tuple[weakref.ref[SliceMap] | None, MapRows | None] = (None, None)
         self._nn: tuple[weakref.ref[SliceMap] | None, NearestLabelIndex | None, Any, dict[int, str]] = \
             (None, None, None, {})
 
@@ -346,7 +382,7 @@ class SliceLabelService:
         self.pending.check_count(count, client, owner)
         slice_map = self.require_map()
         self.maybe_refresh()
-        row_of = slice_map.row_lookup()
+        row_of = self._rows(slice_map)
         with self.pending.selection_lock:
             removed = self.maps.removed_rows(slice_map)
             gone = np.zeros(len(slice_map), dtype=bool)
@@ -387,6 +423,14 @@ class SliceLabelService:
             })
         return {**suggestions[0], "suggestions": suggestions}
 
+    def _rows(self, slice_map: SliceMap) -> MapRows:
+        """The map's ``(image, slice) -> row`` lookup (kept per map)."""
+        kept_map, rows = self._map_rows
+        if rows is None or kept_map is None or kept_map() is not slice_map:
+            rows = MapRows(slice_map)
+            self._map_rows = (weakref.ref(slice_map), rows)
+        return rows
+
     def _suggestion_index(self, slice_map: SliceMap) -> SuggestionIndex:
         """The map's FPS index (built on the first suggestion from a map). Caller holds
         ``pending.selection_lock``."""
@@ -394,6 +438,7 @@ class SliceLabelService:
         if index is None or kept_map is None or kept_map() is not slice_map:
             index = SuggestionIndex(slice_map.xy, start="central", random_state=self.settings.random_state)
             self._fps = (weakref.ref(slice_map), index)
+            settle_garbage_collector()
         return index
 
     # -- labels -----------------------------------------------------------------------------------------
@@ -442,10 +487,10 @@ class SliceLabelService:
         removed = self.maps.removed_rows(slice_map)
         key = (self.labels.version, flags, removed)
         if kept_key is None or key[0] != kept_key[0] or key[1] is not kept_key[1] or key[2] is not kept_key[2]:
-            row_of = slice_map.row_lookup()
+            row_of = self._rows(slice_map)
             gone = set(slice_map.image_ids[removed].tolist())
-            wanted = {row_of[k]: c for k, c in self.labels.labelled_keys().items()
-                      if k not in flags and k in row_of and k[0] not in gone}
+            wanted = {row: c for k, c in self.labels.labelled_keys().items()
+                      if k not in flags and k[0] not in gone and (row := row_of.get(k)) is not None}
             dropped = [r for r in kept if r not in wanted]
             changed = {r: c for r, c in wanted.items() if kept.get(r) != c}
             if dropped:
