@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,13 @@ import pytest
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+# This checkout's library, ahead of whichever checkout the venv's editable install points at (a git
+# worktree shares the venv of the main checkout), here and in every subprocess a test starts.
+_LIB = str(Path(__file__).resolve().parents[1] / "lib")
+if sys.path[:1] != [_LIB]:
+    sys.path.insert(0, _LIB)
+os.environ["PYTHONPATH"] = os.pathsep.join([_LIB, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ss_stylegan.classification import ClassificationError, NearestNeighbourClassifier
+from ss_stylegan.classification import ClassificationError, NearestLabelIndex, NearestNeighbourClassifier
 from ss_stylegan.metrics import macro_auc, roc_auc
 
 
@@ -51,3 +51,41 @@ def test_single_class_and_no_labels() -> None:
         NearestNeighbourClassifier().predict(np.zeros((1, 2)))
     with pytest.raises(ClassificationError, match="dimensions"):
         NearestNeighbourClassifier().fit(np.zeros((2, 2)), [0, 1]).predict(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("rebuild_after", [1, 5, 10_000])
+def test_label_index_answers_as_a_fresh_fit_after_every_change(rebuild_after: int) -> None:
+    """Labels set, changed and removed one by one: every answer equals a classifier fitted from scratch on the
+    labelled points at that moment (labels, scores, distances, and the neighbour as a map row)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 2)) * 10
+    index = NearestLabelIndex(X, rebuild_after=rebuild_after)
+    labels: dict[int, str] = {}
+    for step in range(120):
+        rows = rng.integers(0, 600, rng.integers(1, 4))
+        if rng.random() < 0.7 or len(labels) < 3:
+            classes = rng.choice(["lesion", "normal", "other"], len(rows))
+            index.set_labels(rows, classes)
+            labels.update(zip(rows.tolist(), classes.tolist()))
+        else:
+            index.remove_labels(rows)
+            for r in rows.tolist():
+                labels.pop(r, None)
+        if not labels:
+            continue
+        query = np.concatenate([rng.normal(size=(20, 2)) * 12, X[rng.integers(0, 600, 5)]])
+        got = index.predict(query)
+        keys = sorted(labels)
+        want = NearestNeighbourClassifier().fit(X[keys], [labels[k] for k in keys]).predict(query)
+        assert index.n_labelled == len(labels) and list(index.classes_) == sorted(set(labels.values()))
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.distance, want.distance)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.neighbour, np.asarray(keys)[want.neighbour])
+    with pytest.raises(ClassificationError, match="rows"):
+        index.set_labels([600], ["normal"])
+    with pytest.raises(ClassificationError, match="one label per row"):
+        index.set_labels([1, 2], ["normal"])
+    index.remove_labels(np.arange(600))
+    with pytest.raises(ClassificationError, match="no labelled points"):
+        index.predict(X[:3])

@@ -78,3 +78,30 @@ def test_tiny_n_clamps_perplexity_and_bad_input() -> None:
         TSNEProjector().fit(np.full((10, 3), np.nan))
     with pytest.raises(ProjectionError, match="not fitted"):
         TSNEProjector().transform(X)
+
+
+def test_fit_on_a_sample_places_the_rest_like_new_points(tmp_path: Path) -> None:
+    """Above max_fit_points the map is fitted on a seeded sample; every other row is placed with transform
+    (the same answer as placing it later), batch by batch from a memory map, and lands in its cluster."""
+    X, y = _clusters(100, seed=5)                                    # 400 points, 4 clusters
+    np.save(tmp_path / "w.npy", X)
+    W = np.load(tmp_path / "w.npy", mmap_mode="r")
+    seen: list[tuple[int, int]] = []
+    proj = TSNEProjector(n_iter=250, random_state=0, max_fit_points=120)
+    xy = proj.fit_transform(W, model_version="v1", progress=lambda done, total: seen.append((done, total)))
+    sample = proj.sample_indices_
+    assert xy.shape == (400, 2) and len(sample) == 120 and len(np.unique(sample)) == 120
+    assert proj.reference_.shape == (120, 24) and seen[-1] == (280, 280)
+    np.testing.assert_array_equal(xy[sample], proj.embedding_)
+    rest = np.setdiff1d(np.arange(400), sample)
+    np.testing.assert_allclose(xy[rest[:30]], proj.transform(X[rest[:30]]))    # batch composition does not matter
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(axis=1)] == y).mean() > 0.95
+    again = TSNEProjector(n_iter=250, random_state=0, max_fit_points=120).fit(X)
+    np.testing.assert_array_equal(again.sample_indices_, sample)     # the sample is seeded by random_state
+    proj.save(tmp_path / "map")
+    assert TSNEProjector.load(tmp_path / "map").get_params()["max_fit_points"] == 120
+    assert TSNEProjector(max_fit_points=None).get_params()["max_fit_points"] is None
+    with pytest.raises(ProjectionError, match="max_fit_points"):
+        TSNEProjector(max_fit_points=2).fit(X)

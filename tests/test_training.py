@@ -233,3 +233,28 @@ def test_bf16_and_channels_last_train_and_resume(tmp_path: Path) -> None:
     assert np.isfinite(embed_images(model, images[:8])).all()
     more = train(images, TINY, cfg.replace(steps=9), tmp_path, device="cpu", progress_bar=False)
     assert more.step == 9
+
+
+def test_embeddings_stream_to_a_memory_mapped_file(tmp_path: Path) -> None:
+    """embed_to_file gives the same W as embed_images, reading the slices from the cache file in batches, and
+    writes atomically; a slice of a memory map (whose offset is its parent's) is read correctly too."""
+    from ss_stylegan.embedding import embed_to_file, read_batches
+
+    train(discs(8), TINY, TrainConfig(batch_size=4, steps=1), tmp_path / "run", device="cpu", progress_bar=False)
+    model = load_model(tmp_path / "run")
+    np.save(tmp_path / "slices.npy", discs(23, seed=4))
+    images = np.load(tmp_path / "slices.npy", mmap_mode="r")
+    seen: list[tuple[int, int]] = []
+    w = embed_to_file(model, images, tmp_path / "w.npy", batch_size=5, progress=lambda d, t: seen.append((d, t)))
+    assert isinstance(w, np.memmap) and w.shape == (23, TINY.w_dim) and w.dtype == np.float32
+    np.testing.assert_allclose(w, embed_images(model, np.array(images), batch_size=7), rtol=1e-5, atol=1e-6)
+    assert seen == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    part = images[6:17]
+    rows = np.concatenate([b for _, b in read_batches(part, 4)])
+    np.testing.assert_array_equal(rows, np.array(part))
+    before = (tmp_path / "w.npy").read_bytes()
+    with open(tmp_path / "slices.npy", "r+b") as fh:     # the cache file loses its last rows while being read
+        fh.truncate(fh.seek(0, 2) - 3 * 32 * 32)
+    with pytest.raises(OSError, match="ended early at row 20"):
+        embed_to_file(model, images, tmp_path / "w.npy", batch_size=5)
+    assert (tmp_path / "w.npy").read_bytes() == before and not list(tmp_path.glob(".w.npy.*"))

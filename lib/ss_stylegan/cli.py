@@ -4,6 +4,13 @@ Train on every slice of a folder of studies (no labels needed)::
 
     python -m ss_stylegan train --studies ./studies --out ./run --resolution 64 --kimg 500 --device cuda
 
+On every GPU of this machine (one process each, ``--batch-size`` is the global batch)::
+
+    python -m ss_stylegan train --studies ./studies --out ./run --gpus all
+
+On several machines, start the same command without ``--gpus`` under ``torchrun`` on each (see the README);
+``--nproc N`` starts N processes on ``--device`` (on a CPU: gloo processes, for testing).
+
 Embed every slice into W with a trained model::
 
     python -m ss_stylegan embed --studies ./studies --model ./run --out embeddings.npz
@@ -55,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tiny", action="store_true", help="same as --preset tiny")
     t.add_argument("--cache-dir", type=Path, help="slice cache folder (default <out>/slice_cache)")
     t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    t.add_argument("--gpus", help="train on several GPUs of this machine, one process each: all, a number, "
+                                  "or GPU ids such as 0,2")
+    t.add_argument("--nproc", type=int, help="train on this many processes of this machine on --device "
+                                             "(gloo processes on a CPU, for testing)")
     t.add_argument("--no-resume", action="store_true", help="start over even if <out> holds a checkpoint")
 
     e = sub.add_parser("embed", help="embed every slice of a folder of studies into W")
@@ -105,14 +116,18 @@ def _resolve_device(device: str | None) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from ss_stylegan.atomic import atomic_write_text
-    from ss_stylegan.training import train
+    from ss_stylegan.data.cache import SliceCache
+    from ss_stylegan.distributed import context_for, env_world_size
+    from ss_stylegan.launcher import launch, parse_gpus
 
     sections = _load_sections(args.config)
     model_d = dict(sections.get("model", {}))
     preset = "tiny" if args.tiny else args.preset
     if preset is None and not model_d:
-        preset = "default" if _resolve_device(args.device).startswith("cuda") else "small"
+        preset = "default" if args.gpus or _resolve_device(args.device).startswith("cuda") else "small"
     if preset is not None:
         factory = {"default": ModelConfig, "small": ModelConfig.small, "tiny": ModelConfig.tiny}[preset]
         model_d = {**factory(args.resolution or model_d.get("resolution", 64)).to_dict(), **model_d}
@@ -128,14 +143,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_d["resume"] = False
     train_cfg = TrainConfig.from_dict(train_d)
 
-    cache = _build_cache(args.studies, slice_cfg, args.cache_dir or args.out / "slice_cache")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / SLICE_CONFIG_NAME, json.dumps(slice_cfg.to_dict(), indent=2, sort_keys=True))
-    logger.info("training on %d slices at %dx%d for %d steps", len(cache), model_cfg.resolution,
-                model_cfg.resolution, train_cfg.total_steps())
-    result = train(cache.images, model_cfg, train_cfg, args.out, device=args.device, progress_bar=True)
-    print(json.dumps({"checkpoint": str(result.checkpoint), "model_version": result.model_version,
-                      "step": result.step, "images_seen": result.images_seen, "losses": result.losses}))
+    if (args.gpus or args.nproc) and env_world_size() > 1:
+        raise CLIError("--gpus / --nproc start their own processes; under torchrun leave them out")
+    if args.gpus and args.nproc:
+        raise CLIError("give --gpus (GPU processes) or --nproc (processes on --device), not both")
+    gpus = parse_gpus(args.gpus) if args.gpus else None
+    cache_dir = args.cache_dir or args.out / "slice_cache"
+    ctx = context_for(torch.device(_resolve_device(args.device))) if env_world_size() > 1 else None
+    try:
+        if ctx is None or ctx.is_main:   # under torchrun rank 0 builds the cache, the others open it
+            cache = _build_cache(args.studies, slice_cfg, cache_dir)
+            args.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out / SLICE_CONFIG_NAME, json.dumps(slice_cfg.to_dict(), indent=2, sort_keys=True))
+        if ctx is not None:
+            ctx.barrier()
+            if not ctx.is_main:
+                cache = SliceCache.open(cache_dir)
+        logger.info("training on %d slices at %dx%d for %d steps", len(cache), model_cfg.resolution,
+                    model_cfg.resolution, train_cfg.total_steps())
+        result = launch(cache.images, model_cfg, train_cfg, args.out, nproc=args.nproc, gpus=gpus,
+                        device=_resolve_device(args.device), progress_bar=True)
+    except BaseException:
+        if ctx is not None:
+            ctx.close(wait=False)
+        raise
+    if ctx is not None:
+        ctx.close()
+    if ctx is None or ctx.is_main:
+        print(json.dumps({"checkpoint": str(result.checkpoint), "model_version": result.model_version,
+                          "step": result.step, "images_seen": result.images_seen, "losses": result.losses,
+                          "world_size": result.world_size}))
     return 0
 
 
@@ -165,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 for a clear, expected error)."""
     from ss_stylegan.checkpoint import CheckpointError
     from ss_stylegan.data.cache import SliceCacheError
+    from ss_stylegan.distributed import DistributedError
     from ss_stylegan.networks import ShapeError
     from ss_stylegan.training import TrainingError
 
@@ -172,6 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return cmd_train(args) if args.command == "train" else cmd_embed(args)
-    except (CLIError, ConfigError, CheckpointError, TrainingError, ShapeError, SliceCacheError) as exc:
+    except (CLIError, ConfigError, CheckpointError, TrainingError, ShapeError, SliceCacheError, DistributedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

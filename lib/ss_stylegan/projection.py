@@ -5,6 +5,12 @@
 points into the existing map with openTSNE's ``TSNEEmbedding.transform`` (each new point is
 optimised against the fixed reference map, Poličar et al. 2019), never by refitting.
 
+Large datastores: above ``max_fit_points`` slices, t-SNE is fitted on a random sample of that many
+(the *reference*, seeded by ``random_state``) and every other slice is placed into that map with
+``transform``, exactly as a slice added later would be. Placement is independent per point, so it runs
+in batches (flat memory; ``W`` may be a memory map) with progress, and costs about as much per slice
+as one fitted point. The threshold was chosen by measurement (``docs/evaluation/tsne_sampling.md``).
+
 Saving never pickles: ``save(folder)`` writes the reference W, the 2-D map and the parameters to an
 ``.npz`` (loaded with ``allow_pickle=False``) plus a JSON file, atomically. ``load`` rebuilds the
 openTSNE embedding object around an exact nearest-neighbour index over the stored W, so
@@ -19,6 +25,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,9 @@ FORMAT_VERSION = 1
 METRICS = ("euclidean", "cosine")
 NEIGHBOR_METHODS = ("auto", "exact", "annoy", "pynndescent")
 FFT_MIN_POINTS = 10_000  # reference maps at least this large place new points with FFT gradients
+MAX_FIT_POINTS = 25_000  # default sample size above which t-SNE is fitted on a sample (see the module doc)
+TRANSFORM_BATCH = 10_000  # slices placed per openTSNE call (bounds memory; placement is per point)
+CHECK_BATCH = 1 << 16     # rows checked for NaN at a time (a memory-mapped W is never read whole)
 
 
 class ProjectionError(ValueError):
@@ -118,10 +128,13 @@ class TSNEProjector:
         random_state: seed of the PCA initialisation and approximate neighbours.
         transform_perplexity: perplexity used when placing new points (openTSNE default 5).
         transform_n_iter: optimisation iterations when placing new points (openTSNE default 250).
+        max_fit_points: fit on a random sample of this many points when there are more (``None``: never
+            sample); the others are placed with ``transform`` by :meth:`fit_transform`.
 
     Attributes (after ``fit`` or ``load``):
-        embedding_: float64 ``[N, 2]`` map positions of the reference points, centred at 0.
-        reference_: float32 ``[N, D]`` the W vectors the map was fitted on.
+        embedding_: float64 ``[S, 2]`` map positions of the reference points, centred at 0.
+        reference_: float32 ``[S, D]`` the W vectors the map was fitted on (S = N, or the sample).
+        sample_indices_: int64 ``[S]`` rows of the fitted ``W`` that are the reference (after ``fit``).
         perplexity_: the perplexity actually used.
         model_version_: the model version the W vectors came from (``None`` when unknown).
         kl_divergence_: KL divergence of the fitted map.
@@ -139,6 +152,7 @@ class TSNEProjector:
         random_state: int | None = 0,
         transform_perplexity: float = 5.0,
         transform_n_iter: int = 250,
+        max_fit_points: int | None = MAX_FIT_POINTS,
     ) -> None:
         self.perplexity = perplexity
         self.n_iter = n_iter
@@ -150,12 +164,21 @@ class TSNEProjector:
         self.random_state = random_state
         self.transform_perplexity = transform_perplexity
         self.transform_n_iter = transform_n_iter
+        self.max_fit_points = max_fit_points
 
     # ------------------------------------------------------------------ fit / transform
     def fit(self, W: np.ndarray, model_version: str | None = None) -> TSNEProjector:
-        """Fit the map on ``W`` ``[N, D]`` (N >= 4); returns ``self``."""
+        """Fit the map on ``W`` ``[N, D]`` (N >= 4), or on a sample of ``max_fit_points`` rows; returns ``self``."""
         self._check_params()
         W = _check_matrix(W, "W")
+        n_all = W.shape[0]
+        if self.max_fit_points is not None and n_all > self.max_fit_points:
+            sample = np.sort(np.random.default_rng(self.random_state).choice(n_all, self.max_fit_points, replace=False))
+            log.info("fitting t-SNE on a sample of %d of %d points; the others are placed into its map",
+                     len(sample), n_all)
+            W = np.asarray(W[sample])
+        else:
+            sample = np.arange(n_all)
         n = W.shape[0]
         if n < 4:
             raise ProjectionError(f"t-SNE needs at least 4 points, got {n}; embed more slices first")
@@ -186,6 +209,7 @@ class TSNEProjector:
         # openTSNE's transform centres the reference map in place; centre it now so it never moves.
         embedding = embedding - (embedding.max(axis=0) + embedding.min(axis=0)) / 2.0
         self.reference_ = W.astype(np.float32)
+        self.sample_indices_ = sample
         self.perplexity_ = perplexity
         self.model_version_ = model_version
         self.kl_divergence_ = float(getattr(fitted, "kl_divergence", math.nan) or math.nan)
@@ -193,15 +217,30 @@ class TSNEProjector:
         log.info("t-SNE map of %d points fitted in %.1f s", n, time.perf_counter() - start)
         return self
 
-    def fit_transform(self, W: np.ndarray, model_version: str | None = None) -> np.ndarray:
-        """``fit(W)`` and return ``embedding_`` ``[N, 2]``."""
-        return self.fit(W, model_version=model_version).embedding_
+    def fit_transform(self, W: np.ndarray, model_version: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``fit(W)`` and the map position of every row of ``W``: float64 ``[N, 2]``.
 
-    def transform(self, W_new: np.ndarray) -> np.ndarray:
-        """Place ``W_new`` ``[M, D]`` into the fitted map; returns float64 ``[M, 2]``.
+        Rows outside the fitted sample are placed with :meth:`transform`, batch by batch;
+        ``progress(placed, total)`` is called after each batch.
+        """
+        self.fit(W, model_version=model_version)
+        n = W.shape[0]
+        out = np.empty((n, 2), dtype=np.float64)
+        out[self.sample_indices_] = self.embedding_
+        rest = np.setdiff1d(np.arange(n), self.sample_indices_, assume_unique=True)
+        if rest.size:
+            out[rest] = self.transform(W, rows=rest, progress=progress)
+        return out
+
+    def transform(self, W_new: np.ndarray, rows: np.ndarray | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Place ``W_new`` ``[M, D]`` (or only its ``rows``) into the fitted map; returns float64 ``[M, 2]``.
 
         Each new point is optimised against the fixed reference map only (new points do not move
-        the map or each other), so the answer for a point does not depend on the others.
+        the map or each other), so the answer for a point does not depend on the others. Points are
+        placed ``TRANSFORM_BATCH`` at a time (a memory-mapped ``W_new`` is read batch by batch);
+        ``progress(placed, total)`` is called after each batch.
         """
         self._check_fitted()
         W_new = _check_matrix(W_new, "W_new")
@@ -210,17 +249,18 @@ class TSNEProjector:
                 f"W_new has {W_new.shape[1]} dimensions but the map was fitted on "
                 f"{self.reference_.shape[1]}; embed with the same model"
             )
-        if W_new.shape[0] == 0:
-            return np.zeros((0, 2), dtype=np.float64)
+        rows = np.arange(W_new.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, 2), dtype=np.float64)
         n_ref = self.reference_.shape[0]
         perplexity = min(float(self.transform_perplexity), max(n_ref - 1, 1) / 3.0)
-        placed = self._tsne_embedding.transform(
-            W_new.astype(np.float64, copy=False),
-            perplexity=perplexity,
-            k=min(25, n_ref),
-            n_iter=int(self.transform_n_iter),
-        )
-        return np.asarray(placed, dtype=np.float64).copy()
+        for start in range(0, rows.size, TRANSFORM_BATCH):
+            batch = np.asarray(W_new[rows[start : start + TRANSFORM_BATCH]], dtype=np.float64)
+            placed = self._tsne_embedding.transform(batch, perplexity=perplexity, k=min(25, n_ref),
+                                                    n_iter=int(self.transform_n_iter))
+            out[start : start + len(batch)] = np.asarray(placed, dtype=np.float64)
+            if progress is not None:
+                progress(start + len(batch), rows.size)
+        return out
 
     @property
     def embedding_(self) -> np.ndarray:
@@ -308,6 +348,7 @@ class TSNEProjector:
             "random_state": None if self.random_state is None else int(self.random_state),
             "transform_perplexity": float(self.transform_perplexity),
             "transform_n_iter": int(self.transform_n_iter),
+            "max_fit_points": None if self.max_fit_points is None else int(self.max_fit_points),
         }
 
     def _build(self, embedding: np.ndarray) -> None:
@@ -333,6 +374,8 @@ class TSNEProjector:
             raise ProjectionError(f"perplexity must be > 0, got {self.perplexity}")
         if self.n_iter < 0 or self.early_exaggeration_iter < 0:
             raise ProjectionError("n_iter and early_exaggeration_iter must be >= 0")
+        if self.max_fit_points is not None and int(self.max_fit_points) < 4:
+            raise ProjectionError(f"max_fit_points must be >= 4 or None, got {self.max_fit_points}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "_tsne_embedding"):
@@ -340,11 +383,13 @@ class TSNEProjector:
 
 
 def _check_matrix(x: Any, name: str) -> np.ndarray:
-    x = np.asarray(x)
+    """``x`` as a 2-D numeric array (a memory map stays one: it is checked ``CHECK_BATCH`` rows at a time)."""
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)
     if x.ndim != 2:
         raise ProjectionError(f"{name} must be a 2-D array [N, D], got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise ProjectionError(f"{name} must be numeric, got dtype {x.dtype}")
-    if x.size and not np.isfinite(x).all():
-        raise ProjectionError(f"{name} contains NaN or infinite values; check the embedding step")
+    for start in range(0, x.shape[0], CHECK_BATCH):
+        if not np.isfinite(x[start : start + CHECK_BATCH]).all():
+            raise ProjectionError(f"{name} contains NaN or infinite values; check the embedding step")
     return x

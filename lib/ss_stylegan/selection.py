@@ -161,22 +161,13 @@ class FarthestPointSelector(Selector):
             if index is None:
                 index = self._first(state)
                 state.add(index)
-                picks.append(Pick(index, None, f"first pick ({self.start} start): nothing labelled yet"))
+                picks.append(_first_fps_pick(index, self.start))
                 continue
-            distance = state.add(index)
-            picks.append(
-                Pick(index, distance, f"farthest from every labelled or suggested point (distance {distance:.3g})")
-            )
+            picks.append(_fps_pick(index, state.add(index)))
         return picks
 
     def _first(self, state: FarthestPointState) -> int:
-        candidates = np.flatnonzero(state.available)
-        if self.start == "random":
-            order = np.random.default_rng(self.random_state).permutation(state.X.shape[0])
-            return int(order[state.available[order]][0])
-        centre = state.X[candidates].mean(axis=0)
-        d = np.linalg.norm(state.X[candidates] - centre, axis=1)
-        return int(candidates[np.argmin(d) if self.start == "central" else np.argmax(d)])
+        return _first_pick(state.X, state.available, self.start, self.random_state)
 
 
 class RandomSelector(Selector):
@@ -205,6 +196,25 @@ class RandomSelector(Selector):
             distance = state.add(int(index))
             picks.append(Pick(int(index), distance, "random pick (baseline)"))
         return picks
+
+
+def _first_pick(X: np.ndarray, available: np.ndarray, start: str, random_state: int | None) -> int:
+    """The first FPS pick among ``available`` rows of ``X`` (``bool [N]``, at least one True) by the ``start`` rule."""
+    if start == "random":
+        order = np.random.default_rng(random_state).permutation(X.shape[0])
+        return int(order[available[order]][0])
+    candidates = np.flatnonzero(available)
+    centre = X[candidates].mean(axis=0)
+    d = np.linalg.norm(X[candidates] - centre, axis=1)
+    return int(candidates[np.argmin(d) if start == "central" else np.argmax(d)])
+
+
+def _first_fps_pick(index: int, start: str) -> Pick:
+    return Pick(index, None, f"first pick ({start} start): nothing labelled yet")
+
+
+def _fps_pick(index: int, distance: float) -> Pick:
+    return Pick(index, distance, f"farthest from every labelled or suggested point (distance {distance:.3g})")
 
 
 def derive_seed(random_state: int, call: int) -> int:

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from ss_stylegan.atomic import atomic_write, atomic_write_text
+from ss_stylegan.fps_index import FairLock
 from ss_stylegan.training_lock import TrainingLock
 
 log = logging.getLogger(__name__)
@@ -264,8 +265,9 @@ class PendingSuggestions:
         self.cap = int(cap)
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, int], tuple[str, str, float]] = {}  # key -> (client, owner, expiry)
-        # held by a strategy while it chooses and reserves, so two requests cannot pick the same slice
-        self.selection_lock = threading.Lock()
+        # held by a strategy while it chooses and reserves, so two requests cannot pick the same slice;
+        # first come, first served, so no annotator waits more turns than there are requests ahead
+        self.selection_lock = FairLock()
 
     def _expire(self, now: float) -> None:
         for key in [k for k, (_, _, t) in self._by_key.items() if t <= now]:

@@ -6,7 +6,8 @@ in a background thread, keeps it in step with the studies folder (never refittin
 - studies added after training are embedded into it;
 - studies deleted from the folder leave it (their points, and with them the 1-NN reference);
 - studies changed on disk (rewritten, truncated, replaced by another of the same name) are found by a
-  sweep at most every ``SWEEP_S`` seconds that compares each study's stamp (size, times, inode) with the
+  sweep at most every ``SWEEP_S`` seconds (less often when one sweep takes longer than ``SWEEP_MAX_LOAD``
+  of that: thousands of studies) that compares each study's stamp (size, times, inode) with the
   one recorded in the map and, when it differs, its SHA-256: a changed study's points are dropped and
   it is read again (an unreadable one is reported in ``errors``); a study only touched is kept.
   Until then, a request that meets a study whose stamp changed treats it as being re-read.
@@ -25,6 +26,7 @@ MONAI Label's datastore does not list) decide which image ids exist.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +50,12 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 300.0
 SWEEP_S = 1.0  # studies on disk are compared with the map at most this often
+# when the folder's stamp moved but the names of its entries that can be studies did not (MONAI Label rewrote
+# datastore_v2.json after label writes, through a hidden temp file and lock file), the studies are listed again
+# (every entry examined: a DICOM folder may have been filled since) at most this often
+RESCAN_S = 10.0
+# a sweep runs at most every SWEEP_S and, with thousands of studies, at most this fraction of the time
+SWEEP_MAX_LOAD = 0.05
 
 
 class LiveSliceMap:
@@ -75,6 +83,8 @@ class LiveSliceMap:
         self.problem = ""  # why the map on disk could not be loaded (the previous one stays in use)
         self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
         self._scan_cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
+        self._scan_names: frozenset[str] | None = None  # entry names of the folder at the last full listing
+        self._scanned_at = 0.0
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
         self.embedding: frozenset[str] = frozenset()  # image ids being embedded now
@@ -123,10 +133,19 @@ class LiveSliceMap:
 
     def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
         """``(stamp, studies, ignored file names, studies by id)`` of the studies folder, rescanned only
-        when the folder changes."""
+        when the folder changes: when entries were added, removed or renamed, or otherwise at most every
+        ``RESCAN_S`` (the folder's own files, such as MONAI Label's ``datastore_v2.json`` rewritten after
+        every batch of labels, change its stamp too, and examining thousands of entries each time would
+        stall requests)."""
         stamp = self.studies.stat().st_mtime_ns
         cached = self._scan_cache
         if cached[0] != stamp:
+            names = frozenset(n for n in os.listdir(self.studies) if not n.startswith(".") and n not in IGNORED_NAMES)
+            now = time.monotonic()
+            if names == self._scan_names and now - self._scanned_at < RESCAN_S:
+                self._scan_cache = (stamp, *cached[1:])
+                return self._scan_cache
+            self._scan_names, self._scanned_at = names, now
             ignored = [
                 e.name for e in sorted(self.studies.iterdir(), key=lambda p: p.name)
                 if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
@@ -243,7 +262,13 @@ class LiveSliceMap:
             snapshot = self.current()
             if snapshot is None:
                 return
-            changed, adopted = self._sweep(snapshot) if sweep else (set(self.changed), {})
+            if sweep:
+                t_sweep = time.monotonic()
+                changed, adopted = self._sweep(snapshot)
+                took = time.monotonic() - t_sweep
+                self._next_sweep = max(self._next_sweep, time.monotonic() + took / SWEEP_MAX_LOAD)
+            else:
+                changed, adopted = set(self.changed), {}
             self.changed = frozenset(changed)  # unavailable until read again (also if this update fails)
             if changed:
                 by_id = self._scan()[3]

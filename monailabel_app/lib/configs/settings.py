@@ -18,6 +18,7 @@ to start instead of failing later.
 | publish_minutes | auto | while training runs, publish a new map every this many minutes of training; ``auto``: 5 on a CPU, 10 on a GPU; ``0``: only at the end |
 | batch_size | auto | images per training step; ``auto``: 32 on a GPU, 16 on a CPU |
 | device | auto | cpu, cuda, cuda:N or auto (cuda when available) |
+| gpus | 0 | train on several GPUs of this machine (``torch.distributed``, one process each): ``all``, a number N (the first N) or ids ``0,2``; 0: one device (``device``) |
 | perplexity | auto | t-SNE perplexity (clamped for tiny datastores); ``auto``: the recipe's (30) |
 | random_state | 0 | seed of training, t-SNE and random suggestions |
 | checkpoint_interval | auto | training steps between checkpoints; ``auto``: 500 on a GPU, 25 on a CPU |
@@ -37,6 +38,7 @@ from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.labels import LabelError, parse_classes
+from ss_stylegan.launcher import parse_gpus
 from ss_stylegan.recipes import get_recipe, model_preset
 from ss_stylegan.uploads import UploadLimits
 from ss_stylegan.validation import integer, number, only_keys, text
@@ -45,7 +47,7 @@ KNOWN_KEYS = (
     "classes", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",
     "device", "perplexity",
     "random_state", "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb",
-    "max_upload_unpacked_mb", "max_upload_voxels", "workspace",
+    "max_upload_unpacked_mb", "max_upload_voxels", "workspace", "gpus",
 )
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
@@ -69,6 +71,7 @@ class AppSettings:
     suggestion_cap: int
     upload_limits: UploadLimits
     workspace: Path
+    gpus: list[int] | None = None  # GPU ids to train on, one process each; None: one device
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], studies: str | Path) -> AppSettings:
@@ -121,6 +124,10 @@ class AppSettings:
             max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024),
         )
         workspace = Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan"
+        gpus = parse_gpus_setting(conf.get("gpus", "0"), device)
+        if gpus and train_cfg.batch_size % len(gpus):
+            raise ConfigError(f"--conf batch_size {train_cfg.batch_size} is split over {len(gpus)} GPUs "
+                              f"(--conf gpus): use a multiple of {len(gpus)}")
         return cls(
             classes=classes,
             slice_cfg=slice_cfg,
@@ -134,6 +141,7 @@ class AppSettings:
             suggestion_cap=cap,
             upload_limits=limits,
             workspace=workspace,
+            gpus=gpus,
         )
 
 
@@ -185,6 +193,24 @@ def parse_device(value: str) -> str:
             raise ConfigError(f"device {value!r} asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
         return value
     raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def parse_gpus_setting(value: str, device: str) -> list[int] | None:
+    """``--conf gpus``: ``all``, N GPUs or GPU ids ``i,j`` (as the CLI's ``--gpus``) -> their ids, checked against
+    the visible GPUs; ``0`` -> None."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text not in ("all", "") and not all(part.isdigit() for part in text.split(",")):
+        raise ConfigError(f"--conf gpus must be 'all', a number of GPUs, GPU ids such as 0,2, or 0 for one device; "
+                          f"got {value!r}")
+    if text == "" or text.isdigit() and int(text) == 0:
+        return None
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--conf gpus {value} trains on GPUs, but the device is {device!r} (no CUDA GPU is "
+                          "visible, or --conf device cpu); leave gpus unset or 0 to train on one device")
+    try:
+        return parse_gpus(text)
+    except ConfigError as err:
+        raise ConfigError(f"--conf {err}") from err
 
 
 def _window(value: str) -> dict[str, object]:

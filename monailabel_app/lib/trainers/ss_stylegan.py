@@ -4,8 +4,10 @@ Runs in MONAI Label's training subprocess. Steps, each reported in the workspace
 server shows in ``GET /info/`` and ``GET /train/``:
 
 1. build (or update) the slice cache of every study in the datastore;
-2. train SS-StyleGAN (resuming from the last checkpoint; stoppable by ``DELETE /train/``, which kills
-   this process, or by the workspace ``STOP`` file). The process holds the workspace's training lock
+2. train SS-StyleGAN on one device, or with ``--conf gpus`` on one process per GPU (``torch.distributed``:
+   this process is rank 0, see :func:`ss_stylegan.launcher.launch`), resuming from the last checkpoint
+   (with any number of GPUs); stoppable by ``DELETE /train/``, which kills this process, or by the
+   workspace ``STOP`` file. The process holds the workspace's training lock
    (:class:`~ss_stylegan.training_lock.TrainingLock`, with its PID) while it runs, so a server started
    later finds, reports and can stop it;
 3. at every milestone (every ``publish_minutes`` of training, and at the end, when kimg or the
@@ -33,8 +35,9 @@ from ss_stylegan.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.fingerprint import Fingerprint, stamp
+from ss_stylegan.launcher import launch
 from ss_stylegan.pipeline import map_from_checkpoint
-from ss_stylegan.training import Milestone, TrainProgress, train
+from ss_stylegan.training import Milestone, TrainProgress
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
 from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
@@ -145,9 +148,10 @@ def run_training(
             log.info("published map %s: step %d, %.1f kimg, %.1f minutes of training%s", version.name, m.step,
                      training["kimg"], training["minutes"], " (final)" if m.final else "")
 
-        result = train(cache.images, settings.model_cfg, train_cfg, out_dir,
-                       progress=on_progress, should_stop=workspace.stop_requested, device=device,
-                       progress_bar=False, on_milestone=on_milestone)
+        # one process on `device`, or one per GPU of --conf gpus (rank 0 is this process: callbacks as usual)
+        result = launch(cache.images, settings.model_cfg, train_cfg, out_dir, gpus=settings.gpus,
+                        progress=on_progress, should_stop=workspace.stop_requested, device=device,
+                        progress_bar=False, on_milestone=on_milestone)
         if result.stopped:
             workspace.clear_stop()
             progress["phase"] = "stopped"

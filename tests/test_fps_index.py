@@ -1,0 +1,180 @@
+"""The incremental FPS index answers exactly as a from-scratch FarthestPointSelector over random change sequences."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ss_stylegan.fps_index import FairLock, SuggestionIndex
+from ss_stylegan.neighbours import DynamicNearest
+from ss_stylegan.selection import FarthestPointSelector, SelectionError
+
+
+def _map(n: int, dim: int, seed: int) -> np.ndarray:
+    """Gaussian blobs with exact duplicates and a grid of equal coordinates (ties), ``[n, dim]``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=30.0, size=(8, dim))
+    X = centres[rng.integers(0, 8, n)] + rng.normal(size=(n, dim))
+    X[: n // 10] = X[n // 10 : 2 * (n // 10)]                 # exact duplicates
+    X[-n // 10 :] = np.round(X[-n // 10 :])                   # many equal coordinates
+    return X
+
+
+def _random_ops(n: int, rng: np.random.Generator, steps: int):
+    """A random sequence of server-like states: labels come and go, clients reserve and release, studies leave."""
+    labelled: set[int] = set()
+    pending: set[int] = set()
+    excluded: set[int] = set()
+    for _ in range(steps):
+        op = rng.integers(0, 6)
+        if op == 0:
+            labelled |= set(rng.integers(0, n, rng.integers(1, 4)).tolist())
+        elif op == 1 and labelled:
+            labelled -= set(rng.choice(sorted(labelled), min(len(labelled), rng.integers(1, 3)), replace=False).tolist())
+        elif op == 2:
+            pending = set(rng.integers(0, n, rng.integers(0, 6)).tolist())
+        elif op == 3:
+            start = int(rng.integers(0, n - 20))
+            excluded = set(range(start, start + 20)) if rng.random() < 0.7 else set()
+        elif op == 4:
+            labelled = set()
+        yield sorted(labelled), sorted(pending), sorted(excluded), int(rng.integers(0, 4))
+
+
+@pytest.mark.parametrize("start", ["random", "central", "farthest"])
+@pytest.mark.parametrize("block_size", [1, 7, 64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_picks_equal_from_scratch_fps_over_random_changes(start: str, block_size: int, seed: int) -> None:
+    X = _map(400, 2, seed)
+    rng = np.random.default_rng(100 + seed)
+    index = SuggestionIndex(X, start=start, random_state=seed, block_size=block_size, )
+    scratch = FarthestPointSelector(start=start, random_state=seed)
+    n_picks = 0
+    for labelled, pending, excluded, count in _random_ops(len(X), rng, 60):
+        got = index.select(labelled=labelled, pending=pending, count=count, exclude=excluded)
+        want = scratch.select(X, labelled=labelled, pending=pending, count=count, exclude=excluded)
+        assert got == want          # same indices, bitwise-equal distances, same reasons
+        n_picks += len(got)
+        # the kept distances equal a fresh computation over the same centres (picks included)
+        centres = sorted((set(labelled) | set(pending) | {p.index for p in got}) - set(excluded))
+        if centres:
+            fresh = np.sqrt(((X[:, None, :] - X[None, centres, :]) ** 2).sum(axis=2)).min(axis=1)
+            np.testing.assert_array_equal(index.distances(), fresh)
+    assert n_picks > 40
+
+
+def test_picks_in_more_dimensions_match_to_rounding() -> None:
+    X = _map(300, 3, 7)
+    rng = np.random.default_rng(7)
+    index = SuggestionIndex(X, start="central", block_size=16)
+    scratch = FarthestPointSelector(start="central")
+    for labelled, pending, excluded, count in _random_ops(len(X), rng, 40):
+        got = index.select(labelled=labelled, pending=pending, count=count, exclude=excluded)
+        want = scratch.select(X, labelled=labelled, pending=pending, count=count, exclude=excluded)
+        assert [p.index for p in got] == [p.index for p in want]
+        for a, b in zip(got, want):
+            assert (a.distance is None and b.distance is None) or a.distance == pytest.approx(b.distance, rel=1e-12)
+
+
+def test_exhausting_the_map_and_errors() -> None:
+    X = _map(50, 2, 3)
+    index = SuggestionIndex(X, block_size=8)
+    picks = index.select(labelled=[0], exclude=[1, 2], count=100)
+    assert len(picks) == 47 and len({p.index for p in picks}) == 47 and not {0, 1, 2} & {p.index for p in picks}
+    assert index.pick(1) == [] and index.n_available == 0
+    assert index.select(labelled=[0], exclude=[1, 2], count=0) == []       # the earlier picks are released
+    assert index.n_available == 47 and index.n_centres == 1
+    with pytest.raises(SelectionError, match="outside"):
+        index.select(labelled=[50])
+    with pytest.raises(SelectionError, match="count"):
+        index.select(count=-1)
+    with pytest.raises(SelectionError, match="start"):
+        SuggestionIndex(X, start="middle")
+    with pytest.raises(SelectionError, match="NaN"):
+        SuggestionIndex(np.full((3, 2), np.nan))
+    assert SuggestionIndex(np.zeros((0, 2))).select(count=3) == []
+
+
+def test_concurrent_clients_never_get_the_same_point() -> None:
+    """16 threads, each replacing its own reservation on every call (the server's pattern): no pick is
+    handed to two clients at once and every pick is the farthest point at the moment it was made."""
+    X = _map(3000, 2, 4)
+    index = SuggestionIndex(X, block_size=32)
+    lock = threading.Lock()
+    reserved: dict[int, list[int]] = {}
+    errors: list[str] = []
+
+    def client(c: int) -> None:
+        for _ in range(25):
+            with lock:
+                others = [r for k, rows in reserved.items() if k != c for r in rows]
+                picks = index.select(labelled=list(range(10)), pending=others, count=2)
+                rows = [p.index for p in picks]
+                if set(rows) & set(others):
+                    errors.append(f"client {c} got a point reserved by another client")
+                reserved[c] = rows
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    held = [r for rows in reserved.values() for r in rows]
+    assert len(held) == 32 == len(set(held))
+    want = FarthestPointSelector(start="central").select(X, labelled=range(10), pending=held, count=3)
+    assert index.select(labelled=range(10), pending=held, count=3) == want
+
+
+def test_dynamic_nearest_matches_brute_force_after_changes() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 2))
+    nearest = DynamicNearest(X, rebuild_after=7)
+    members: set[int] = set()
+    for _ in range(80):
+        rows = rng.integers(0, 500, rng.integers(1, 6))
+        if rng.random() < 0.6:
+            nearest.add(rows)
+            members |= set(rows.tolist())
+        else:
+            nearest.remove(rows)
+            members -= set(rows.tolist())
+        Q = rng.normal(size=(30, 2))
+        dist, row = nearest.query(Q)
+        assert len(nearest) == len(members)
+        if not members:
+            assert np.isinf(dist).all() and (row == -1).all()
+            continue
+        m = np.array(sorted(members))
+        d = np.sqrt(((Q[:, None] - X[None, m]) ** 2).sum(axis=2))
+        np.testing.assert_array_equal(dist, d.min(axis=1))
+        np.testing.assert_array_equal(np.sqrt(((Q - X[row]) ** 2).sum(axis=1)), dist)   # the row is at that distance
+    assert nearest.n_rebuilds > 3
+
+
+def test_fair_lock_serves_waiters_in_arrival_order() -> None:
+    lock = FairLock()
+    order: list[int] = []
+    inside = [0]
+    lock.acquire()
+    threads = []
+    for k in range(6):
+        def worker(k: int = k) -> None:
+            with lock:
+                inside[0] += 1
+                assert inside[0] == 1          # mutual exclusion
+                order.append(k)
+                inside[0] -= 1
+        t = threading.Thread(target=worker)
+        t.start()
+        while len(lock._waiters) < k + 1:     # wait until thread k queues, so arrival order is known
+            threading.Event().wait(0.001)
+        threads.append(t)
+    lock.release()
+    for t in threads:
+        t.join()
+    assert order == list(range(6))
+    with pytest.raises(RuntimeError, match="unheld"):
+        lock.release()
