@@ -61,9 +61,12 @@ def write_synthetic_workspace(studies: Path, n_slices: int, random_state: int = 
     xy = centres[rng.integers(0, 20, n_slices)] + rng.normal(size=(n_slices, 2))
     positions = np.stack([np.zeros(n_slices), np.zeros(n_slices), slices * 2.5], axis=1)
     ws = Workspace(studies / ".ss_stylegan")
-    ws.save_map(SliceMap(image_ids=image_ids, slices=slices, positions=positions,
+    slice_map = SliceMap(image_ids=image_ids, slices=slices, positions=positions,
                          w=rng.normal(size=(n_slices, W_DIM)).astype(np.float32), xy=xy.astype(np.float32),
-                         model_version="bench", depths=depths))
+                         model_version="bench", depths=depths)
+    with ws.new_version(slice_map.model_version) as version:  # a published version without a model
+        ws.save_map(slice_map, version)
+        ws.activate(version)
     ws.write_status(TrainingStatus(state="ready", message="synthetic benchmark workspace"))
 
 

@@ -24,12 +24,13 @@ import requests
 import SimpleITK as sitk
 
 from dicom_series import write_dicom_series
+from folder_snapshot import snapshot
 from server_harness import TINY_CONF, RunningServer, start_server
 from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.data.cache import find_studies
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
 from ss_stylegan.selection import RandomSelector, derive_seed
-from ss_stylegan.workspace import SliceMap, Workspace
+from ss_stylegan.workspace import MapVersion, SliceMap, Workspace
 
 pytestmark = pytest.mark.server
 
@@ -245,6 +246,11 @@ def test_slicemap(server: RunningServer) -> None:
 
 
 def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
+    ws = Workspace(server.studies / ".ss_stylegan")
+    _wait_map_settled(server)
+    published = ws.current_version()
+    assert published is not None
+    files = snapshot(published.folder)
     make_synthetic_study(server.studies / "late_study.nii.gz", n_slices=10, size=32, random_state=11)
     version = server.get_json("/info/")["ss_stylegan"]["model_version"]
     status, ans = _classify_when_embedded(server, "late_study")
@@ -252,6 +258,11 @@ def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
     assert ans["n_slices"] == 10 and len(ans["slices"]) >= 1
     block = server.get_json("/info/")["ss_stylegan"]
     assert block["n_images_embedded"] == 4 and block["model_version"] == version
+    # the study went into a new version (same model); the version published before is unchanged
+    updated = ws.current_version()
+    assert updated is not None and updated != published and block["map"]["version"] == updated.name
+    assert ws.load_map(updated).model_version == version and "late_study" in ws.load_map(updated).image_set()
+    assert snapshot(published.folder) == files
     _remove_study(server.studies, "late_study.nii.gz")  # keep the rest of the module's counts simple
 
 
@@ -339,7 +350,7 @@ def test_interrupted_publish_keeps_the_previous_map(server: RunningServer) -> No
         assert resp.status_code == 200 and resp.json()["model_version"] == before["model_version"], resp.text
 
     # a training killed after copying its checkpoint: a new version folder, the pointer not switched
-    half = ws.new_version("step00000099-interrupted")
+    half = MapVersion.in_folder(ws.maps_dir / "20000101-000000-000000000-step00000099-interrupted")
     shutil.copytree(original.checkpoint_dir, half.checkpoint_dir)
     half.map_path.write_bytes(b"partial")
     serving_the_original()
@@ -350,9 +361,11 @@ def test_interrupted_publish_keeps_the_previous_map(server: RunningServer) -> No
 
     # a complete map whose published model is missing: uploads get a clear 409 (not a 500) and a new
     # study fails to embed; once a complete version is current again it is retried and embedded
+    # (its fingerprints are the original's: nothing to adopt, so the server publishes no update of it)
     m = ws.load_map(original)
-    broken = ws.new_version("no-model")
-    ws.save_map(SliceMap(m.image_ids, m.slices, m.positions, m.w, m.xy, "no-model", m.errors, m.depths), broken)
+    broken = MapVersion.in_folder(ws.maps_dir / "20000101-000000-000000001-no-model")
+    ws.save_map(SliceMap(m.image_ids, m.slices, m.positions, m.w, m.xy, "no-model", m.errors, m.depths,
+                         m.fingerprints), broken)
     atomic_write_text(ws.pointer_path, json.dumps({"current": f"maps/{broken.name}", "previous": None}))
     assert server.get_json("/info/")["ss_stylegan"]["model_version"] == "no-model"
     resp = _upload(server, outside)

@@ -8,25 +8,46 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "monailabel_app"))
-from lib.configs.settings import AppSettings, parse_train_request  # noqa: E402
+from lib.configs.settings import AppSettings, parse_train_request, train_config  # noqa: E402
 
 from ss_stylegan.config import ConfigError  # noqa: E402
+from ss_stylegan.recipes import get_recipe  # noqa: E402
 from ss_stylegan.validation import FieldError  # noqa: E402
 
 
 def test_defaults(tmp_path: Path) -> None:
     s = AppSettings.from_conf({}, tmp_path)
     assert s.classes == ["normal", "lesion"]
-    assert s.slice_cfg.resolution == 64 and s.model_cfg.resolution == 64
     assert s.device == "cpu" or s.device.startswith("cuda")
     assert s.workspace == tmp_path / ".ss_stylegan"
-    if s.device == "cpu":  # a CPU server trains the small model for minutes
-        assert s.preset == "small" and s.model_cfg.w_dim == 128
-        assert s.train_cfg.kimg == 3.0 and s.train_cfg.batch_size == 16 and s.train_cfg.total_steps() == 188
-        assert s.train_cfg.checkpoint_interval == 25
+    recipe = get_recipe("cpu" if s.device == "cpu" else "gpu")   # the defaults are the library's recipe
+    assert s.model_cfg == recipe.model() and s.slice_cfg.resolution == recipe.resolution
+    assert s.train_cfg == recipe.train and s.perplexity == recipe.perplexity
+    if s.device == "cpu":  # a CPU server trains the small model at 32x32 for half an hour, a map every 5 min
+        assert s.preset == "small" and s.model_cfg.w_dim == 128 and s.model_cfg.resolution == 32
+        assert s.train_cfg.max_minutes == 30.0 and s.train_cfg.milestone_minutes == 5.0
+        assert s.train_cfg.batch_size == 16 and s.train_cfg.checkpoint_interval == 25
+        assert s.train_cfg.rec_weight == 10.0 and s.train_cfg.channels_last
     else:  # a GPU server trains the paper-sized model
         assert s.preset == "default" and s.model_cfg.w_dim == 512
         assert s.train_cfg.kimg == 200.0 and s.train_cfg.total_steps() == 6250  # ceil(200k images / 32)
+
+
+def test_time_budget_and_publishing_interval(tmp_path: Path) -> None:
+    s = AppSettings.from_conf({"device": "cpu", "train_minutes": "90", "publish_minutes": "2.5"}, tmp_path)
+    assert s.train_cfg.max_minutes == 90.0 and s.train_cfg.milestone_minutes == 2.5
+    s = AppSettings.from_conf({"device": "cpu", "train_minutes": "none", "publish_minutes": "0"}, tmp_path)
+    assert s.train_cfg.max_minutes is None and s.train_cfg.milestone_minutes is None   # kimg only, one map
+    s = AppSettings.from_conf({"device": "cpu", "train_minutes": "auto", "resolution": "auto"}, tmp_path)
+    assert s.train_cfg.max_minutes == 30.0 and s.model_cfg.resolution == 32
+    for key in ("train_minutes", "publish_minutes"):
+        with pytest.raises(ConfigError, match=f"--conf {key} must be a number of minutes >= 0"):
+            AppSettings.from_conf({"device": "cpu", key: "-1"}, tmp_path)
+        with pytest.raises(ConfigError, match=f"--conf {key} must be a float"):
+            AppSettings.from_conf({"device": "cpu", key: "soon"}, tmp_path)
+    # a training request may give a new budget (over all sessions), e.g. to train on after the first one
+    assert parse_train_request({"minutes": 45}) == {"minutes": 45.0}
+    assert train_config(s.train_cfg, {"minutes": 45.0}).max_minutes == 45.0
 
 
 def test_cpu_defaults_can_be_overridden_one_by_one(tmp_path: Path) -> None:

@@ -130,9 +130,9 @@ def test_a_deleted_study_leaves_the_map_and_the_1nn_reference(server: RunningSer
     status, ans = server.request("POST", "/infer/classify?image=study_03", {})
     assert status == 200 and ans["labelled_classes"] == ["normal"], ans
     assert all(s["neighbour"]["image"] != "study_02" for s in ans["slices"])
-    # /slicemap/ leaves a deleted study out at once; the map without it is published by a background update
-    info = _until(server, lambda: (i := server.get_json("/info/")["ss_stylegan"])["n_images_embedded"] == 3 and i,
-                  "publishing the map without the deleted study")
+    # the points of a deleted study are hidden at once; the map without them is published in the background
+    info = _until(server, lambda: (block := server.get_json("/info/")["ss_stylegan"])["n_images_embedded"] == 3
+                  and block, "publishing the map without the deleted study")
     assert info["n_labelled"] == 4  # the label is kept, flagged
     assert server.request("POST", "/infer/classify?image=study_02", {})[0] == 404
 

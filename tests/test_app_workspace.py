@@ -21,6 +21,7 @@ from ss_stylegan.labels import (
 )
 from ss_stylegan.validation import FieldError
 from ss_stylegan.workspace import (
+    MapVersion,
     PendingSuggestions,
     ReservationLimitError,
     SliceMap,
@@ -87,6 +88,14 @@ def test_parse_classes() -> None:
         parse_classes("normal")
 
 
+def _publish_map(ws: Workspace, slice_map: SliceMap) -> MapVersion:
+    """Publish a map without a model (checkpoint and projector are not needed to read a map)."""
+    with ws.new_version(slice_map.model_version) as version:
+        ws.save_map(slice_map, version)
+        ws.activate(version)
+    return version
+
+
 def test_slice_map_save_load_extend(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(WorkspaceError, match="train the model first"):
@@ -95,7 +104,7 @@ def test_slice_map_save_load_extend(tmp_path: Path) -> None:
     m = SliceMap(image_ids=["a", "a", "b"], slices=[1, 0, 0], positions=rng.normal(size=(3, 3)),
                  w=rng.normal(size=(3, 8)), xy=rng.normal(size=(3, 2)), model_version="v1",
                  errors={"bad": "cannot read"}, depths={"a": 10, "b": 1})
-    ws.save_map(m)
+    _publish_map(ws, m)
     loaded = ws.load_map()
     assert loaded.model_version == "v1" and loaded.errors == {"bad": "cannot read"} and loaded.depths == DEPTHS
     np.testing.assert_array_equal(loaded.xy, m.xy)
@@ -115,69 +124,52 @@ def _map(model_version: str, n: int) -> SliceMap:
 
 def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    first = ws.save_map(_map("v1", 3))  # published on its own: a new version folder made current
+    first = _publish_map(ws, _map("v1", 3))
     assert ws.load_map().model_version == "v1" and ws.current_version() == first
     stamp = ws.map_stamp()
 
     # a training killed mid-publish: new folder with a checkpoint and half a map, pointer not switched
-    half = ws.new_version("v2")
-    (half.checkpoint_dir).mkdir()
+    half = MapVersion.in_folder(ws.maps_dir / "20000101-000000-000000000-v2")
+    half.checkpoint_dir.mkdir(parents=True)
     (half.checkpoint_dir / "ckpt-00000004.pt").write_bytes(b"weights")
     half.map_path.write_bytes(b"partial")
     assert ws.load_map().model_version == "v1" and ws.map_stamp() == stamp
     with pytest.raises(WorkspaceError, match="no complete slice map"):
         ws.activate(half)
 
-    # the server extends the current version in place: same folder, new stamp
-    ws.save_map(ws.load_map().extended(["b"], [0], np.zeros((1, 3)), np.ones((1, 4)), np.ones((1, 2))), first)
-    assert len(ws.load_map()) == 4 and ws.map_stamp() != stamp and ws.map_stamp()[0] == stamp[0]
+    # the server's update of the current map is a new version: new folder, new stamp, the first one kept
+    update = ws.publish_update(
+        ws.load_map().extended(["b"], [0], np.zeros((1, 3)), np.ones((1, 4)), np.ones((1, 2))), first)
+    assert len(ws.load_map()) == 4 and ws.map_stamp() == ws.stamp_of(update) and ws.map_stamp() != stamp
+    assert len(ws.load_map(first)) == 3
 
-    # the next complete publish becomes current, keeps the one it replaces, removes the half-written one
-    second = ws.new_version("v2")
-    ws.save_map(_map("v2", 5), second)
-    assert ws.load_map().model_version == "v1"  # written, not yet current
-    ws.activate(second)
+    # the next complete publish becomes current, keeps the one it replaces, removes the older and half-written ones
+    with ws.new_version("v2") as second:
+        ws.save_map(_map("v2", 5), second)
+        assert ws.load_map().model_version == "v1"  # written, not yet current
+        ws.activate(second)
     assert ws.load_map().model_version == "v2" and len(ws.load_map()) == 5
-    assert sorted(p.name for p in ws.maps_dir.iterdir()) == sorted([first.name, second.name])
+    assert sorted(p.name for p in ws.maps_dir.iterdir()) == sorted([update.name, second.name])
     pointer = json.loads(ws.pointer_path.read_text(encoding="utf-8"))
-    assert pointer["current"] == f"maps/{second.name}" and pointer["previous"] == f"maps/{first.name}"
+    assert pointer["current"] == f"maps/{second.name}" and pointer["previous"] == f"maps/{update.name}"
 
     # a pointer naming a folder without a complete map (damaged by hand): readers use the previous one
     second.map_meta_path.unlink()
-    assert ws.load_map().model_version == "v1" and ws.current_version() == first
+    assert ws.load_map().model_version == "v1" and ws.current_version() == update
     ws.pointer_path.write_text("{", encoding="utf-8")
     assert ws.current_version() is None and not ws.has_map()
 
 
-def test_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
+def test_a_version_is_written_once(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    flat = ws.save_map(_map("old", 2))
-    flat.map_path.rename(tmp_path / "slice_map.npz")  # as maps were written before: no "arrays" in the JSON
-    meta = json.loads(flat.map_meta_path.read_text(encoding="utf-8"))
-    del meta["arrays"]
-    (tmp_path / "slice_map.json").write_text(json.dumps(meta), encoding="utf-8")
-    ws.pointer_path.unlink()
-    loaded = ws.load_map()
-    assert loaded.model_version == "old" and loaded.version.folder == tmp_path
-    assert loaded.version.checkpoint_dir == tmp_path / "published"
-    (tmp_path / "published").mkdir()
-    ws.save_map(_map("new", 3))  # the first versioned publish replaces the flat files
-    assert ws.load_map().model_version == "new"
-    assert not (tmp_path / "slice_map.npz").exists() and not (tmp_path / "published").exists()
-
-
-def test_a_map_update_killed_half_way_leaves_a_complete_map(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path)
-    version = ws.save_map(_map("v1", 3))
-    first_arrays = version.map_path
-    ws.save_map(_map("v1", 5), version)  # an in-place update (a study added, dropped or re-read)
-    assert ws.load_map().slices.tolist() == [0, 1, 2, 3, 4] and first_arrays.exists()  # kept one update longer
-    # killed after writing the next arrays file, before the JSON that names it: the map is still the last one
-    (version.folder / "slice_map-99999999999999999999.npz").write_bytes(b"half")
-    assert len(ws.load_map()) == 5
-    ws.save_map(_map("v1", 4), version)
-    assert len(ws.load_map()) == 4 and not first_arrays.exists()
-    assert len(list(version.folder.glob("slice_map*.npz"))) == 2
+    version = _publish_map(ws, _map("v1", 3))
+    with pytest.raises(WorkspaceError, match="never change"):
+        ws.save_map(_map("v1", 5), version)
+    assert len(ws.load_map()) == 3
+    # a block that does not make its version current leaves nothing behind
+    with ws.new_version("v1") as unused:
+        ws.save_map(_map("v1", 4), unused)
+    assert not unused.folder.exists() and ws.current_version() == version
 
 
 def test_status_and_stop_flag(tmp_path: Path) -> None:

@@ -120,6 +120,12 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
     assert [s["step"] for s in stages] == [4, 8, 12] and [s["final"] for s in stages] == [False, False, True]
     assert [round(s["kimg"], 3) for s in stages] == [0.016, 0.032, 0.048]
     assert all(b["minutes"] >= a["minutes"] for a, b in zip(stages, stages[1:]))
+    # the stages before the end were also kept on disk as they came (a long run cut short keeps them)
+    partial = json.loads((out / "anytime_stages.json").read_text(encoding="utf-8"))["stages"]
+    assert [s["step"] for s in partial] == [4, 8]
+    assert [s["model_version"] for s in partial] == [s["model_version"] for s in stages[:2]]
+    assert [[r["accuracy_mean"] for r in s["summary"]] for s in partial] == \
+        [[r["accuracy_mean"] for r in s["summary"]] for s in stages[:2]]
     for st in stages:   # each stage: both selectors, both k, both scopes
         assert {(r["method"], r["k"], r["scope"]) for r in st["summary"]} == {
             (f"ss_stylegan + {sel}", k, scope) for sel in ("fps", "random") for k in (4, 8)

@@ -42,7 +42,10 @@ def write_map(studies: Path, seed: int, version: str) -> SliceMap:
                          positions=np.zeros((n, 3)), w=rng.normal(size=(n, 4)),
                          xy=rng.normal(scale=10.0, size=(n, 2)), model_version=version,
                          depths={i: DEPTH for i in ids})
-    Workspace(studies / ".ss_stylegan").save_map(slice_map)
+    ws = Workspace(studies / ".ss_stylegan")
+    with ws.new_version(version) as folder:   # a published version (no model needed here)
+        ws.save_map(slice_map, folder)
+        ws.activate(folder)
     return slice_map
 
 

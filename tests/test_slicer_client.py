@@ -37,6 +37,7 @@ from SSStyleGANLabelLib import (  # noqa: E402
     SSGLClient,
     StudyFiles,
 )
+from SSStyleGANLabelLib.records import ModelState  # noqa: E402
 from SSStyleGANLabelLib.session import CSV_COLUMNS  # noqa: E402
 
 pytestmark = pytest.mark.server
@@ -124,6 +125,24 @@ def test_connect_shows_classes_model_state_and_key_bindings(lab, session: LabelS
     assert "ss_stylegan" in state.trainers and {"fps", "random"} <= set(state.strategies)
     assert "classify" in state.classifiers
     assert session.shortcuts == {"1": "normal", "2": "lesion"}
+    # the live map and how far its model trained, as the widget shows it
+    assert state.has_map and state.live_map["model_version"] == state.model_version
+    assert state.live_map["training"]["final"] is True and state.live_map["training"]["step"] >= 1
+    assert state.map_summary().startswith(f"map {state.live_map['version']}: step ")
+    assert "kimg" in state.map_summary() and "min of training" in state.map_summary()
+
+
+def test_a_map_published_while_training_runs_is_usable_and_described() -> None:
+    info = {"trainers": ["ss_stylegan"], "ss_stylegan": {
+        "state": "training", "classes": ["a", "b"], "model_version": "step00000040-ab",
+        "map": {"version": "v1", "model_version": "step00000040-ab",
+                "training": {"step": 40, "kimg": 0.64, "minutes": 5.02, "final": False}}}}
+    state = ModelState.from_info(info)
+    assert state.training and not state.ready and state.has_map   # suggestions work during training
+    assert state.map_summary() == ("map v1: step 40, 0.6 kimg, 5.0 min of training "
+                                   "(training goes on; a better map follows)")
+    before = ModelState.from_info({"ss_stylegan": {"state": "training", "classes": ["a", "b"], "map": None}})
+    assert not before.has_map and "first one is published" in before.map_summary()
 
 
 def test_credentials_work_with_a_server_without_authentication(lab) -> None:

@@ -345,10 +345,12 @@ class AnytimeRecorder:
     """
 
     def __init__(self, data: Dataset, name: str, ks: Sequence[int], repeats: int, seed: int,
-                 tsne_params: dict[str, Any] | None) -> None:
+                 tsne_params: dict[str, Any] | None, out: Path | None = None) -> None:
         self.data, self.name, self.ks, self.repeats, self.seed = data, name, list(ks), repeats, seed
         self.tsne_params = dict(tsne_params or {})
         self.stages: list[dict[str, Any]] = []
+        # every stage so far, rewritten (atomically) after each one: a long run cut short keeps its stages
+        self.partial_path = out / "anytime_stages.json" if out is not None else None
 
     def __call__(self, W: np.ndarray, milestone: Any, model_diag: dict[str, float] | None = None) -> None:
         result = run_protocol(self.data, [FixedEmbedder(self.name, W)], self.ks, self.repeats, self.seed,
@@ -356,9 +358,14 @@ class AnytimeRecorder:
         self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
                   result["summary"], self._diagnostics(W, model_diag))
         last = self.stages[-1]
-        log.info("stage at %.1f min / %.2f kimg: %s + fps accuracy %s", last["minutes"], last["kimg"], self.name,
-                 {r["scope"][:6] + f"@{r['k']}": round(r["accuracy_mean"], 3) for r in last["summary"]
-                  if r["method"].endswith("fps")})
+        for selector in ("fps", "random"):
+            log.info("stage at %.1f min / %.2f kimg: %s + %s accuracy %s", last["minutes"], last["kimg"], self.name,
+                     selector, {r["scope"][:6] + f"@{r['k']}": round(r["accuracy_mean"], 3)
+                                for r in last["summary"] if r["method"].endswith(selector)})
+        log.info("stage diagnostics %s", {k: round(v, 4) for k, v in last["diagnostics"].items()})
+        if self.partial_path is not None:
+            atomic_write_text(self.partial_path, json.dumps({"embedding": self.name, "stages": self.stages},
+                                                            indent=1, default=float))
 
     def _diagnostics(self, W: np.ndarray, model_diag: dict[str, float] | None) -> dict[str, float]:
         from ss_stylegan.diagnostics import embedding_diagnostics
@@ -593,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.no_gan:
         model_cfg, train_cfg = gan_configs(args, int(data.images.shape[1]))
         if train_cfg.milestone_minutes or train_cfg.milestone_kimg:
-            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne)
+            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne, out)
         gan = GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
                           Path(args.model_dir) if args.model_dir else None, on_stage=anytime)
         embedders.append(gan)

@@ -4,33 +4,41 @@ Layout of a workspace folder (by default ``<studies>/.ss_stylegan/``)::
 
     cache/            SliceCache of every study (memory-mapped uint8 slices)
     checkpoints/      training output (state_dict + JSON config checkpoints, metrics)
-    maps/<name>/      one published model version (``<time>-<model version>``), written completely
-                      before it is made current:
+    maps/<name>/      one published version (``<time>-<model version>``), written completely before it is
+                      made current and never changed afterwards:
         checkpoint/       the checkpoint the slice map was made with
         projection/       saved TSNEProjector (reference W and 2-D map)
-        slice_map-<n>.npz every embedded slice: image id, slice index, world position, W, map position
+        slice_map.npz     every embedded slice: image id, slice index, world position, W, map position
         slice_map.json    model version, number of slices, errors, depths and fingerprints per study, and
-                          the name of its arrays file; written after the npz it names, so replacing it is
-                          the one atomic step of a map update (the previous npz is kept one update longer
-                          for readers that opened the old JSON; ``slice_map.npz`` in maps written before)
+                          the name of its arrays file (``slice_map-<n>.npz`` in versions written before);
+                          written last, so a folder with it is complete
     current.json      ``{"current": "maps/<name>", "previous": "maps/<name>" | null, "model_version"}``:
                       the pointer readers follow, replaced atomically (a single rename) by a publish
+    publish.lock      held (flock) while a version folder is created and while the pointer is checked and
+                      switched, so publishing is atomic across processes (server and training)
     status.json       training state and progress (written atomically by the training process)
     train.lock        held (flock) by the running training, which writes its PID into it
     STOP              present while a stop is requested; the training loop polls it
 
 The slice map is what makes suggestions and classification cheap: they only read it. Every write is
-atomic, so the server (reading) and the training subprocess (writing) never see half a file. A
-publish writes a new ``maps/<name>/`` folder and only then switches ``current.json``: a training
-killed mid-publish leaves the previous version current and complete (the half-written folder is
-removed by the next publish). When the pointer names a folder without a complete map (damaged by
-hand), readers fall back to ``previous``. A workspace of the earlier flat layout (``slice_map.*``,
-``published/`` and ``projection/`` directly in the root) is still read as one version.
+atomic, so the server (reading) and the training subprocess (writing) never see half a file.
+
+Version lifecycle: a training publishes a new model with :meth:`Workspace.publish` (new folder: checkpoint,
+projector, map; then one pointer switch). The server publishes an *update* of the map (studies added,
+dropped or read again; same model) with :meth:`Workspace.publish_update`: a new folder whose
+``checkpoint/`` and ``projection/`` are hard links (copies where links fail) of its parent's files, plus
+the new map, made current only if the parent is still current; otherwise it is removed and
+:class:`StaleVersionError` raised. A folder is written only while it is being built (``save_map`` refuses a
+folder that already has a map), so a published version never changes. Each activation keeps the new
+current version and the one it replaced (a reader may still be on it) and removes every other folder that
+no process is building (e.g. one a killed publish left half-written). When the pointer names a folder
+without a complete map (damaged by hand), readers fall back to ``previous``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -40,6 +48,8 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +66,10 @@ STATES = ("untrained", "training", "ready", "failed")
 
 class WorkspaceError(RuntimeError):
     """The workspace on disk is missing a part or is unreadable; the message says which."""
+
+
+class StaleVersionError(WorkspaceError):
+    """A version derived from a parent could not be made current: another version became current meanwhile."""
 
 
 @dataclasses.dataclass
@@ -87,7 +101,9 @@ class SliceMap:
         depths: ``{image id: number of slices in the volume}`` (kept or skipped as empty).
         fingerprints: ``{image id: Fingerprint.to_dict()}`` of each study's file when it was read
             (:mod:`ss_stylegan.data.fingerprint`), so a study changed on disk later is detected.
-        version: the published version folder the map was read from or written to (None when new).
+        version: the version folder the map was read from or written to (None when new).
+        training: how far the model of this map was trained when it was made (``step``, ``kimg``,
+            ``minutes`` of training, ``final``: whether training had finished); empty when not recorded.
     """
 
     image_ids: np.ndarray
@@ -100,6 +116,7 @@ class SliceMap:
     depths: dict[str, int] = dataclasses.field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     version: MapVersion | None = None
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -156,6 +173,7 @@ class SliceMap:
             depths={**self.depths, **(depths or {})},
             fingerprints={**self.fingerprints, **(fingerprints or {})},
             version=self.version,
+            training=dict(self.training),
         )
 
     def without(self, image_ids: set[str] | frozenset[str]) -> SliceMap:
@@ -168,6 +186,7 @@ class SliceMap:
             depths={k: v for k, v in self.depths.items() if k not in image_ids},
             fingerprints={k: v for k, v in self.fingerprints.items() if k not in image_ids},
             version=self.version,
+            training=dict(self.training),
         )
 
 
@@ -189,7 +208,7 @@ class MapVersion:
 
     @property
     def map_path(self) -> Path:
-        """The arrays file the map's metadata names (``slice_map.npz`` when it names none, or has none yet)."""
+        """The arrays file the map's metadata names (``slice_map.npz`` when it has none yet)."""
         return self.folder / _arrays_name(self.map_meta_path)
 
     @property
@@ -221,6 +240,8 @@ def _arrays_name(meta_path: Path) -> str:
         name = None
     if not (isinstance(name, str) and name.startswith("slice_map") and "/" not in name):
         name = "slice_map.npz"
+    if len(_ARRAYS_NAMES) > 256:  # one entry per version folder ever read; only the last few are in use
+        _ARRAYS_NAMES.clear()
     _ARRAYS_NAMES[str(meta_path)] = (key, name)
     return name
 
@@ -305,6 +326,7 @@ class Workspace:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._warned: dict[str, Any] | None = None  # the pointer last reported as naming an incomplete map
+        self._activated: set[Path] = set()  # folders of new_version() blocks made current by activate()
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -360,12 +382,39 @@ class Workspace:
         atomic_write_text(self.status_path, json.dumps(status.to_dict(), indent=1, default=float))
 
     # -- published versions -----------------------------------------------------------------------------
-    def new_version(self, model_version: str) -> MapVersion:
-        """Create an empty, not yet current version folder for ``model_version``."""
+    @contextmanager
+    def publish_lock(self) -> Iterator[None]:
+        """Hold ``publish.lock`` (``flock``, across processes and threads) for the duration of the block."""
+        fd = os.open(self.root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextmanager
+    def new_version(self, model_version: str) -> Iterator[MapVersion]:
+        """A new, empty, not yet current version folder for ``model_version``, to be written and then made
+        current with :meth:`activate` inside the block.
+
+        While the block runs the folder is locked (``flock`` on the folder), so an activation by another
+        process or thread does not prune it. At the end of the block a folder that was not made current is
+        removed (a process killed meanwhile leaves it to the next activation's pruning).
+        """
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_version)[:80] or "model"
-        folder = self.maps_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{safe}"
-        folder.mkdir(parents=True)
-        return MapVersion.in_folder(folder)
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{safe}"
+        with self.publish_lock():  # no pruning between creating the folder and locking it
+            folder = self.maps_dir.resolve() / name
+            folder.mkdir(parents=True)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield MapVersion.in_folder(folder)
+        finally:
+            if folder not in self._activated:
+                shutil.rmtree(folder, ignore_errors=True)
+            self._activated.discard(folder)
+            os.close(fd)
 
     def publish_checkpoint(self, checkpoint: Path, version: MapVersion) -> Path:
         """Copy a checkpoint and its integrity record into ``version`` (atomically)."""
@@ -398,52 +447,87 @@ class Workspace:
 
     def current_version(self) -> MapVersion | None:
         """The version readers should use: the pointer's current one, else its previous one when the
-        current folder has no complete map, else a map of the earlier flat layout; None before any."""
+        current folder has no complete map; None before any."""
         pointer = self._read_pointer()
-        if pointer is not None:
-            for key in ("current", "previous"):
-                version = self._version_at(pointer.get(key))
-                if version is not None and version.is_complete():
-                    if key == "previous" and self._warned != pointer:
-                        self._warned = pointer
-                        log.error("%s names %s, which has no complete slice map; using the previous version %s",
-                                  self.pointer_path, pointer.get("current"), version.name)
-                    return version
+        if pointer is None:
             return None
-        legacy = MapVersion(folder=self.root, checkpoint_dir=self.root / "published",
-                            projection_dir=self.root / "projection")
-        return legacy if legacy.is_complete() else None
+        for key in ("current", "previous"):
+            version = self._version_at(pointer.get(key))
+            if version is not None and version.is_complete():
+                if key == "previous" and self._warned != pointer:
+                    self._warned = pointer
+                    log.error("%s names %s, which has no complete slice map; using the previous version %s",
+                              self.pointer_path, pointer.get("current"), version.name)
+                return version
+        return None
 
-    def activate(self, version: MapVersion) -> None:
+    def activate(self, version: MapVersion, parent: MapVersion | None = None) -> None:
         """Make ``version`` current with one atomic rename of ``current.json``, keep the version it
         replaces as ``previous`` (a reader may still be using it) and remove every other version folder
-        (e.g. one a killed publish left half-written) and any map of the earlier flat layout.
+        that no process is building (e.g. one a killed publish left half-written).
+
+        With ``parent``, ``version`` is made current only if ``parent`` is still the current version. The
+        check and the switch happen under ``publish.lock``, so they are atomic across processes.
 
         Raises:
             WorkspaceError: ``version`` has no complete slice map.
+            StaleVersionError: ``parent`` is given and another version is current now.
         """
         if not version.is_complete():
             raise WorkspaceError(f"{version.folder} has no complete slice map; it cannot be made current")
-        old = self.current_version()
-        previous = old.folder if old is not None and old.folder.parent == self.maps_dir and \
-            old.folder != version.folder else None
-        pointer = {
-            "current": os.path.relpath(version.folder, self.root),
-            "previous": os.path.relpath(previous, self.root) if previous is not None else None,
-            "model_version": json.loads(version.map_meta_path.read_text(encoding="utf-8"))["model_version"],
-            "published": time.time(),
-        }
-        atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1))
-        keep = {version.folder.resolve()} | ({previous.resolve()} if previous is not None else set())
-        for folder in self.maps_dir.iterdir() if self.maps_dir.is_dir() else ():
-            if folder.is_dir() and folder.resolve() not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-        # a map of the earlier flat layout is no longer read once a version is current
-        for name in ("slice_map.npz", "slice_map.json"):
-            (self.root / name).unlink(missing_ok=True)
-        for name in ("published", "projection"):
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        with self.publish_lock():
+            old = self.current_version()
+            if parent is not None and (old is None or old.folder.resolve() != parent.folder.resolve()):
+                raise StaleVersionError(
+                    f"{version.name} updates {parent.name}, but {old.name if old else 'no version'} is current now")
+            previous = old.folder if old is not None and old.folder.resolve() != version.folder.resolve() \
+                else None
+            pointer = {
+                "current": os.path.relpath(version.folder, self.root),
+                "previous": os.path.relpath(previous, self.root) if previous is not None else None,
+                "model_version": json.loads(version.map_meta_path.read_text(encoding="utf-8"))["model_version"],
+                "published": time.time(),
+            }
+            atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1))
+            self._activated.add(version.folder.resolve())
+            keep = {version.folder.resolve()} | ({previous.resolve()} if previous is not None else set())
+            for folder in sorted(self.maps_dir.iterdir()) if self.maps_dir.is_dir() else ():
+                if folder.is_dir() and folder.resolve() not in keep:
+                    _remove_unless_building(folder)
         log.info("published %s (model %s)", version.name, pointer["model_version"])
+
+    def publish(self, slice_map: SliceMap, checkpoint: Path, projector: Any) -> MapVersion:
+        """Publish one complete model version and make it current: the checkpoint the map was made with,
+        the fitted projector (anything with ``save(folder)``, e.g. :class:`~ss_stylegan.projection.TSNEProjector`)
+        and the slice map are written into a new version folder, then one atomic pointer switch makes it
+        current. A process killed before the switch leaves the previous version current and complete.
+        """
+        with self.new_version(slice_map.model_version) as version:
+            self.publish_checkpoint(checkpoint, version)
+            projector.save(version.projection_dir)
+            self.save_map(slice_map, version)
+            self.activate(version)
+        return version
+
+    def publish_update(self, slice_map: SliceMap, parent: MapVersion) -> MapVersion:
+        """Publish ``slice_map``, an update of ``parent``'s map made with the same model (studies added with
+        the parent's projector, dropped or read again), as a new version and make it current if ``parent``
+        still is. The new folder's ``checkpoint/`` and ``projection/`` are hard links of the parent's files
+        (copies where a link cannot be made): every file there is written once and never rewritten.
+
+        Raises:
+            StaleVersionError: another version became current since ``parent`` (e.g. a training published);
+                the new folder has been removed and nothing changed.
+        """
+        with self.new_version(slice_map.model_version) as version:
+            try:
+                for name in ("checkpoint", "projection"):
+                    _link_tree(parent.folder / name, version.folder / name)
+            except FileNotFoundError as err:  # pruned meanwhile: two other versions were published since
+                raise StaleVersionError(f"{parent.name} was removed while {version.name} was made from it") from err
+            self.save_map(slice_map, version)
+            self.activate(version, parent=parent)
+        return version
 
     # -- stop flag ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -462,27 +546,31 @@ class Workspace:
     def map_stamp(self) -> tuple[str, int] | None:
         """``(current version folder, modification time of its map metadata)``; None when there is no map.
 
-        Changes when a publish switches the pointer and when the server extends the current map.
+        Changes whenever a publish or an update switches the pointer.
         """
         version = self.current_version()
         if version is None:
             return None
+        return self.stamp_of(version)
+
+    @staticmethod
+    def stamp_of(version: MapVersion) -> tuple[str, int] | None:
+        """The :meth:`map_stamp` ``version`` has when it is current (None when its map is missing)."""
         try:
             return str(version.folder), version.map_meta_path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
 
-    def save_map(self, slice_map: SliceMap, version: MapVersion | None = None) -> MapVersion:
-        """Write the map atomically into ``version``: a new arrays file, then the JSON that names it (the one
-        step that switches readers over), then the arrays file before the previous one is removed. A process
-        killed at any point leaves a JSON naming a complete arrays file.
+    def save_map(self, slice_map: SliceMap, version: MapVersion) -> MapVersion:
+        """Write the map into ``version``, a folder being built (see :meth:`new_version`): the arrays file,
+        then the JSON that names it (so a folder with the JSON is complete). Sets ``slice_map.version``.
 
-        Without ``version`` the map is published on its own: written into a new version folder that is
-        then made current. Returns the version written; ``slice_map.version`` is set to it.
+        Raises:
+            WorkspaceError: ``version`` already holds a map (published versions never change: write an
+                update into a new version, :meth:`publish_update`).
         """
-        publish = version is None
-        if version is None:
-            version = self.new_version(slice_map.model_version)
+        if version.map_meta_path.exists():
+            raise WorkspaceError(f"{version.folder} already holds a slice map; published versions never change")
 
         def write(fh: Any) -> None:
             buf = io.BytesIO()
@@ -496,9 +584,7 @@ class Workspace:
             )
             fh.write(buf.getvalue())
 
-        previous = version.map_path if version.map_meta_path.is_file() else None
-        arrays = version.folder / f"slice_map-{time.time_ns()}.npz"
-        atomic_write(arrays, write)
+        arrays = atomic_write(version.folder / "slice_map.npz", write)
         meta = {
             "arrays": arrays.name,
             "model_version": slice_map.model_version,
@@ -507,16 +593,11 @@ class Workspace:
             "errors": slice_map.errors,
             "depths": slice_map.depths,
             "fingerprints": slice_map.fingerprints,
+            "training": slice_map.training,
             "written": time.time(),
         }
         atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
-        keep = {arrays.name} | ({previous.name} if previous is not None else set())
-        for old in version.folder.glob("slice_map*.npz"):
-            if old.name not in keep:  # older than the previous update: no reader can still be on it
-                old.unlink(missing_ok=True)
         slice_map.version = version
-        if publish:
-            self.activate(version)
         return version
 
     def load_map(self, version: MapVersion | None = None) -> SliceMap:
@@ -535,7 +616,8 @@ class Workspace:
             slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]),
                                  errors=dict(meta.get("errors", {})),
                                  depths={k: int(v) for k, v in meta.get("depths", {}).items()},
-                                 fingerprints=dict(meta.get("fingerprints", {})), version=version)
+                                 fingerprints=dict(meta.get("fingerprints", {})), version=version,
+                                 training=dict(meta.get("training") or {}))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise WorkspaceError(
                 f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err
@@ -545,3 +627,37 @@ class Workspace:
                 f"{meta['n_slices']}; retrain to rebuild it"
             )
         return slice_map
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Hard-link every file under ``source`` into ``dest`` (copy where a link cannot be made); nothing when
+    ``source`` is missing. The files are never rewritten in place, so a link shares them safely."""
+    if not source.is_dir():
+        return
+    for path in sorted(source.rglob("*")):
+        target = dest / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _remove_unless_building(folder: Path) -> None:
+    """Remove a version folder unless a process holds its lock (it is being built in a ``new_version`` block)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: being built (or the lock cannot be taken: leave the folder alone)
+        os.close(fd)
+        return
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)

@@ -1,14 +1,16 @@
 """Place new slices into the existing map: published encoder -> W -> ``TSNEProjector.transform``.
 
 Loaded lazily (first use) from the published version folder of the slice map and kept while that
-version is in use, so embedding a study added after training, or an uploaded study, costs the encoder
-pass and the openTSNE transform only.
+version's model files are in use, so embedding a study added after training, or an uploaded study, costs the
+encoder pass and the openTSNE transform only. A map update is a new version whose model files are hard links
+of its parent's: the same files, so the loaded model is kept.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import os
 from typing import Any
 
 import numpy as np
@@ -33,12 +35,13 @@ class MapEmbedder:
         self.workspace = workspace
         self.settings = settings
         self._lock = threading.Lock()
-        self._loaded: tuple[MapVersion, str] | None = None
+        self._loaded: tuple[Any, ...] | None = None  # (model version, identity of the model files)
         self._model: Any = None
         self._projector: TSNEProjector | None = None
 
     def _load(self, version: MapVersion, model_version: str) -> None:
-        if self._loaded == (version, model_version):
+        key = (model_version, _model_files(version))
+        if self._loaded == key:
             return
         try:
             model = load_model(version.checkpoint_dir, device=self.settings.device)
@@ -53,7 +56,7 @@ class MapEmbedder:
                 f"the published model {version.name} cannot place new slices into the map ({err}); "
                 "train again (POST /train/ss_stylegan) to publish a complete model"
             ) from err
-        self._model, self._projector, self._loaded = model, projector, (version, model_version)
+        self._model, self._projector, self._loaded = model, projector, key
         log.info("loaded encoder and projector of model %s from %s", model_version, version.folder)
 
     def embed_and_place(self, images_u8: np.ndarray, slice_map: SliceMap) -> tuple[np.ndarray, np.ndarray]:
@@ -73,3 +76,17 @@ class MapEmbedder:
             assert self._projector is not None
             xy = self._projector.transform(w)
         return np.asarray(w, dtype=np.float32), np.asarray(xy, dtype=np.float32)
+
+
+def _model_files(version: MapVersion) -> tuple[tuple[str, int, int, int, int], ...]:
+    """``(path, device, inode, size, mtime)`` of every file of a version's checkpoint and projector: the same
+    for versions that share those files by hard links."""
+    files = []
+    for folder in (version.checkpoint_dir, version.projection_dir):
+        for path in sorted(folder.glob("*")) if folder.is_dir() else ():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files.append((f"{folder.name}/{path.name}", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(files)

@@ -15,7 +15,10 @@ in a background thread, keeps it in step with the studies folder (never refittin
 Concurrency: request handlers never wait for an embedding. The current map is an immutable snapshot
 swapped in one assignment; reading it takes no lock unless the files on disk changed. The background
 embedding works on a snapshot without any lock and takes the map lock only to check that the published
-version is unchanged and to save and swap the extended map. A failed embedding is retried after a
+version is unchanged and to publish and swap the updated map. The update is published as a new version
+(:meth:`~ss_stylegan.workspace.Workspace.publish_update`; published versions never change), made current
+only if the version it updates still is: a training that published meanwhile wins, and the studies are
+embedded into its map next. A failed embedding is retried after a
 back-off. The studies in the folder (this class's own index, which also holds DICOM series folders that
 MONAI Label's datastore does not list) decide which image ids exist.
 """
@@ -36,7 +39,7 @@ from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies, read_stud
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache
 from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.readers import StudyReadError, is_volume_file
-from ss_stylegan.workspace import SliceMap, Workspace, WorkspaceError
+from ss_stylegan.workspace import SliceMap, StaleVersionError, Workspace, WorkspaceError
 
 from lib.configs.settings import AppSettings
 from lib.embedder import MapEmbedder
@@ -250,8 +253,8 @@ class LiveSliceMap:
 
     def _refresh(self, new: list[Study], gone: frozenset[str], sweep: bool) -> None:
         """Sweep for changed studies (when ``sweep``), then embed new and changed studies into a snapshot of
-        the map without holding any lock, and save + swap the updated map (without the gone and changed
-        studies' old points) under ``_map_lock`` if the published version is still the same."""
+        the map without holding any lock, and publish + swap the updated map (without the gone and changed
+        studies' old points) as a new version under ``_map_lock`` if the published version is still the same."""
         t0 = time.monotonic()
         ids: list[str] = []
         studies = list(new)
@@ -313,8 +316,13 @@ class LiveSliceMap:
                     errors=errors, depths=depths, fingerprints={**adopted, **prints},
                 )
                 assert current.version is not None
-                self.workspace.save_map(new_map, current.version)
-                self._current = (self.workspace.map_stamp(), new_map)
+                try:  # a new version (the published one never changes), current only if its parent still is
+                    version = self.workspace.publish_update(new_map, current.version)
+                except StaleVersionError:
+                    log.info("a new model was published while %d studies were embedded; they are embedded "
+                             "into the new map next", len(studies))
+                    return
+                self._current = (self.workspace.stamp_of(version), new_map)
             for image_id in {s.image_id for s in studies}:
                 self.failed.pop(image_id, None)
             self.changed = frozenset(self.changed - changed)

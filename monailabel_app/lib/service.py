@@ -299,6 +299,14 @@ class SliceLabelService:
         return out
 
     # -- state ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _map_block(slice_map: Any) -> dict[str, Any] | None:
+        """Which map is live and how far its model was trained (``step``, ``kimg``, ``minutes``, ``final``)."""
+        if slice_map is None:
+            return None
+        return {"version": slice_map.version.name if slice_map.version is not None else None,
+                "model_version": slice_map.model_version, "training": dict(slice_map.training)}
+
     def state(self) -> dict[str, Any]:
         """The ``ss_stylegan`` block of ``GET /info/``."""
         status = self.workspace.read_status()
@@ -337,6 +345,7 @@ class SliceLabelService:
             "flagged_labels": [{k: r[k] for k in ("image", "slice", "class", "flag")} for r in flagged[:100]],
             "changed": sorted(self.maps.changed),
             "model_version": slice_map.model_version if slice_map is not None else None,
+            "map": self._map_block(slice_map),
             "progress": status.progress,
             "errors": errors,
             "embedding": sorted(self.maps.embedding),
@@ -350,6 +359,8 @@ class SliceLabelService:
                 "kimg": self.settings.train_cfg.kimg,
                 "steps": self.settings.train_cfg.steps,
                 "batch_size": self.settings.train_cfg.batch_size,
+                "train_minutes": self.settings.train_cfg.max_minutes,
+                "publish_minutes": self.settings.train_cfg.milestone_minutes,
                 "perplexity": self.settings.perplexity,
                 "random_state": self.settings.random_state,
             },

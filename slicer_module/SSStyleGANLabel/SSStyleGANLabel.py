@@ -240,7 +240,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         version = state.model_version or "none"
         self.ui.modelStateLabel.text = (
             f"{state.state}: {state.n_embedded}/{state.n_slices} slices in the map, "
-            f"{state.n_labelled} labelled (model {version})"
+            f"{state.n_labelled} labelled (model {version})\n{state.map_summary()}"
         )
         self.ui.classesLabel.text = ", ".join(state.classes)
         fraction = state.progress_fraction
@@ -250,7 +250,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopTrainingButton.enabled = state.training
         for button in (self.ui.nextSuggestionButton, self.ui.refreshMapButton, self.ui.classifyButton,
                        self.ui.exportButton):
-            button.enabled = state.ready
+            button.enabled = state.has_map   # maps are published while training runs
 
     def onStartTraining(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):

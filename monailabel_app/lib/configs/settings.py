@@ -9,15 +9,17 @@ to start instead of failing later.
 | key | default | meaning |
 | --- | --- | --- |
 | classes | normal,lesion | slice class names (at least two) |
-| resolution | 64 | model resolution (32, 64, 128, 256) |
+| resolution | auto | model resolution (32, 64, 128, 256); ``auto``: the device's recipe (32 on a CPU, 128 on a GPU) |
 | window | auto | intensity window: auto, lung, abdomen, brain, bone, soft_tissue, mediastinum, percentile, or C:W |
-| preset | auto | model size: ``default`` (StyleGAN2-like, GPU), ``small`` (CPU servers), ``tiny`` (smoke runs); ``auto``: ``default`` on a GPU, ``small`` on a CPU |
-| kimg | auto | training length in thousands of images shown; ``auto``: 200 on a GPU, 3 on a CPU (minutes) |
+| preset | auto | model size: ``default`` (StyleGAN2-like, GPU), ``small`` (CPU servers), ``tiny`` (smoke runs); ``auto``: the recipe's (``default`` on a GPU, ``small`` on a CPU) |
+| kimg | auto | training length in thousands of images shown; ``auto``: the recipe's (200) |
 | steps | (unset) | training length in steps; overrides kimg |
+| train_minutes | auto | training-time budget in minutes over all sessions (training ends at this or at kimg, whichever comes first); ``auto``: 30 on a CPU, none on a GPU; ``none``: kimg only |
+| publish_minutes | auto | while training runs, publish a new map every this many minutes of training; ``auto``: 5 on a CPU, 10 on a GPU; ``0``: only at the end |
 | batch_size | auto | images per training step; ``auto``: 32 on a GPU, 16 on a CPU |
 | device | auto | cpu, cuda, cuda:N or auto (cuda when available) |
 | gpus | 0 | train on several GPUs of this machine (``torch.distributed``, one process each): ``all``, a number N (the first N) or ids ``0,2``; 0: one device (``device``) |
-| perplexity | 30 | t-SNE perplexity (clamped for tiny datastores) |
+| perplexity | auto | t-SNE perplexity (clamped for tiny datastores); ``auto``: the recipe's (30) |
 | random_state | 0 | seed of training, t-SNE and random suggestions |
 | checkpoint_interval | auto | training steps between checkpoints; ``auto``: 500 on a GPU, 25 on a CPU |
 | suggestion_ttl | 600 | seconds a suggested slice stays reserved for the client it was given to |
@@ -37,21 +39,20 @@ from typing import Any
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.labels import LabelError, parse_classes
 from ss_stylegan.launcher import parse_gpus
+from ss_stylegan.recipes import get_recipe, model_preset
 from ss_stylegan.uploads import UploadLimits
 from ss_stylegan.validation import integer, number, only_keys, text
 
 KNOWN_KEYS = (
-    "classes", "resolution", "window", "preset", "kimg", "steps", "batch_size", "device", "perplexity",
+    "classes", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",
+    "device", "perplexity",
     "random_state", "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb",
     "max_upload_unpacked_mb", "max_upload_voxels", "workspace", "gpus",
 )
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
 PRESETS = ("auto", "default", "small", "tiny")
-# Defaults that depend on the device: a CPU server trains a small model for minutes, a GPU the full one.
-_GPU_DEFAULTS = {"preset": "default", "kimg": "200", "batch_size": "32", "checkpoint_interval": "500"}
-_CPU_DEFAULTS = {"preset": "small", "kimg": "3", "batch_size": "16", "checkpoint_interval": "25"}
-TRAIN_REQUEST_KEYS = ("kimg", "steps", "batch_size", "device")
+TRAIN_REQUEST_KEYS = ("kimg", "steps", "minutes", "batch_size", "device")
 
 
 @dataclasses.dataclass
@@ -88,22 +89,27 @@ class AppSettings:
         except LabelError as err:
             raise ConfigError(f"--conf classes: {err}") from err
         device = parse_device(conf.get("device", "auto"))
-        defaults = _CPU_DEFAULTS if device == "cpu" else _GPU_DEFAULTS
-        for key, value in defaults.items():
-            if conf.get(key, "auto") == "auto":
-                conf[key] = value
-        resolution = _int(conf, "resolution", 64)
+        # Defaults that depend on the device come from the library's recipe for it (the one the evaluation
+        # measures): a CPU server trains the small network for half an hour, a GPU the full one.
+        recipe = get_recipe("cpu" if device == "cpu" else "gpu")
+        conf = {k: v for k, v in conf.items() if v.strip().lower() != "auto"}
+        resolution = _int(conf, "resolution", recipe.resolution)
         slice_cfg = SliceConfig.from_dict({"resolution": resolution, **_window(conf.get("window", "auto"))})
-        preset = conf["preset"]
-        if preset not in PRESETS:
+        preset = conf.get("preset", recipe.preset)
+        if preset not in PRESETS or preset == "auto":
             raise ConfigError(f"--conf preset must be one of {PRESETS}, got {preset!r}")
-        model_cfg = {"tiny": ModelConfig.tiny, "small": ModelConfig.small}.get(preset, ModelConfig)(resolution)
+        model_cfg = model_preset(preset, resolution)
         train_cfg = train_config(
-            TrainConfig(seed=_int(conf, "random_state", 0),
-                        checkpoint_interval=_int(conf, "checkpoint_interval", 500), kimg=200.0),
+            recipe.train.replace(seed=_int(conf, "random_state", 0),
+                                 checkpoint_interval=_int(conf, "checkpoint_interval",
+                                                          recipe.train.checkpoint_interval),
+                                 milestone_minutes=_minutes(conf, "publish_minutes",
+                                                            recipe.train.milestone_minutes)),
             {k: conf[k] for k in ("kimg", "steps", "batch_size") if k in conf},
         )
-        perplexity = _float(conf, "perplexity", 30.0)
+        if "train_minutes" in conf:
+            train_cfg = train_cfg.replace(max_minutes=_minutes(conf, "train_minutes", None))
+        perplexity = _float(conf, "perplexity", recipe.perplexity)
         if not perplexity > 0:
             raise ConfigError(f"--conf perplexity must be > 0, got {perplexity}")
         ttl = _float(conf, "suggestion_ttl", 600.0)
@@ -140,12 +146,15 @@ class AppSettings:
 
 
 def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a training request body, checked strictly (422 naming the field): ``kimg`` a positive
-    number, ``steps`` and ``batch_size`` positive integers, ``device`` a device name; nothing else."""
+    """The fields of a training request body, checked strictly (422 naming the field): ``kimg`` and
+    ``minutes`` (the training-time budget over all sessions) positive numbers, ``steps`` and ``batch_size``
+    positive integers, ``device`` a device name; nothing else."""
     only_keys(body, TRAIN_REQUEST_KEYS)
     checked: dict[str, Any] = {}
     if "kimg" in body:
         checked["kimg"] = number(body["kimg"], "kimg", minimum=0.001)
+    if "minutes" in body:
+        checked["minutes"] = number(body["minutes"], "minutes", minimum=0.001)
     for key in ("steps", "batch_size"):
         if key in body:
             checked[key] = integer(body[key], key, minimum=1)
@@ -155,8 +164,11 @@ def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
-    """``base`` with ``kimg`` / ``steps`` / ``batch_size`` overridden (strings or numbers); validated."""
+    """``base`` with ``kimg`` / ``steps`` / ``minutes`` / ``batch_size`` overridden (strings or numbers);
+    validated."""
     changes: dict[str, object] = {}
+    if "minutes" in overrides:
+        changes["max_minutes"] = _number(overrides["minutes"], "minutes", float)
     if "kimg" in overrides:
         changes["kimg"] = _number(overrides["kimg"], "kimg", float)
         changes["steps"] = None
@@ -223,6 +235,18 @@ def _int(conf: dict[str, str], key: str, default: int) -> int:
 
 def _float(conf: dict[str, str], key: str, default: float) -> float:
     return float(_number(conf[key], f"--conf {key}", float)) if key in conf else default
+
+
+def _minutes(conf: dict[str, str], key: str, default: float | None) -> float | None:
+    """A number of minutes >= 0; ``none`` or ``0`` mean no limit / no periodic publishing (None)."""
+    if key not in conf:
+        return default
+    if conf[key].strip().lower() in ("none", "off"):
+        return None
+    value = _float(conf, key, 0.0)
+    if value < 0:
+        raise ConfigError(f"--conf {key} must be a number of minutes >= 0 (or none), got {conf[key]!r}")
+    return value or None
 
 
 def _positive(conf: dict[str, str], key: str, default: int) -> int:

@@ -10,9 +10,13 @@ server shows in ``GET /info/`` and ``GET /train/``:
    workspace ``STOP`` file. The process holds the workspace's training lock
    (:class:`~ss_stylegan.training_lock.TrainingLock`, with its PID) while it runs, so a server started
    later finds, reports and can stop it;
-3. embed every slice into W with the encoder, fit the t-SNE map, and publish checkpoint, projector and
-   slice map as one new version folder made current by a single atomic pointer switch, so suggestions
-   and classification cost milliseconds and a training killed mid-publish leaves the old version in use.
+3. at every milestone (every ``publish_minutes`` of training, and at the end, when kimg or the
+   ``train_minutes`` budget is reached) training pauses while every slice is embedded into W with the
+   encoder of that checkpoint and the t-SNE map is fitted (:func:`ss_stylegan.pipeline.map_from_checkpoint`);
+   checkpoint, projector and slice map are published as one new version folder made current by a single
+   atomic pointer switch (:meth:`Workspace.publish`). Suggestions start with the first map and improve with
+   each; labels are stored by study and slice, so they carry over. A training killed mid-publish leaves
+   the previous version in use.
 """
 
 from __future__ import annotations
@@ -27,15 +31,14 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ss_stylegan.checkpoint import latest_checkpoint, load_model, read_record
+from ss_stylegan.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.fingerprint import Fingerprint, stamp
-from ss_stylegan.embedding import embed_images
-from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.launcher import launch
-from ss_stylegan.training import TrainProgress
-from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace
+from ss_stylegan.pipeline import map_from_checkpoint
+from ss_stylegan.training import Milestone, TrainProgress
+from ss_stylegan.workspace import TrainingStatus, Workspace
 
 from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
 
@@ -45,7 +48,8 @@ log = logging.getLogger(__name__)
 class SSStyleGANTrainer(TrainTask):
     """MONAI Label training task over the whole datastore (no labels needed).
 
-    Request fields (all optional): ``kimg``, ``steps``, ``batch_size``, ``device``.
+    Request fields (all optional): ``kimg``, ``steps``, ``minutes`` (training-time budget over all sessions),
+    ``batch_size``, ``device``.
     """
 
     def __init__(self, settings: AppSettings, studies: str | Path) -> None:
@@ -56,7 +60,8 @@ class SSStyleGANTrainer(TrainTask):
 
     def config(self) -> dict[str, Any]:
         cfg = self.settings.train_cfg
-        return {"kimg": cfg.kimg, "steps": cfg.steps, "batch_size": cfg.batch_size, "device": self.settings.device}
+        return {"kimg": cfg.kimg, "steps": cfg.steps, "minutes": cfg.max_minutes, "batch_size": cfg.batch_size,
+                "device": self.settings.device}
 
     def stats(self) -> dict[str, Any]:
         return self.workspace.read_status().to_dict()
@@ -122,41 +127,41 @@ def run_training(
         out_dir = workspace.checkpoint_dir_for(settings.model_cfg.to_dict())
         previous = latest_checkpoint(out_dir) if train_cfg.resume else None
         progress["resumed_from_step"] = int(read_record(previous)["step"]) if previous is not None else 0
+        published: list[str] = []
+
+        def on_milestone(m: Milestone) -> None:
+            # training is paused here (its clock too): embed, map and publish what it has learnt so far,
+            # so suggestions start within minutes and get better while training goes on
+            training = {"step": m.step, "total_steps": m.total_steps, "kimg": round(m.images_seen / 1000.0, 3),
+                        "minutes": round(m.elapsed / 60.0, 2), "final": m.final}
+            progress.update({"phase": "map", "map_training": training})
+            status("training", f"embedding {len(cache)} slices and drawing the map of step {m.step}"
+                   + ("" if m.final else " (training goes on afterwards)"))
+            slice_map, projector = map_from_checkpoint(
+                cache, m.checkpoint, perplexity=settings.perplexity, random_state=settings.random_state,
+                device=device, batch_size=max(train_cfg.batch_size, 64), errors=errors,
+                fingerprints=fingerprints, training=training)
+            version = workspace.publish(slice_map, m.checkpoint, projector)
+            published.append(version.name)
+            progress.update({"phase": "train", "maps_published": len(published), "map_version": version.name,
+                             "model_version": m.model_version})
+            log.info("published map %s: step %d, %.1f kimg, %.1f minutes of training%s", version.name, m.step,
+                     training["kimg"], training["minutes"], " (final)" if m.final else "")
+
         # one process on `device`, or one per GPU of --conf gpus (rank 0 is this process: callbacks as usual)
         result = launch(cache.images, settings.model_cfg, train_cfg, out_dir, gpus=settings.gpus,
                         progress=on_progress, should_stop=workspace.stop_requested, device=device,
-                        progress_bar=False)
+                        progress_bar=False, on_milestone=on_milestone)
         if result.stopped:
             workspace.clear_stop()
             progress["phase"] = "stopped"
             status("ready" if workspace.has_map() else "untrained",
                    "training stopped on request; POST /train/ss_stylegan resumes from the last checkpoint")
             return {"stopped": True, **progress}
-
-        progress["phase"] = "embed"
-        status("training", f"embedding {len(cache)} slices into W")
-        checkpoint = result.checkpoint
-        model = load_model(checkpoint, device=device)
-        w = embed_images(model, cache.images, batch_size=max(train_cfg.batch_size, 64), device=device)
-
-        progress["phase"] = "map"
-        status("training", f"fitting the t-SNE map of {len(w)} slices")
-        projector = TSNEProjector(perplexity=settings.perplexity, random_state=settings.random_state)
-        xy = projector.fit_transform(w, model_version=model.model_version)
-        # publish: write a complete version folder, then switch the workspace pointer in one rename, so
-        # a process killed here (DELETE /train/) leaves the server on the previous complete version
-        version = workspace.new_version(model.model_version)
-        workspace.publish_checkpoint(checkpoint, version)
-        projector.save(version.projection_dir)
-        workspace.save_map(SliceMap(
-            image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,
-            model_version=model.model_version, errors=errors,
-            depths={s.image_id: int(s.n_slices) for s in cache.studies}, fingerprints=fingerprints,
-        ), version)
-        workspace.activate(version)
-        progress.update({"phase": "done", "model_version": model.model_version,
-                         "elapsed_s": round(time.monotonic() - t_start, 1)})
-        status("ready", f"model {model.model_version}: {len(w)} slices embedded and mapped")
+        progress.update({"phase": "done", "elapsed_s": round(time.monotonic() - t_start, 1),
+                         "out_of_time": result.out_of_time})
+        why = " (its time budget ran out)" if result.out_of_time else ""
+        status("ready", f"model {progress.get('model_version')}: {len(cache)} slices embedded and mapped{why}")
         return dict(progress)
     except BaseException as err:
         progress["phase"] = "failed"

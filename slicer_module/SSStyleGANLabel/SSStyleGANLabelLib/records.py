@@ -58,6 +58,10 @@ class ModelState:
         progress: the training progress dict as the server reports it (step, total_steps, ...).
         message: the server's human-readable status line.
         trainers, strategies, classifiers: task names the server offers.
+        live_map: which map the server serves and how far its model was trained (``version``,
+            ``model_version``, ``training``: ``step``, ``kimg``, ``minutes``, ``final``); None before the
+            first map. While training runs the server publishes a new map every few minutes, and
+            suggestions and classification use the live one.
     """
 
     state: str
@@ -71,6 +75,32 @@ class ModelState:
     trainers: tuple[str, ...]
     strategies: tuple[str, ...]
     classifiers: tuple[str, ...]
+    live_map: Mapping[str, Any] | None = None
+
+    @property
+    def has_map(self) -> bool:
+        """True when a map is live, so suggestions and classification work (also while training goes on)."""
+        return self.ready or bool(self.live_map)
+
+    def map_summary(self) -> str:
+        """One line on the live map: its version and how far its model trained, e.g.
+        ``map 20261122-1608-step00000480: step 480, 7.7 kimg, 15.0 min of training (training goes on)``."""
+        if not self.live_map:
+            return "no map yet" + (": the first one is published a few minutes into training"
+                                   if self.training else "")
+        trained = self.live_map.get("training") or {}
+        name = self.live_map.get("version") or self.live_map.get("model_version") or "?"
+        parts = []
+        if trained.get("step") is not None:
+            parts.append(f"step {int(trained['step'])}")
+        if trained.get("kimg") is not None:
+            parts.append(f"{float(trained['kimg']):.1f} kimg")
+        if trained.get("minutes") is not None:
+            parts.append(f"{float(trained['minutes']):.1f} min of training")
+        text = f"map {name}" + (": " + ", ".join(parts) if parts else "")
+        if trained.get("final") is False:
+            text += " (training goes on; a better map follows)" if self.training else " (training was cut short)"
+        return text
 
     @property
     def ready(self) -> bool:
@@ -112,6 +142,7 @@ class ModelState:
             trainers=tuple(info.get("trainers") or ()),
             strategies=tuple(info.get("strategies") or ()),
             classifiers=tuple(info.get("models") or ()),
+            live_map=dict(ss["map"]) if isinstance(ss.get("map"), Mapping) else None,
         )
 
 

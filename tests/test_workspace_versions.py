@@ -1,0 +1,145 @@
+"""Published map versions never change: a training publishes new versions, a map update (studies added,
+dropped or read again) is a new version derived from the current one, and the check that its parent is still
+current happens atomically with the pointer switch, across processes. Real files on disk, real processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from folder_snapshot import snapshot
+from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.workspace import MapVersion, SliceMap, StaleVersionError, Workspace, WorkspaceError
+
+
+class FakeProjector:
+    """Anything with ``save(folder)`` can be published; this one writes two small files like TSNEProjector."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def save(self, folder: Path) -> Path:
+        atomic_write_bytes(Path(folder) / "projector.npz", self.tag.encode() * 100)
+        atomic_write_text(Path(folder) / "projector.json", f'{{"tag": "{self.tag}"}}')
+        return Path(folder)
+
+
+def _checkpoint(folder: Path, model_version: str) -> Path:
+    path = folder / f"ckpt-{model_version}.pt"
+    atomic_write_bytes(path, model_version.encode() * 1000)
+    atomic_write_text(path.with_name(path.name + ".json"), f'{{"model_version": "{model_version}"}}')
+    return path
+
+
+def _map(model_version: str, ids: list[str], n_per_image: int = 3) -> SliceMap:
+    rng = np.random.default_rng(len(ids))
+    n = len(ids) * n_per_image
+    return SliceMap(image_ids=np.repeat(ids, n_per_image), slices=np.tile(np.arange(n_per_image), len(ids)),
+                    positions=rng.normal(size=(n, 3)), w=rng.normal(size=(n, 4)), xy=rng.normal(size=(n, 2)),
+                    model_version=model_version, depths={i: n_per_image for i in ids})
+
+
+def _publish(ws: Workspace, model_version: str, ids: list[str]) -> MapVersion:
+    return ws.publish(_map(model_version, ids), _checkpoint(ws.root.parent, model_version),
+                      FakeProjector(model_version))
+
+
+def _publish_elsewhere(root: str, model_version: str, ready: object = None) -> None:
+    """A second process (the training subprocess's part): publish a new model version into ``root``."""
+    if ready is not None:
+        ready.set()  # type: ignore[attr-defined]
+    _publish(Workspace(root), model_version, ["a", "b"])
+
+
+def _folders(ws: Workspace) -> set[Path]:
+    return {p for p in ws.maps_dir.iterdir() if p.is_dir()}
+
+
+def test_published_versions_are_never_modified(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    published: dict[Path, dict] = {}  # every version folder as it was right after it was made current
+
+    def activated(version: MapVersion) -> MapVersion:
+        assert ws.current_version() == version
+        published[version.folder] = snapshot(version.folder)
+        for folder, files in published.items():  # every activated folder still there is byte-for-byte the same
+            if folder.exists():
+                assert snapshot(folder) == files, folder
+        return version
+
+    first = activated(_publish(ws, "m1", ["a", "b"]))
+    # studies added (placed with the parent's projector), then one dropped: each update is a new version
+    added = activated(ws.publish_update(ws.load_map().extended(
+        ["c"] * 2, [0, 1], np.zeros((2, 3)), np.ones((2, 4)), np.ones((2, 2)), depths={"c": 2}), first))
+    assert len(ws.load_map()) == 8 and ws.load_map().model_version == "m1"
+    for name in ("checkpoint/ckpt-m1.pt", "projection/projector.npz"):  # the model files are shared, not copied
+        assert os.path.samefile(first.folder / name, added.folder / name)
+    assert _folders(ws) == {first.folder, added.folder}  # the current one and the one before it
+    dropped = activated(ws.publish_update(ws.load_map().without({"a"}), added))
+    assert ws.load_map().image_set() == {"b", "c"} and _folders(ws) == {added.folder, dropped.folder}
+    assert not first.folder.exists()  # pruned: two versions old
+
+    # a version that has been made current is never written again
+    with pytest.raises(WorkspaceError, match="never change"):
+        ws.save_map(_map("m1", ["z"]), dropped)
+
+    # a training publishes a new model; an update of the version it replaced is refused and leaves nothing
+    second = activated(_publish(ws, "m2", ["a", "b", "c"]))
+    with pytest.raises(StaleVersionError):
+        ws.publish_update(ws.load_map(dropped).without({"b"}), dropped)
+    assert ws.current_version() == second and _folders(ws) == {dropped.folder, second.folder}
+    activated(ws.publish_update(ws.load_map().without({"b"}), second))
+    assert ws.load_map().model_version == "m2" and ws.load_map().image_set() == {"a", "c"}
+    assert len(published) == 5 and sum(f.exists() for f in published) == 2
+
+
+def test_an_update_whose_parent_is_no_longer_current_is_refused_across_processes(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    parent = _publish(ws, "m1", ["a", "b"])
+    update = ws.load_map().without({"a"})
+    spawn = multiprocessing.get_context("spawn")
+    # the server builds an update; meanwhile the training process publishes a new model
+    with ws.new_version("m1") as version:
+        ws.save_map(update, version)
+        other = spawn.Process(target=_publish_elsewhere, args=(str(ws.root), "m2"))
+        other.start()
+        other.join(120)
+        assert other.exitcode == 0
+        assert ws.load_map().model_version == "m2"
+        assert version.is_complete()  # the other process's pruning left the folder being built alone
+        with pytest.raises(StaleVersionError, match="is current now"):
+            ws.activate(version, parent=parent)
+    assert not version.folder.exists()  # the refused update is discarded
+    assert ws.load_map().model_version == "m2" and ws.load_map().image_set() == {"a", "b"}
+
+    # the parent check and the switch are one step under publish.lock: a publish waits while it is held
+    current = ws.current_version()
+    ready = spawn.Event()
+    other = spawn.Process(target=_publish_elsewhere, args=(str(ws.root), "m3", ready))
+    with ws.publish_lock():
+        other.start()
+        assert ready.wait(120)
+        other.join(1.0)
+        assert other.is_alive() and ws.current_version() == current  # blocked on the lock
+    other.join(120)
+    assert other.exitcode == 0 and ws.load_map().model_version == "m3"
+
+
+def test_a_killed_update_leaves_the_current_version_and_is_pruned_later(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = _publish(ws, "m1", ["a", "b"])
+    # a process killed while building an update: a folder with links and arrays but no metadata, not locked
+    half = MapVersion.in_folder(ws.maps_dir / "20000101-000000-000000000-m1")
+    half.checkpoint_dir.mkdir(parents=True)
+    os.link(first.checkpoint_dir / "ckpt-m1.pt", half.checkpoint_dir / "ckpt-m1.pt")
+    (half.folder / "slice_map.npz").write_bytes(b"partial")
+    assert ws.current_version() == first and ws.load_map().model_version == "m1"
+    with pytest.raises(WorkspaceError, match="no complete slice map"):
+        ws.activate(half)
+    second = ws.publish_update(ws.load_map().without({"a"}), first)
+    assert _folders(ws) == {first.folder, second.folder}
+    assert (first.checkpoint_dir / "ckpt-m1.pt").read_bytes() == b"m1" * 1000
