@@ -152,7 +152,7 @@ def test_torchrun_starts_the_cli_as_two_ranks(tmp_path: Path) -> None:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ss_stylegan",
          "train", "--studies", str(studies), "--out", str(tmp_path / "run"), "--tiny", "--resolution", "32",
          "--steps", "3", "--batch-size", "4", "--device", "cpu"],
-        env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+        env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and printed[0]["world_size"] == 2 and printed[0]["step"] == 3   # rank 0 alone prints
@@ -192,7 +192,8 @@ def test_a_rank_ends_when_the_launching_process_is_killed(tmp_path: Path) -> Non
 
     script = tmp_path / "parent.py"
     script.write_text(PARENT, encoding="utf-8")
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
+                              encoding="utf-8")
     try:
         child = int(parent.stdout.readline())
         time.sleep(1.0)                           # the child is now waiting in init_process_group

@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 METRICS = ("euclidean", "cosine")
 NEIGHBOR_METHODS = ("auto", "exact", "annoy", "pynndescent")
 FFT_MIN_POINTS = 10_000  # reference maps at least this large place new points with FFT gradients
-MAX_FIT_POINTS = 25_000  # default sample size above which t-SNE is fitted on a sample (see the module doc)
+MAX_FIT_POINTS = 10_000  # t-SNE is fitted on a sample of this many above it (docs/evaluation/tsne_sampling.md)
 TRANSFORM_BATCH = 10_000  # slices placed per openTSNE call (bounds memory; placement is per point)
 CHECK_BATCH = 1 << 16     # rows checked for NaN at a time (a memory-mapped W is never read whole)
 
