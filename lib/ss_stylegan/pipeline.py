@@ -27,15 +27,17 @@ def map_from_checkpoint(
     errors: dict[str, str] | None = None,
     fingerprints: dict[str, dict[str, Any]] | None = None,
     training: dict[str, Any] | None = None,
+    n_jobs: int = 1,
 ) -> tuple[SliceMap, TSNEProjector]:
     """Embed every slice of ``cache`` with the encoder of ``checkpoint`` and fit the t-SNE map.
 
     Returns the slice map (not yet published) and the fitted projector, which places slices added later.
-    ``errors``, ``fingerprints`` and ``training`` are recorded in the map as given.
+    ``errors``, ``fingerprints`` and ``training`` are recorded in the map as given; ``n_jobs`` threads fit the
+    map (the trainer gives every core: training is paused meanwhile).
     """
     model = load_model(checkpoint, device=device)
     w = embed_images(model, cache.images, batch_size=batch_size, device=device)
-    projector = TSNEProjector(perplexity=perplexity, random_state=random_state)
+    projector = TSNEProjector(perplexity=perplexity, random_state=random_state, n_jobs=n_jobs)
     xy = projector.fit_transform(w, model_version=model.model_version)
     slice_map = SliceMap(
         image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,

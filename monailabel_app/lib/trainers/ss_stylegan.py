@@ -140,7 +140,7 @@ def run_training(
             slice_map, projector = map_from_checkpoint(
                 cache, m.checkpoint, perplexity=settings.perplexity, random_state=settings.random_state,
                 device=device, batch_size=max(train_cfg.batch_size, 64), errors=errors,
-                fingerprints=fingerprints, training=training)
+                fingerprints=fingerprints, training=training, n_jobs=os.cpu_count() or 1)
             version = workspace.publish(slice_map, m.checkpoint, projector)
             published.append(version.name)
             progress.update({"phase": "train", "maps_published": len(published), "map_version": version.name,
