@@ -26,27 +26,33 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 import lib.activelearning.slice_strategy  # noqa: F401  (import eagerly: see module docstring)
+import lib.answers  # noqa: F401
 import lib.auth  # noqa: F401
 import lib.datastore  # noqa: F401
-import lib.embedder  # noqa: F401
 import lib.errors  # noqa: F401
 import lib.guards  # noqa: F401
+import lib.guards_tasks  # noqa: F401
+import lib.handlers  # noqa: F401
 import lib.infers.classify  # noqa: F401
+import lib.label_counts  # noqa: F401
 import lib.routes  # noqa: F401
 import lib.train_control  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 import lib.uploads  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.configs.settings import AppSettings
-from lib.datastore import AtomicLocalDatastore, LabelCountMirror, datastore_extensions, set_aside_unreadable
-from lib.errors import NotFoundError, hide_paths, redacted
+from lib.datastore import AtomicLocalDatastore, datastore_extensions, set_aside_unreadable
+from lib.errors import hide_paths, redacted
 from lib.guards import build_guards
+from lib.guards_tasks import build_task_guards
+from lib.handlers import Handlers
 from lib.infers.classify import SliceClassifier
+from lib.label_counts import LabelCountMirror
 from lib.routes import build_router
-from lib.service import LABEL_TAG, SliceLabelService
 from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
 from ss_stylegan.config import ConfigError
+from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
 from ss_stylegan.labels import OrphanedLabelsError
 from ss_stylegan.validation import identifier
 from ss_stylegan.workspace import Workspace
@@ -59,11 +65,17 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, studies)  # ConfigError: the server refuses to start
-        self.control = TrainControl(Workspace(self.settings.workspace), trainers=("ss_stylegan",))
+        workspace = Workspace(self.settings.workspace)
+        self.control = TrainControl(workspace, trainers=("ss_stylegan",))
         try:
-            self.service = SliceLabelService(self.settings, studies, training_running=self.control.running)
+            self.service = LabellingService(self.settings.labelling(), studies, workspace,
+                                            training_running=self.control.running)
         except OrphanedLabelsError as err:
             raise ConfigError(f"--conf classes {','.join(self.settings.classes)}: {err}") from err
+        # label counts into MONAI Label's datastore info; a DICOM series folder is never a datastore entry
+        self.mirror = LabelCountMirror(lambda: self.datastore(), self.service.labels.counts, LABEL_TAG,
+                                       listed=lambda i: (s := self.service.study(i)) is not None and s.path.is_file())
+        self.handlers = Handlers(self.service, self.settings, self.mirror)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -73,9 +85,6 @@ class SSStyleGANLabelApp(MONAILabelApp):
             version="0.1.0",
             labels=list(self.settings.classes),
         )
-        self.mirror = LabelCountMirror(self.datastore, self.service.labels.counts, LABEL_TAG,
-                                       listed=lambda i: (s := self.service.study(i)) is not None and s.path.is_file())
-        self.service.on_labels_changed = self.mirror.changed
 
     def init_datastore(self) -> Datastore:
         """The local datastore, written atomically; an unreadable state file is set aside first."""
@@ -92,15 +101,15 @@ class SSStyleGANLabelApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {"classify": SliceClassifier(self.service)}
+        return {"classify": SliceClassifier(self.handlers)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {"ss_stylegan": SSStyleGANTrainer(self.settings, self.studies)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {
-            "fps": SliceStrategy(self.service, "fps", "Farthest point sampling in the t-SNE map of W (SS-StyleGAN)"),
-            "random": SliceStrategy(self.service, "random", "Random unlabelled slice (baseline)"),
+            "fps": SliceStrategy(self.handlers, "fps", "Farthest point sampling in the t-SNE map of W (SS-StyleGAN)"),
+            "random": SliceStrategy(self.handlers, "random", "Random unlabelled slice (baseline)"),
         }
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
@@ -110,7 +119,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
     def info(self) -> dict[str, Any]:
         meta = super().info()
-        meta["ss_stylegan"] = self.service.state()
+        meta["ss_stylegan"] = self.handlers.info()
         meta["classifier"] = "classify"
         return redacted(meta)
 
@@ -121,9 +130,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
         ``POST /infer/classify`` itself is served by :mod:`lib.routes` (in the thread pool); this path is
         for other callers of the app (MONAI Label's batch infer)."""
         image = identifier(request.get("image"), "image")
-        study = self.service.study(image)
-        if study is None:
-            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
+        study = self.service.require_study(image)
         if not self.known_image(image):
             self.datastore().refresh()
         if not self.known_image(image):  # a DICOM series folder: MONAI Label lists files only
@@ -139,13 +146,13 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
         hide_paths(studies=self.studies, workspace=self.settings.workspace)
         self.service.labels.open_for_writing()  # the server is the one process that writes labels
-        install(fastapi_app, build_router(self.service, self.control), build_guards(
-            datastore=self.datastore, limits=lambda: self.settings.upload_limits, mirror=self.mirror,
-            control=self.control, models=lambda: sorted(self._infers), strategies=lambda: sorted(self._strategies),
-        ))
+        install(fastapi_app, build_router(self.handlers, self.control),
+                build_guards(datastore=self.datastore, limits=lambda: self.settings.upload_limits, mirror=self.mirror),
+                build_task_guards(datastore=self.datastore, control=self.control, models=lambda: sorted(self._infers),
+                                  strategies=lambda: sorted(self._strategies)))
         for image_id in self.service.labels.images():  # label counts into the datastore info (GET /datastore/)
             self.mirror.changed(image_id)
-        log.info("SS-StyleGAN Label ready: %s", self.service.state()["message"])
+        log.info("SS-StyleGAN Label ready: %s", self.service.status().message)
 
 
 def install(app: FastAPI, *routers: APIRouter) -> None:

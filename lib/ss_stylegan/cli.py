@@ -107,30 +107,23 @@ def _build_cache(studies: Path, slice_cfg: SliceConfig, cache_dir: Path):  # noq
     return cache
 
 
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from ss_stylegan.atomic import atomic_write_text
     from ss_stylegan.data.cache import SliceCache
+    from ss_stylegan.devices import resolve_device
     from ss_stylegan.distributed import context_for, env_world_size
     from ss_stylegan.launcher import launch, parse_gpus
+    from ss_stylegan.recipes import model_preset
 
     sections = _load_sections(args.config)
     model_d = dict(sections.get("model", {}))
     preset = "tiny" if args.tiny else args.preset
     if preset is None and not model_d:
-        preset = "default" if args.gpus or _resolve_device(args.device).startswith("cuda") else "small"
+        preset = "default" if args.gpus or resolve_device(args.device).startswith("cuda") else "small"
     if preset is not None:
-        factory = {"default": ModelConfig, "small": ModelConfig.small, "tiny": ModelConfig.tiny}[preset]
-        model_d = {**factory(args.resolution or model_d.get("resolution", 64)).to_dict(), **model_d}
+        model_d = {**model_preset(preset, args.resolution or model_d.get("resolution", 64)).to_dict(), **model_d}
     if args.resolution:
         model_d["resolution"] = args.resolution
     model_cfg = ModelConfig.from_dict(model_d)
@@ -149,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("give --gpus (GPU processes) or --nproc (processes on --device), not both")
     gpus = parse_gpus(args.gpus) if args.gpus else None
     cache_dir = args.cache_dir or args.out / "slice_cache"
-    ctx = context_for(torch.device(_resolve_device(args.device))) if env_world_size() > 1 else None
+    ctx = context_for(torch.device(resolve_device(args.device))) if env_world_size() > 1 else None
     try:
         if ctx is None or ctx.is_main:   # under torchrun rank 0 builds the cache, the others open it
             cache = _build_cache(args.studies, slice_cfg, cache_dir)
@@ -162,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         logger.info("training on %d slices at %dx%d for %d steps", len(cache), model_cfg.resolution,
                     model_cfg.resolution, train_cfg.total_steps())
         result = launch(cache.images, model_cfg, train_cfg, args.out, nproc=args.nproc, gpus=gpus,
-                        device=_resolve_device(args.device), progress_bar=True)
+                        device=resolve_device(args.device), progress_bar=True)
     except BaseException:
         if ctx is not None:
             ctx.close(wait=False)

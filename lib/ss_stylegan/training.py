@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ss_stylegan import devices
 from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
 from ss_stylegan.checkpoint import (
     CheckpointError,
@@ -116,13 +117,12 @@ class Milestone:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was requested but no CUDA GPU is available; use device 'cpu'")
-    return device
+    """:func:`ss_stylegan.devices.resolve_device` as a ``torch.device``; a CUDA request without CUDA (or a name
+    that is not a device) is a :class:`TrainingError` that says what to use."""
+    try:
+        return torch.device(devices.resolve_device(device))
+    except devices.DeviceError as err:
+        raise TrainingError(str(err)) from err
 
 
 def stream_seed(seed: int, *key: int) -> int:

@@ -19,8 +19,8 @@ folder, the app's label tag kept out of the generic label API, and label counts 
   label write throughput). Here the watcher covers what MONAI Label reloads from: the studies folder
   itself (image files, ``datastore_v2.json``) and the generic label folders, not the app's own state.
 
-Slice label counts are mirrored into each image's info (``GET /datastore/``) by :class:`LabelCountMirror`,
-which batches many label writes into one rewrite of the state file, off the label write's path.
+Slice label counts are mirrored into each image's info (``GET /datastore/``) by
+:class:`lib.label_counts.LabelCountMirror`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,6 @@ from lib.errors import ProtectedError
 log = logging.getLogger(__name__)
 
 DATASTORE_FILE = "datastore_v2.json"
-MIRROR_DELAY_S = 0.5  # label counts are written at most this often (a burst of labels: one rewrite)
 
 
 def set_aside_unreadable(studies: str | Path) -> Path | None:
@@ -77,7 +74,7 @@ def datastore_extensions(defaults: list[str]) -> list[str]:
     ``*.mhd``, ``*.nhdr``, ``*.jpeg``, ...), so those studies get datastore ids like the others.
 
     DICOM series folders cannot be datastore entries (MONAI Label lists files); the app resolves
-    them from its own study index (:meth:`lib.service.SliceLabelService.study`).
+    them from its own study index (:class:`ss_stylegan.labelling.studies.StudyIndex`).
     """
     patterns = list(defaults)
     patterns += [f"*{suffix}" for suffix in VOLUME_SUFFIXES if f"*{suffix}" not in patterns]
@@ -248,77 +245,3 @@ class _ReloadHandler(FileSystemEventHandler):
             names = [os.path.basename(p) for p in paths]
             if any(self.names.match(n) and not n.startswith(".") for n in names):
                 self.store._on_any_event(event)
-
-
-class LabelCountMirror:
-    """Copies each image's slice label counts into its datastore info, in a background thread.
-
-    A label write only marks its image (:meth:`changed`); the thread then writes the counts of every marked
-    image in one rewrite of ``datastore_v2.json``. The label store is the record; the mirror is for
-    ``GET /datastore/`` readers and is rebuilt from the labels at every start.
-
-    Args:
-        datastore: callable returning the datastore.
-        counts: callable giving ``{class: count}`` of an image id.
-        key: the image-info key of the counts.
-        listed: callable telling whether an image id can be a datastore entry (a file; DICOM series
-            folders never are), so a missing entry is worth a datastore refresh.
-    """
-
-    def __init__(self, datastore: Callable[[], AtomicLocalDatastore], counts: Callable[[str], dict[str, int]],
-                 key: str, listed: Callable[[str], bool]) -> None:
-        self.datastore = datastore
-        self.counts = counts
-        self.key = key
-        self.listed = listed
-        self._cond = threading.Condition()
-        self._pending: set[str] = set()
-        self._busy = False
-        self._urgent = False  # a reader waits (flush): write without gathering
-        self._thread: threading.Thread | None = None
-
-    def changed(self, image_id: str) -> None:
-        with self._cond:
-            self._pending.add(image_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="label-count-mirror", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every change marked so far is in the datastore info."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._urgent = True
-            self._cond.notify_all()
-            while (self._pending or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    if not self._cond.wait(timeout=30.0):
-                        self._thread = None
-                        return
-                deadline = time.monotonic() + MIRROR_DELAY_S  # let a burst of label writes gather
-                while not self._urgent and time.monotonic() < deadline:
-                    self._cond.wait(timeout=deadline - time.monotonic())
-                batch, self._pending, self._urgent = self._pending, set(), False
-                self._busy = True
-            try:
-                self._write(batch)
-            except Exception:  # the mirror is informative only; the label store is the record
-                log.exception("could not mirror label counts of %d image(s) into the datastore", len(batch))
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _write(self, batch: set[str]) -> None:
-        infos = {image_id: {self.key: self.counts(image_id)} for image_id in batch}
-        datastore = self.datastore()
-        missing = [i for i in datastore.set_images_info(infos) if self.listed(i)]
-        if missing:  # files copied in since the last refresh
-            datastore.refresh()
-            datastore.set_images_info({i: infos[i] for i in missing})

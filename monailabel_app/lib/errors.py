@@ -1,5 +1,8 @@
 """The one table from domain errors to HTTP status codes, and the scrubbing of server paths from answers.
 
+The domain errors are the library's (:mod:`ss_stylegan.labelling.errors`, :mod:`ss_stylegan.labels`, ...);
+the two defined here belong to the HTTP surface over MONAI Label's inherited routes.
+
 Every route of the app runs its work inside :func:`http_errors`: a library or service error becomes an
 ``HTTPException`` with the status of the first matching row of :data:`STATUS` and the error's message as
 ``detail``, with every server folder registered by :func:`hide_paths` (studies, workspace, temp, the app)
@@ -21,6 +24,7 @@ from fastapi import HTTPException
 
 from ss_stylegan.config import ConfigError
 from ss_stylegan.data.readers import StudyReadError
+from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError  # noqa: F401
 from ss_stylegan.labels import (
     OrphanedLabelsError,
     SliceOutOfRangeError,
@@ -32,18 +36,6 @@ from ss_stylegan.training_lock import TrainingBusyError
 from ss_stylegan.uploads import UploadError, UploadTooLargeError
 from ss_stylegan.validation import FieldError
 from ss_stylegan.workspace import ReservationLimitError, WorkspaceError
-
-
-class NotReadyError(RuntimeError):
-    """The request needs something that does not exist yet (a trained model, a label); HTTP 409."""
-
-
-class EmbeddingInProgressError(NotReadyError):
-    """The image is being embedded into the map right now; HTTP 409, retry in a few seconds."""
-
-
-class NotFoundError(LookupError):
-    """An image id, model, strategy or session that does not exist; HTTP 404."""
 
 
 class ProtectedError(PermissionError):
@@ -70,6 +62,7 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, 422),                # a training request with a value out of range
     (ReservationLimitError, 429),
     (TrainingBusyError, 409),
+    (EmbeddingInProgressError, 409),
     (NotReadyError, 409),
     (WorkspaceError, 409),
     (NotUsedError, 406),

@@ -9,13 +9,13 @@ parsed strictly (:func:`ss_stylegan.validation.json_object`: no ``NaN``, no unkn
 value is checked (booleans are not numbers, strings are bounded and printable); a bad one gets 422 naming
 the field. Errors map to status codes in one table (:mod:`lib.errors`).
 
-Handlers are plain ``def`` (FastAPI runs them in its thread pool, so they never block the event loop) and
-only translate HTTP to :class:`~lib.service.SliceLabelService` calls. The active-learning routes exist
-because MONAI Label's own endpoint turns an answer without ``id`` into a 500; ours answers 200
-``{"done": true, "message": ...}`` when nothing is left, and 409 before training. The classify route exists
-because MONAI Label's infer endpoint is ``async def``: reading, embedding and placing an uploaded study there
-would stall every other request; it keeps the same request (``?image=<id>`` with a JSON ``{}`` body, or a
-multipart ``file`` upload with an optional ``params`` form field) and answer.
+Route functions are plain ``def`` (FastAPI runs them in its thread pool, so they never block the event loop)
+and only translate HTTP to :class:`~lib.handlers.Handlers` calls, the same the MONAI Label task objects make.
+The active-learning routes exist because MONAI Label's own endpoint turns an answer without ``id`` into a
+500; ours answers 200 ``{"done": true, "message": ...}`` when nothing is left, and 409 before training. The
+classify route exists because MONAI Label's infer endpoint is ``async def``: reading, embedding and placing an
+uploaded study there would stall every other request; it keeps the same request (``?image=<id>`` with a JSON
+``{}`` body, or a multipart ``file`` upload with an optional ``params`` form field) and answer.
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
 
-from ss_stylegan.labels import MAX_USER_CHARS
+from ss_stylegan.labelling.service import STRATEGIES
 from ss_stylegan.uploads import received_upload
-from ss_stylegan.validation import FieldError, identifier, integer_text, json_object, only_keys, text
+from ss_stylegan.validation import json_object
 
 from lib.auth import ANNOTATE, READ, TRAIN, RBAC, User, labeller, owner_of
 from lib.configs.settings import parse_train_request
-from lib.errors import NotFoundError, http_errors, redacted
-from lib.service import MAX_CLIENT_ID_CHARS, STRATEGIES, SliceLabelService
+from lib.errors import http_errors, redacted
+from lib.handlers import Handlers
 from lib.train_control import TrainControl
 from lib.uploads import bounded_route
 
-LABEL_FIELDS = ("image", "slice", "class", "user")
-SUGGEST_FIELDS = ("count", "client_id")
 _JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
@@ -50,95 +48,72 @@ async def json_body(request: Request) -> dict[str, Any]:
         return json_object(await request.body())
 
 
-def required(body: dict[str, Any], *fields: str) -> None:
-    for field in fields:
-        if field not in body:
-            raise FieldError(field, "is required")
-
-
-def build_router(service: SliceLabelService, control: TrainControl) -> APIRouter:
-    """Routes bound to ``service`` and ``control``."""
+def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
+    """Routes bound to ``handlers`` and ``control``."""
     router = APIRouter()
 
     @router.put("/slicelabels/", tags=["SliceLabels"], summary="Store (or change) the class of one slice",
                 openapi_extra=_JSON_BODY)
     def put_label(user: User = Depends(RBAC(ANNOTATE)), body: dict[str, Any] = Depends(json_body)) -> dict[str, Any]:
         with http_errors():
-            only_keys(body, LABEL_FIELDS)
-            required(body, "image", "slice", "class")
-            claimed = text(body.get("user", ""), "user", MAX_USER_CHARS)
-            return service.set_label(body["image"], body["slice"], body["class"], labeller(user, claimed))
+            return handlers.put_label(body, lambda claimed: labeller(user, claimed))
 
     @router.delete("/slicelabels/", tags=["SliceLabels"], summary="Remove the label of one slice")
     def delete_label(user: User = Depends(RBAC(ANNOTATE)), image: str = Query(...),
                      slice: str = Query(...)) -> dict[str, Any]:
         with http_errors():
-            identifier(image, "image")
-            index = integer_text(slice, "slice", minimum=0)
-            if not service.remove_label(image, index):
-                raise NotFoundError(f"slice {index} of image {image!r} has no label")
-            return {"removed": {"image": image, "slice": index}}
+            return handlers.delete_label(image, slice)
 
     @router.get("/slicelabels/", tags=["SliceLabels"], summary="List slice labels (flagged ones with why)")
     def list_labels(user: User = Depends(RBAC(READ)), image: str | None = None) -> dict[str, Any]:
         with http_errors():
-            return redacted({"labels": service.label_records(image)})
+            return redacted(handlers.labels(image))
 
     @router.get("/slicelabels/export.csv", tags=["SliceLabels"], summary="All slice labels as CSV")
     def export_csv(user: User = Depends(RBAC(READ))) -> PlainTextResponse:
-        return PlainTextResponse(
-            service.labels.to_csv(), media_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="slice_labels.csv"'},
-        )
+        return PlainTextResponse(handlers.labels_csv(), media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="slice_labels.csv"'})
 
     @router.get("/slicemap/", tags=["SliceLabels"], summary="Every embedded slice in the 2-D map")
     def slice_map(user: User = Depends(RBAC(READ))) -> dict[str, Any]:
         with http_errors():
-            return service.points()
+            return handlers.map_points()
 
     @router.get("/slicemap/slice", tags=["SliceLabels"], summary="One slice as the model sees it (PNG)",
                 response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def slice_png(user: User = Depends(RBAC(READ)), image: str = Query(...), slice: str = Query(...)) -> Response:
         with http_errors():
-            return Response(service.slice_png(image, integer_text(slice, "slice")), media_type="image/png")
+            return Response(handlers.slice_png(image, slice), media_type="image/png")
 
     @router.get("/slicemap/series", tags=["SliceLabels"], summary="A DICOM series study as one zip file")
     def series_zip(user: User = Depends(RBAC(READ)), image: str = Query(...)) -> FileResponse:
         folder = tempfile.mkdtemp(prefix="ss_stylegan-series-")
         try:
             with http_errors():
-                path = service.series_archive(image, folder)
+                path = handlers.series_archive(image, folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return FileResponse(path, media_type="application/zip", filename=path.name,
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
-    def classify(
-        user: User = Depends(RBAC(READ)),
-        image: str = "",
-        params: str = Form("{}"),
-        file: UploadFile | None = File(None),
-        output: str | None = None,
-    ) -> dict[str, Any]:
+    def classify(user: User = Depends(RBAC(READ)), image: str = "", params: str = Form("{}"),
+                 file: UploadFile | None = File(None), output: str | None = None) -> dict[str, Any]:
         del output  # accepted for MONAI Label clients; the answer is always JSON
         with http_errors():
             json_object(params, "params")
             if file is not None:
-                with received_upload(file.file, file.filename, service.settings.upload_limits) as (path, _):
-                    return redacted(service.classify_file(path))
-            if not image:
-                raise NotFoundError(
-                    "unknown image: give ?image=<datastore image id> (see GET /datastore/) or upload a file")
-            return redacted(service.classify_image(image))
+                with received_upload(file.file, file.filename, handlers.settings.upload_limits) as (path, _):
+                    return redacted(handlers.classify_file(path))
+            return redacted(handlers.classify_image(image))
 
     router.add_api_route("/infer/classify", classify, methods=["POST"], tags=["Infer"],
                          summary="Class of every slice of a study (1-NN in the map)",
-                         route_class_override=bounded_route(lambda: service.settings.upload_limits.max_bytes))
+                         route_class_override=bounded_route(lambda: handlers.settings.upload_limits.max_bytes))
 
     for name in STRATEGIES:
         router.add_api_route(
-            f"/activelearning/{name}", _suggest_handler(service, name), methods=["POST"],
+            f"/activelearning/{name}", _suggest_route(handlers, name), methods=["POST"],
             tags=["ActiveLearning"], summary=f"Next slice(s) to label ({name})", openapi_extra=_JSON_BODY,
         )
 
@@ -153,7 +128,7 @@ def build_router(service: SliceLabelService, control: TrainControl) -> APIRouter
     def train_status(user: User = Depends(RBAC(READ)), all: bool = False, check_if_running: bool = False) -> Any:
         with http_errors():
             res = control.status(all, check_if_running)
-            return redacted({**res, "ss_stylegan": service.workspace.read_status().to_dict()})
+            return redacted({**res, "ss_stylegan": handlers.service.workspace.read_status().to_dict()})
 
     @router.delete("/train/", tags=["Train"], summary="Stop the training (also one an earlier server started)")
     def stop_training(user: User = Depends(RBAC(TRAIN))) -> Any:
@@ -163,13 +138,10 @@ def build_router(service: SliceLabelService, control: TrainControl) -> APIRouter
     return router
 
 
-def _suggest_handler(service: SliceLabelService, strategy: str) -> Any:
+def _suggest_route(handlers: Handlers, strategy: str) -> Any:
     def suggest(user: User = Depends(RBAC(ANNOTATE)), body: dict[str, Any] = Depends(json_body)) -> dict[str, Any]:
         with http_errors():
-            only_keys(body, SUGGEST_FIELDS)
-            client_id = text(body.get("client_id") or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
-            return service.suggest(strategy, count=body.get("count", 1), client_id=client_id,
-                                   owner=owner_of(user, client_id))
+            return handlers.suggest(strategy, body, owner=lambda client_id: owner_of(user, client_id))
 
     suggest.__name__ = f"suggest_{strategy}"
     return suggest

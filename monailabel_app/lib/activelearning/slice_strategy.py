@@ -7,23 +7,22 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from lib.errors import http_errors
-from lib.service import SliceLabelService
+from lib.handlers import SUGGEST_FIELDS, Handlers
 
 
 class SliceStrategy(Strategy):
-    """Suggest (image id, slice index) pairs with the service's ``fps`` or ``random`` rule.
+    """Suggest (image id, slice index) pairs with the ``fps`` or ``random`` rule.
 
-    ``POST /activelearning/<name>`` itself is served by :mod:`lib.routes`; this task is what MONAI Label
-    lists in ``/info/``. Request fields: ``count`` (default 1) and ``client_id`` (reservations are per client).
+    ``POST /activelearning/<name>`` is served by :mod:`lib.routes`; this task is what MONAI Label lists in
+    ``/info/`` and calls for its other callers. Both call the same handler (:meth:`lib.handlers.Handlers.suggest`).
+    Request fields: ``count`` (default 1) and ``client_id`` (reservations are per client); the other keys
+    MONAI Label adds to a request are not the strategy's.
     """
 
-    def __init__(self, service: SliceLabelService, strategy: str, description: str) -> None:
+    def __init__(self, handlers: Handlers, strategy: str, description: str) -> None:
         super().__init__(description)
-        self.service = service
+        self.handlers = handlers
         self.strategy = strategy
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        with http_errors():
-            return self.service.suggest(self.strategy, count=request.get("count", 1),
-                                        client_id=request.get("client_id") or "")
+        return self.handlers.suggest(self.strategy, {k: request[k] for k in SUGGEST_FIELDS if k in request})

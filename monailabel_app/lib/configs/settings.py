@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
+from ss_stylegan.devices import resolve_device
+from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labels import LabelError, parse_classes
 from ss_stylegan.launcher import parse_gpus
-from ss_stylegan.recipes import get_recipe, model_preset
+from ss_stylegan.recipes import PRESETS, get_recipe, model_preset
 from ss_stylegan.uploads import UploadLimits
 from ss_stylegan.validation import integer, number, only_keys, text
 
@@ -51,7 +53,6 @@ KNOWN_KEYS = (
 )
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
-PRESETS = ("auto", "default", "small", "tiny")
 TRAIN_REQUEST_KEYS = ("kimg", "steps", "minutes", "batch_size", "device")
 
 
@@ -88,7 +89,7 @@ class AppSettings:
             classes = parse_classes(conf.get("classes", "normal,lesion"))
         except LabelError as err:
             raise ConfigError(f"--conf classes: {err}") from err
-        device = parse_device(conf.get("device", "auto"))
+        device = resolve_device(conf.get("device", "auto"))
         # Defaults that depend on the device come from the library's recipe for it (the one the evaluation
         # measures): a CPU server trains the small network for half an hour, a GPU the full one.
         recipe = get_recipe("cpu" if device == "cpu" else "gpu")
@@ -96,8 +97,8 @@ class AppSettings:
         resolution = _int(conf, "resolution", recipe.resolution)
         slice_cfg = SliceConfig.from_dict({"resolution": resolution, **_window(conf.get("window", "auto"))})
         preset = conf.get("preset", recipe.preset)
-        if preset not in PRESETS or preset == "auto":
-            raise ConfigError(f"--conf preset must be one of {PRESETS}, got {preset!r}")
+        if preset not in PRESETS:
+            raise ConfigError(f"--conf preset must be one of {('auto', *PRESETS)}, got {preset!r}")
         model_cfg = model_preset(preset, resolution)
         train_cfg = train_config(
             recipe.train.replace(seed=_int(conf, "random_state", 0),
@@ -144,6 +145,12 @@ class AppSettings:
             gpus=gpus,
         )
 
+    def labelling(self) -> LabellingConfig:
+        """What the labelling service needs of these settings."""
+        return LabellingConfig(classes=tuple(self.classes), slice_cfg=self.slice_cfg, device=self.device,
+                               random_state=self.random_state, suggestion_ttl_s=self.suggestion_ttl_s,
+                               suggestion_cap=self.suggestion_cap)
+
 
 def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:
     """The fields of a training request body, checked strictly (422 naming the field): ``kimg`` and
@@ -177,22 +184,6 @@ def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig
     if "batch_size" in overrides:
         changes["batch_size"] = int(_number(overrides["batch_size"], "batch_size", int))
     return base.replace(**changes)
-
-
-def parse_device(value: str) -> str:
-    """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N``; ``auto`` and a missing GPU resolve to ``cpu``."""
-    import torch
-
-    value = str(value).strip().lower()
-    if value == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if value == "cpu":
-        return "cpu"
-    if value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {value!r} asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
-        return value
-    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
 
 
 def parse_gpus_setting(value: str, device: str) -> list[int] | None:

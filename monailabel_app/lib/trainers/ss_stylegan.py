@@ -35,12 +35,13 @@ from ss_stylegan.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.fingerprint import Fingerprint, stamp
+from ss_stylegan.devices import resolve_device
 from ss_stylegan.launcher import launch
 from ss_stylegan.pipeline import map_from_checkpoint
 from ss_stylegan.training import Milestone, TrainProgress
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
-from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, parse_device, train_config
+from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, train_config
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SSStyleGANTrainer(TrainTask):
         try:
             train_cfg = train_config(self.settings.train_cfg,
                                      {k: request[k] for k in TRAIN_REQUEST_KEYS if k in request and k != "device"})
-            device = parse_device(str(request.get("device", self.settings.device)))
+            device = resolve_device(str(request.get("device", self.settings.device)))
         except ConfigError as err:
             self._status("failed", f"invalid training request: {err}")
             raise

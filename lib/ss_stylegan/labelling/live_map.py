@@ -19,30 +19,31 @@ version is unchanged and to publish and swap the updated map. The update is publ
 (:meth:`~ss_stylegan.workspace.Workspace.publish_update`; published versions never change), made current
 only if the version it updates still is: a training that published meanwhile wins, and the studies are
 embedded into its map next. A failed embedding is retried after a
-back-off. The studies in the folder (this class's own index, which also holds DICOM series folders that
-MONAI Label's datastore does not list) decide which image ids exist.
+back-off. The studies in the folder (:class:`~ss_stylegan.labelling.studies.StudyIndex`, which also holds DICOM
+series folders that MONAI Label's datastore does not list) decide which image ids exist.
+
+Getters (:meth:`current`, :meth:`is_stale`, :meth:`removed_rows`) never start work; :meth:`maybe_refresh`
+is the one call that does, made once per request by the labelling service's ``sync``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies, read_study_slices
+from ss_stylegan.config import SliceConfig
+from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache
 from ss_stylegan.data.fingerprint import stamp as study_stamp
-from ss_stylegan.data.readers import StudyReadError, is_volume_file
+from ss_stylegan.data.readers import StudyReadError
+from ss_stylegan.labelling.placement import MapEmbedder
+from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.workspace import SliceMap, StaleVersionError, Workspace, WorkspaceError
-
-from lib.configs.settings import AppSettings
-from lib.embedder import MapEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 300.0
 SWEEP_S = 1.0  # studies on disk are compared with the map at most this often
-# when the folder's stamp moved but the names of its entries that can be studies did not (MONAI Label rewrote
-# datastore_v2.json after label writes, through a hidden temp file and lock file), the studies are listed again
-# (every entry examined: a DICOM folder may have been filled since) at most this often
-RESCAN_S = 10.0
 # a sweep runs at most every SWEEP_S and, with thousands of studies, at most this fraction of the time
 SWEEP_MAX_LOAD = 0.05
 
@@ -62,29 +59,28 @@ class LiveSliceMap:
     """The current slice map of a workspace plus the studies of a folder, embedded as they arrive.
 
     Args:
-        settings: parsed ``--conf`` settings.
-        studies: the datastore folder.
+        studies: the studies of the datastore folder.
         workspace: the datastore's model state.
-        training_running: callable telling whether MONAI Label's training subprocess runs now (no
-            background embedding meanwhile: the training publishes a map of every study).
+        slice_cfg: how slices are read (the training's).
+        device: where the published encoder runs.
+        training_running: callable telling whether a training runs now (no background embedding meanwhile:
+            the training publishes a map of every study).
+        fingerprints: the content hashes of study files (shared with the label flags).
     """
 
-    def __init__(self, settings: AppSettings, studies: Path, workspace: Workspace,
+    def __init__(self, studies: StudyIndex, workspace: Workspace, slice_cfg: SliceConfig, device: str,
                  training_running: Callable[[], bool], fingerprints: FingerprintCache | None = None) -> None:
-        self.settings = settings
         self.fingerprints = fingerprints or FingerprintCache()
-        self.studies = Path(studies)
+        self.studies = studies
+        self.slice_cfg = slice_cfg
         self.workspace = workspace
         self.training_running = training_running
-        self.embedder = MapEmbedder(workspace, settings)
+        self.embedder = MapEmbedder(workspace, device)
         # (stamp on disk, map): replaced in one assignment, read without a lock
         self._current: tuple[Any, SliceMap | None] = (None, None)
         self._map_lock = threading.Lock()  # loading a changed map; checking + swapping an extended one
         self.problem = ""  # why the map on disk could not be loaded (the previous one stays in use)
         self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
-        self._scan_cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
-        self._scan_names: frozenset[str] | None = None  # entry names of the folder at the last full listing
-        self._scanned_at = 0.0
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
         self.embedding: frozenset[str] = frozenset()  # image ids being embedded now
@@ -120,7 +116,7 @@ class LiveSliceMap:
             slice_map = self.workspace.load_map()
             self.problem = ""
             log.info("slice map loaded: %d slices, model %s", len(slice_map), slice_map.model_version)
-            by_id = self._scan()[3]
+            by_id = self.studies.by_id()
             for image_id, recorded in slice_map.fingerprints.items():
                 if image_id in by_id:  # known content hashes: a later check needs no re-hash
                     self.fingerprints.remember(by_id[image_id].path, Fingerprint.from_dict(recorded))
@@ -131,58 +127,20 @@ class LiveSliceMap:
         self._current = (stamp, slice_map)
         return slice_map
 
-    def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
-        """``(stamp, studies, ignored file names, studies by id)`` of the studies folder, rescanned only
-        when the folder changes: when entries were added, removed or renamed, or otherwise at most every
-        ``RESCAN_S`` (the folder's own files, such as MONAI Label's ``datastore_v2.json`` rewritten after
-        every batch of labels, change its stamp too, and examining thousands of entries each time would
-        stall requests)."""
-        stamp = self.studies.stat().st_mtime_ns
-        cached = self._scan_cache
-        if cached[0] != stamp:
-            names = frozenset(n for n in os.listdir(self.studies) if not n.startswith(".") and n not in IGNORED_NAMES)
-            now = time.monotonic()
-            if names == self._scan_names and now - self._scanned_at < RESCAN_S:
-                self._scan_cache = (stamp, *cached[1:])
-                return self._scan_cache
-            self._scan_names, self._scanned_at = names, now
-            ignored = [
-                e.name for e in sorted(self.studies.iterdir(), key=lambda p: p.name)
-                if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
-            ]
-            studies = find_studies(self.studies)
-            cached = (stamp, studies, ignored, {s.image_id: s for s in studies})
-            self._scan_cache = cached
-        return cached
-
-    def folder_stamp(self) -> int | None:
-        """Changes whenever a study is added to or removed from the folder."""
-        return self._scan()[0]
-
-    def study(self, image_id: str) -> Study | None:
-        """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
-        return self._scan()[3].get(image_id)
-
-    def ignored_files(self) -> list[str]:
-        """Files in the studies folder that are not studies (not images), so a user sees why they are unused."""
-        return list(self._scan()[2])
-
     def is_stale(self, image_id: str, slice_map: SliceMap | None = None) -> bool:
         """Whether the study's file differs from the one the map holds (one ``stat``; no hashing).
 
         True while a changed study waits to be read again, and for a study whose stamp differs from the
-        recorded one (the next sweep hashes it: a file only touched is then kept)."""
+        recorded one (the next sweep, started by :meth:`maybe_refresh`, hashes it: a file only touched is
+        then kept)."""
         if image_id in self.changed:
             return True
         slice_map = slice_map if slice_map is not None else self.current()
         recorded = slice_map.fingerprints.get(image_id) if slice_map is not None else None
-        study = self.study(image_id)
+        study = self.studies.study(image_id)
         if recorded is None or study is None:
             return False
-        if Fingerprint.from_dict(recorded).stamp == study_stamp(study.path):
-            return False
-        self.maybe_refresh()
-        return True
+        return Fingerprint.from_dict(recorded).stamp != study_stamp(study.path)
 
     def maybe_refresh(self) -> bool:
         """Start a background update of the map when something may have changed; return whether one started.
@@ -196,11 +154,11 @@ class LiveSliceMap:
         if slice_map is None or self.training_running():
             return False
         known = slice_map.image_set() | set(slice_map.errors) | set(slice_map.depths)
-        by_id = self._scan()[3]
+        by_id = self.studies.by_id()
         gone = frozenset(known - set(by_id))
         if time.monotonic() < self._retry_at:
             known |= set(self.failed)
-        new = [s for s in self._scan()[1] if s.image_id not in known]
+        new = [s for s in self.studies.studies() if s.image_id not in known]
         sweep = time.monotonic() >= max(self._next_sweep, self._retry_at if self.failed else 0.0)
         if not new and not gone and not sweep:
             return False
@@ -224,7 +182,7 @@ class LiveSliceMap:
         recorded hash to compare with while the stamp moved, means changed. A study recorded without any
         fingerprint (a map made before fingerprints existed) is adopted as it is now.
         """
-        by_id = self._scan()[3]
+        by_id = self.studies.by_id()
         changed: set[str] = set()
         record: dict[str, dict[str, Any]] = {}
         for image_id in (snapshot.image_set() | set(snapshot.errors) | set(snapshot.depths)) & set(by_id):
@@ -271,7 +229,7 @@ class LiveSliceMap:
                 changed, adopted = set(self.changed), {}
             self.changed = frozenset(changed)  # unavailable until read again (also if this update fails)
             if changed:
-                by_id = self._scan()[3]
+                by_id = self.studies.by_id()
                 studies += [by_id[i] for i in sorted(changed) if i in by_id]
                 self.embedding = frozenset(s.image_id for s in studies)
             drop = set(gone) | changed
@@ -283,7 +241,7 @@ class LiveSliceMap:
                 if fingerprint is not None:
                     prints[study.image_id] = fingerprint.to_dict()
                 try:
-                    study_slices = read_study_slices(study.path, self.settings.slice_cfg, study.image_id)
+                    study_slices = read_study_slices(study.path, self.slice_cfg, study.image_id)
                 except StudyReadError as err:
                     errors[study.image_id] = str(err)
                     continue
@@ -341,7 +299,7 @@ class LiveSliceMap:
     def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
         """Rows of the map whose image has left the studies folder or changed on disk (never suggested),
         cached per map (model version, size and the stamp it was loaded with), studies and changed set."""
-        studies = frozenset(self._scan()[3])
+        studies = frozenset(self.studies.by_id())
         stamp_, current = self._current
         changed = self.changed
         key = (slice_map.model_version, len(slice_map), stamp_ if current is slice_map else None, studies, changed)

@@ -9,8 +9,8 @@ of its parent's: the same files, so the loaded model is kept.
 from __future__ import annotations
 
 import logging
-import threading
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,14 @@ class MapEmbedder:
 
     Args:
         workspace: where the published checkpoint and the projector are.
-        settings: app settings (device, batch size).
+        device: where the encoder runs (``cpu``, ``cuda``, ``cuda:N``).
+        batch_size: slices per encoder pass.
     """
 
-    def __init__(self, workspace: Workspace, settings: Any) -> None:
+    def __init__(self, workspace: Workspace, device: str = "cpu", batch_size: int = 64) -> None:
         self.workspace = workspace
-        self.settings = settings
+        self.device = device
+        self.batch_size = batch_size
         self._lock = threading.Lock()
         self._loaded: tuple[Any, ...] | None = None  # (model version, identity of the model files)
         self._model: Any = None
@@ -44,7 +46,7 @@ class MapEmbedder:
         if self._loaded == key:
             return
         try:
-            model = load_model(version.checkpoint_dir, device=self.settings.device)
+            model = load_model(version.checkpoint_dir, device=self.device)
             if model.model_version != model_version:
                 raise WorkspaceError(
                     f"the published model is version {model.model_version} but the slice map was made with "
@@ -72,7 +74,7 @@ class MapEmbedder:
             raise WorkspaceError("the slice map was not published (no version folder); train again")
         with self._lock:
             self._load(slice_map.version, slice_map.model_version)
-            w = embed_images(self._model, images_u8, batch_size=64, device=self.settings.device)
+            w = embed_images(self._model, images_u8, batch_size=self.batch_size, device=self.device)
             assert self._projector is not None
             xy = self._projector.transform(w)
         return np.asarray(w, dtype=np.float32), np.asarray(xy, dtype=np.float32)

@@ -1,6 +1,8 @@
-"""The server's suggestions and classification keep their indexes between requests and answer as if rebuilt.
+"""The labelling service's suggestions and classification keep their indexes between requests and answer as
+if rebuilt.
 
-:class:`lib.service.SliceLabelService` runs in the test process over a synthetic map (placeholder study
+:class:`ss_stylegan.labelling.service.LabellingService` (what the server runs) runs in the test process over
+a synthetic map (placeholder study
 files, as ``benchmarks/bench_server.py`` writes them: suggestions and classification read only the map).
 Over a sequence of requests from several clients, label changes, a study leaving the folder and a new
 map, every ``fps`` answer must equal the stateless :class:`FarthestPointSelector` over the same labelled,
@@ -11,22 +13,20 @@ indexes must be the same objects from one request to the next while the map stay
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "monailabel_app"))
-from lib.configs.settings import AppSettings  # noqa: E402
-from lib.errors import NotReadyError  # noqa: E402
-from lib.service import SliceLabelService  # noqa: E402
-
-from ss_stylegan.classification import NearestNeighbourClassifier  # noqa: E402
-from ss_stylegan.labels import flag_of  # noqa: E402
-from ss_stylegan.selection import FarthestPointSelector  # noqa: E402
-from ss_stylegan.workspace import SliceMap, Workspace  # noqa: E402
+from ss_stylegan.classification import NearestNeighbourClassifier
+from ss_stylegan.config import SliceConfig
+from ss_stylegan.labelling.errors import NotReadyError
+from ss_stylegan.labelling.results import LabellingConfig
+from ss_stylegan.labelling.service import LabellingService
+from ss_stylegan.labels import flag_of
+from ss_stylegan.selection import FarthestPointSelector
+from ss_stylegan.workspace import SliceMap, Workspace
 
 N_STUDIES, DEPTH = 12, 40
 
@@ -50,49 +50,50 @@ def write_map(studies: Path, seed: int, version: str) -> SliceMap:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> SliceLabelService:
+def service(tmp_path: Path) -> LabellingService:
     write_map(tmp_path / "studies", 0, "v1")
-    svc = SliceLabelService(AppSettings.from_conf({"device": "cpu", "suggestion_cap": "8"}, tmp_path / "studies"),
-                            tmp_path / "studies", training_running=lambda: False)
+    config = LabellingConfig(classes=("normal", "lesion"), slice_cfg=SliceConfig(resolution=32), suggestion_cap=8)
+    svc = LabellingService(config, tmp_path / "studies", Workspace(tmp_path / "studies" / ".ss_stylegan"),
+                           training_running=lambda: False)
     svc.labels.open_for_writing()
-    svc.maybe_refresh()   # the first sweep records the studies' fingerprints in a new map: let it finish
-    svc.wait_refresh()
+    svc.sync()   # the first sweep records the studies' fingerprints in a new map: let it finish
+    svc.maps.wait_refresh()
     return svc
 
 
-def expected_fps(svc: SliceLabelService, client: str, count: int) -> list[tuple[str, int]]:
+def expected_fps(svc: LabellingService, client: str, count: int) -> list[tuple[str, int]]:
     """What the stateless selector picks for ``client`` now (computed before the request reserves)."""
     slice_map = svc.slice_map()
     row_of = slice_map.row_lookup()
     removed = svc.maps.removed_rows(slice_map)
     gone = set(removed.tolist())
-    labelled = [row_of[k] for k in svc.usable_labels() if k in row_of and row_of[k] not in gone]
+    labelled = [row_of[k] for k in svc.flags.usable() if k in row_of and row_of[k] not in gone]
     reserved = [row_of[k] for k in svc.pending.reserved(exclude_client=client) if k in row_of and row_of[k] not in gone]
-    picks = FarthestPointSelector(start="central", random_state=svc.settings.random_state).select(
+    picks = FarthestPointSelector(start="central", random_state=svc.config.random_state).select(
         slice_map.xy, labelled=labelled, pending=reserved, count=count, exclude=removed)
     return [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
 
 
-def expected_classes(svc: SliceLabelService, image_id: str) -> list[str]:
+def expected_classes(svc: LabellingService, image_id: str) -> list[str]:
     slice_map = svc.slice_map()
     row_of = slice_map.row_lookup()
     gone = set(slice_map.image_ids[svc.maps.removed_rows(slice_map)].tolist())
-    labelled = sorted((k, c) for k, c in svc.usable_labels().items() if k in row_of and k[0] not in gone)
+    labelled = sorted((k, c) for k, c in svc.flags.usable().items() if k in row_of and k[0] not in gone)
     clf = NearestNeighbourClassifier().fit(slice_map.xy[[row_of[k] for k, _ in labelled]], [c for _, c in labelled])
     return [str(c) for c in clf.predict(slice_map.xy[slice_map.rows_of(image_id)]).labels]
 
 
-def fresh_flags(svc: SliceLabelService) -> dict[tuple[str, int], str]:
+def fresh_flags(svc: LabellingService) -> dict[tuple[str, int], str]:
     """Every label judged against its study now, with nothing kept from earlier calls."""
     flags = {}
     for image_id in svc.labels.images():
         records = svc.labels.records(image_id)
-        state = svc.study_state(image_id, records)
+        state = svc.flags.study_state(image_id, records)
         flags.update({(image_id, r["slice"]): reason for r in records if (reason := flag_of(r, state))})
     return flags
 
 
-def test_suggestions_and_classification_follow_every_change(service: SliceLabelService, tmp_path: Path) -> None:
+def test_suggestions_and_classification_follow_every_change(service: LabellingService, tmp_path: Path) -> None:
     svc = service
     rng = np.random.default_rng(1)
     with pytest.raises(NotReadyError, match="no embedded slice is labelled"):
@@ -103,60 +104,60 @@ def test_suggestions_and_classification_follow_every_change(service: SliceLabelS
         client, count = f"client{step % 4}", int(rng.integers(1, 4))
         want = expected_fps(svc, client, count)
         got = svc.suggest("fps", count=count, client_id=client)
-        assert [(s["id"], s["slice"]) for s in got.get("suggestions", [])] == want, step
+        assert [(s.image, s.slice) for s in got.picks] == want, step
         if kept.get("map") is not svc.slice_map():
-            kept = {"map": svc.slice_map(), "fps": svc._fps[1]}
-        assert svc._fps[1] is kept["fps"]          # kept, never rebuilt while the map stays
+            kept = {"map": svc.slice_map(), "fps": svc.indexes._fps[1]}
+        assert svc.indexes._fps[1] is kept["fps"]          # kept, never rebuilt while the map stays
         if step % 3 == 0 and want:                 # the client labels one of its suggestions
             image, s = want[0]
             svc.set_label(image, s, "lesion" if rng.random() < 0.4 else "normal", user=client)
         if step % 7 == 6:                          # ... or another label is removed or changed
-            image, s = sorted(svc.usable_labels())[int(rng.integers(0, len(svc.usable_labels())))]
+            image, s = sorted(svc.flags.usable())[int(rng.integers(0, len(svc.flags.usable())))]
             if rng.random() < 0.5:
                 svc.remove_label(image, s)
             else:
                 svc.set_label(image, s, "lesion")
-        if svc.usable_labels():
+        if svc.flags.usable():
             image_id = f"img_{int(rng.integers(0, N_STUDIES)):02d}"
             image_id = "img_04" if image_id in broken else image_id
             answer = svc.classify_image(image_id)
-            assert [x["class"] for x in answer["slices"]] == expected_classes(svc, image_id), step
-            for x in answer["slices"]:  # the neighbour is a labelled slice of the predicted class
-                assert svc.usable_labels()[(x["neighbour"]["image"], x["neighbour"]["slice"])] == x["class"]
-            kept.setdefault("nn", svc._nn[1])
-            assert svc._nn[1] is kept["nn"]
-        assert svc.flags() == fresh_flags(svc), step
+            assert [x.label for x in answer.slices] == expected_classes(svc, image_id), step
+            for x in answer.slices:  # the neighbour is a labelled slice of the predicted class
+                assert svc.flags.usable()[(x.neighbour_image, x.neighbour_slice)] == x.label
+            kept.setdefault("nn", svc.indexes._nn[1])
+            assert svc.indexes._nn[1] is kept["nn"]
+        assert svc.flags.flags() == fresh_flags(svc), step
         if step == 20:                             # a labelled study's file changes in place (same folder stamp)
             svc.set_label("img_05", 1, "normal")
             broken.add("img_05")
             (tmp_path / "studies" / "img_05.nii.gz").write_bytes(b"other content")
             time.sleep(1.1)                        # flags notice a file changed in place within FLAGS_TTL_S
-            assert ("img_05", 1) in svc.flags()         # (here: it cannot be read now)
-            svc.maybe_refresh()
-            svc.wait_refresh()                     # (the map's sweep sets the study aside: it cannot be read)
+            assert ("img_05", 1) in svc.flags.flags()         # (here: it cannot be read now)
+            svc.sync()
+            svc.maps.wait_refresh()                     # (the map's sweep sets the study aside: it cannot be read)
         if step == 25:                             # a study leaves the folder: never suggested, not a reference
             svc.set_label("img_03", 2, "lesion")
             os.remove(tmp_path / "studies" / "img_03.nii.gz")
             broken.add("img_03")
             n_maps = len({id(kept["map"]), id(svc.slice_map())})
-            svc.maybe_refresh()
-            svc.wait_refresh()                     # (the map without it is published by a background thread)
+            svc.sync()
+            svc.maps.wait_refresh()                     # (the map without it is published by a background thread)
             assert n_maps == 1 and svc.slice_map() is not kept["map"]
-            assert ("img_03", 2) in svc.flags()
+            assert ("img_03", 2) in svc.flags.flags()
             svc.remove_label("img_03", 2)          # a flagged label removed: its flag goes at once
-            assert ("img_03", 2) not in svc.flags()
-    assert not any(s["id"] == "img_03" for s in svc.suggest("fps", count=8, client_id="last")["suggestions"])
+            assert ("img_03", 2) not in svc.flags.flags()
+    assert not any(s.image == "img_03" for s in svc.suggest("fps", count=8, client_id="last").picks)
 
 
-def test_a_new_map_gets_new_indexes(service: SliceLabelService, tmp_path: Path) -> None:
+def test_a_new_map_gets_new_indexes(service: LabellingService, tmp_path: Path) -> None:
     svc = service
     svc.set_label("img_01", 5, "normal")
     svc.set_label("img_02", 7, "lesion")
     svc.suggest("fps", client_id="a")
     svc.classify_image("img_04")
-    old_fps, old_nn = svc._fps[1], svc._nn[1]
+    old_fps, old_nn = svc.indexes._fps[1], svc.indexes._nn[1]
     write_map(tmp_path / "studies", 5, "v2")               # a training publishes another map
     want = expected_fps(svc, "a", 2)
-    assert [(s["id"], s["slice"]) for s in svc.suggest("fps", count=2, client_id="a")["suggestions"]] == want
-    assert [x["class"] for x in svc.classify_image("img_04")["slices"]] == expected_classes(svc, "img_04")
-    assert svc._fps[1] is not old_fps and svc._nn[1] is not old_nn
+    assert [(s.image, s.slice) for s in svc.suggest("fps", count=2, client_id="a").picks] == want
+    assert [x.label for x in svc.classify_image("img_04").slices] == expected_classes(svc, "img_04")
+    assert svc.indexes._fps[1] is not old_fps and svc.indexes._nn[1] is not old_nn

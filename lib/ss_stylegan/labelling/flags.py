@@ -1,0 +1,167 @@
+"""Which stored labels no longer fit their study, judged against the studies folder and the live map.
+
+A label is *flagged* (:func:`ss_stylegan.labels.flag_of`) when its study was deleted, cannot be read, has
+fewer slices now, or its file changed since the label was made. Flagged labels are listed with the reason
+and left out of suggestions and classification, never moved or dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
+from ss_stylegan.data.fingerprint import stamp as study_stamp
+from ss_stylegan.data.readers import StudyReadError, read_volume
+from ss_stylegan.labelling.live_map import LiveSliceMap
+from ss_stylegan.labelling.studies import StudyIndex
+from ss_stylegan.labels import SliceLabelStore, StudyState, UnreadableImageError, flag_of
+from ss_stylegan.workspace import SliceMap
+
+FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change, else at most this often
+
+
+class LabelFlags:
+    """The flags of a label store's labels, kept between calls and judged again only where something changed.
+
+    Args:
+        studies: the studies of the folder.
+        maps: the live slice map (a study's slice count is the map's while its file is the embedded one).
+        fingerprints: content hashes of study files (shared with the live map).
+    """
+
+    def __init__(self, studies: StudyIndex, maps: LiveSliceMap, fingerprints: FingerprintCache) -> None:
+        self.studies = studies
+        self.maps = maps
+        self.fingerprints = fingerprints
+        self.labels: SliceLabelStore | None = None  # set by the owner once the store exists (it asks depth_of)
+        self._depths: dict[str, tuple[Stamp, int | str]] = {}  # path -> (stamp, slices or why unreadable)
+        self._flags: tuple[Any, float, dict[tuple[str, int], str]] = (None, 0.0, {})
+        self._image_flags: dict[str, tuple[Any, dict[tuple[str, int], str]]] = {}  # per image: (inputs, flags)
+        self._relabelled: set[str] = set()  # images whose labels changed since flags() last looked
+        self._relabelled_lock = threading.Lock()
+
+    def depth_of(self, image_id: str, slice_map: SliceMap | None = None) -> int | None:
+        """Number of slices of a study now (None when the folder has no such study).
+
+        The map's count is used while the study's file is the one that was embedded; otherwise the file
+        is read (once per stamp). ``slice_map``: the current map when the caller already has it.
+
+        Raises:
+            UnreadableImageError: the study is in the folder but cannot be read.
+        """
+        study = self.studies.study(image_id)
+        if study is None:
+            return None
+        slice_map = slice_map if slice_map is not None else self.maps.current()
+        if slice_map is not None and (image_id in slice_map.depths or image_id in slice_map.errors) \
+                and not self.maps.is_stale(image_id, slice_map):
+            if image_id in slice_map.depths:
+                return slice_map.depths[image_id]
+            raise UnreadableImageError(slice_map.errors[image_id])
+        now = study_stamp(study.path)
+        if now is None:
+            return None
+        key = str(study.path)
+        cached = self._depths.get(key)
+        if cached is None or cached[0] != now:
+            try:
+                cached = (now, read_volume(study.path).n_slices)
+            except StudyReadError as err:
+                cached = (now, str(err))
+            self._depths[key] = cached
+        if isinstance(cached[1], str):
+            raise UnreadableImageError(cached[1])
+        return cached[1]
+
+    def study_state(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None = None
+                    ) -> StudyState:
+        """What the folder holds for ``image_id`` now, to judge its ``records`` by (hashes the file only
+        when a record's stamp differs from the file's)."""
+        study = self.studies.study(image_id)
+        if study is None:
+            return StudyState(exists=False)
+        try:
+            n_slices = self.depth_of(image_id, slice_map)
+        except UnreadableImageError as err:
+            return StudyState(exists=True, error=str(err))
+        now = study_stamp(study.path)
+        state = StudyState(exists=True, n_slices=n_slices, fingerprint=Fingerprint(now) if now else None)
+        if state.needs_hash(records):
+            state = StudyState(exists=True, n_slices=n_slices, fingerprint=self.fingerprints.fingerprint(study.path))
+        return state
+
+    def relabelling(self, image_id: str) -> None:
+        """Called before a label of ``image_id`` is written, so a flags computation that sees the store's new
+        version always judges the image again."""
+        with self._relabelled_lock:
+            self._relabelled.add(image_id)
+
+    def flags(self) -> dict[tuple[str, int], str]:
+        """``{(image, slice): why the label no longer fits}`` for every flagged label.
+
+        Every study with labels is judged again when the map or the folder change, and at most every
+        ``FLAGS_TTL_S`` otherwise (a study file changed in place); a study whose labels, file stamp, map and
+        folder are unchanged since it was last judged keeps its flags, at the cost of one ``stat``. Between
+        those sweeps, a label change judges again only the studies whose labels changed, so it costs no more
+        with thousands of labelled studies.
+        """
+        assert self.labels is not None, "LabelFlags.labels is set by the labelling service"
+        slice_map = self.maps.current()
+        scene = (id(slice_map), self.maps.changed, self.studies.stamp())
+        key = (self.labels.version, *scene)
+        cached_key, at, flags = self._flags
+        now = time.monotonic()
+        if cached_key is not None and cached_key[1:] == scene and now - at < FLAGS_TTL_S:
+            if cached_key == key:
+                return flags
+            relabelled = self._take_relabelled()
+            flags = {k: v for k, v in flags.items() if k[0] not in relabelled}
+            for image_id in relabelled:
+                records = self.labels.records(image_id)
+                flags.update(self._judge(image_id, records, slice_map, scene)[1])
+            self._flags = (key, at, flags)  # the time of the last sweep: the next one is still due at `at + TTL`
+            return flags
+        self._take_relabelled()
+        flags = {}
+        kept, judged = self._image_flags, {}
+        for image_id in self.labels.images():
+            records = self.labels.records(image_id)
+            previous = kept.get(image_id)
+            if previous is not None and previous[0] == self._signature(image_id, records, scene):
+                judged[image_id] = previous
+            else:
+                judged[image_id] = self._judge(image_id, records, slice_map, scene)
+            flags.update(judged[image_id][1])
+        self._image_flags = judged
+        self._flags = (key, now, flags)
+        return flags
+
+    def usable(self) -> dict[tuple[str, int], str]:
+        """``{(image, slice): class}`` of every label that is not flagged."""
+        assert self.labels is not None
+        flags = self.flags()
+        return {k: c for k, c in self.labels.labelled_keys().items() if k not in flags}
+
+    def _signature(self, image_id: str, records: list[dict[str, Any]], scene: tuple[Any, ...]) -> tuple[Any, ...]:
+        """What an image's flags depend on: the map and the studies being re-read (``scene`` without the
+        folder's stamp, which moves with every rewrite of MONAI Label's datastore file), the study's file and
+        its stamp (None when the study is gone), and its labels."""
+        study = self.studies.study(image_id)
+        return (scene[:2], None if study is None else (study.path, study_stamp(study.path)),
+                [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])
+
+    def _judge(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
+               scene: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[tuple[str, int], str]]:
+        """``(signature, flags)`` of one image's labels, judged against its study now (kept for the next sweep)."""
+        signature = self._signature(image_id, records, scene)
+        state = self.study_state(image_id, records, slice_map)
+        judged = (signature, {(image_id, r["slice"]): reason for r in records if (reason := flag_of(r, state))})
+        self._image_flags[image_id] = judged
+        return judged
+
+    def _take_relabelled(self) -> set[str]:
+        with self._relabelled_lock:
+            taken, self._relabelled = self._relabelled, set()
+        return taken

@@ -1,0 +1,115 @@
+"""Typed answers of the labelling service; the app turns them into its JSON shapes (``monailabel_app/lib/answers.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ss_stylegan.config import SliceConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LabellingConfig:
+    """What the labelling service needs from a server's settings.
+
+    Args:
+        classes: slice class names, the first one the normal class.
+        slice_cfg: how slices are read (the training's).
+        device: where the published encoder runs for new studies and uploads.
+        random_state: seed of the first FPS pick and of random suggestions.
+        suggestion_ttl_s: seconds a suggested slice stays reserved for its client.
+        suggestion_cap: most reservations one owner may hold.
+    """
+
+    classes: tuple[str, ...]
+    slice_cfg: SliceConfig
+    device: str = "cpu"
+    random_state: int = 0
+    suggestion_ttl_s: float = 600.0
+    suggestion_cap: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """One slice to label: where it is in the map and in the scanner, and why it was picked."""
+
+    image: str
+    slice: int
+    position: tuple[float, float]
+    world: tuple[float, float, float]
+    distance: float | None
+    reason: str
+    strategy: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestions:
+    """The picks of one request; none (with ``message``) when nothing is left to suggest now."""
+
+    picks: list[Suggestion]
+    message: str
+    n_labelled: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceClass:
+    """The 1-NN class of one slice, with its labelled neighbour in the map."""
+
+    slice: int
+    label: str
+    score: float
+    scores: dict[str, float]
+    neighbour_image: str
+    neighbour_slice: int
+    distance: float
+    position: tuple[float, float]
+    world: tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyClassification:
+    """Every embedded slice of a study classified, and the study's class (the normal class when no slice
+    is predicted as another class, else the other class with the most slices)."""
+
+    image: str | None
+    model_version: str
+    slices: list[SliceClass]
+    summary: dict[str, int]
+    volume_class: str
+    n_slices: int | None
+    labelled_classes: list[str]
+    warning: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MapPoints:
+    """Every embedded slice of a study in the folder, column-wise."""
+
+    model_version: str
+    image: list[str]
+    slice: list[int]
+    x: list[float]
+    y: list[float]
+    world: list[list[float]]
+    label: list[str | None]
+    prediction: list[str | None]
+    score: list[float | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceStatus:
+    """What the ``ss_stylegan`` block of ``GET /info/`` reports, before the app adds its settings."""
+
+    state: str
+    message: str
+    n_slices: int
+    n_images_embedded: int
+    n_labelled: int
+    flagged: list[dict[str, Any]]
+    changed: list[str]
+    model_version: str | None
+    map: dict[str, Any] | None
+    progress: dict[str, Any]
+    errors: dict[str, str]
+    embedding: list[str]
+    ignored_files: list[str]

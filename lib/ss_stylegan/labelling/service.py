@@ -1,0 +1,386 @@
+"""The labelling service of one studies folder: slice map, labels, reservations, and the requests over them.
+
+One :class:`LabellingService` lives in the server process. It only reads the slice map that training
+published, so every request costs milliseconds. Studies added to the folder after training are embedded into
+the existing map by a background thread (:class:`~ss_stylegan.labelling.live_map.LiveSliceMap`), never by
+refitting the map; requests never wait for that.
+
+:meth:`LabellingService.sync` is the one call that starts work in the background (a map update when the folder
+changed); a server makes it once at the start of each request. Every other method either answers from the
+current state or changes labels and reservations; none starts background work.
+
+Answers are typed (:mod:`ss_stylegan.labelling.results`); errors are :mod:`ss_stylegan.labelling.errors`, the
+library's own (:class:`~ss_stylegan.labels.LabelError` and subclasses,
+:class:`~ss_stylegan.validation.FieldError`, :class:`~ss_stylegan.data.readers.StudyReadError`, ...), which the
+app maps to HTTP status codes in one table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ss_stylegan.data.cache import Study, read_study_slices
+from ss_stylegan.data.fingerprint import FingerprintCache
+from ss_stylegan.data.preprocess import encode_png, model_ready_slice
+from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
+from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError
+from ss_stylegan.labelling.flags import LabelFlags
+from ss_stylegan.labelling.indexes import MapIndexes
+from ss_stylegan.labelling.live_map import LiveSliceMap
+from ss_stylegan.labelling.results import (
+    LabellingConfig,
+    MapPoints,
+    ServiceStatus,
+    SliceClass,
+    StudyClassification,
+    Suggestion,
+    Suggestions,
+)
+from ss_stylegan.labelling.studies import StudyIndex
+from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError
+from ss_stylegan.selection import RandomSelector, derive_seed
+from ss_stylegan.validation import FieldError, identifier, integer, text
+from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
+
+LABEL_TAG = "slice_class"
+"""Where the labels live: ``<studies>/labels/slice_class`` (MONAI Label's label-tag layout)."""
+STRATEGIES = ("fps", "random")
+MAX_CLIENT_ID_CHARS = 128
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A label record as answered to clients: without the study fingerprint it keeps for flagging."""
+    return {k: v for k, v in record.items() if k != "study"}
+
+
+class LabellingService:
+    """Suggestions, labels and classification over one folder's slice map.
+
+    Args:
+        config: classes, slice settings, device, seeds and reservation limits.
+        studies: the studies folder.
+        workspace: its model state (published maps).
+        training_running: callable telling whether a training runs now.
+
+    Raises:
+        OrphanedLabelsError: ``config.classes`` drops a class that still holds labels.
+    """
+
+    def __init__(self, config: LabellingConfig, studies: str | Path, workspace: Workspace,
+                 training_running: Callable[[], bool]) -> None:
+        self.config = config
+        self.folder = Path(studies)
+        self.workspace = workspace
+        self.training_running = training_running
+        self.studies = StudyIndex(self.folder)
+        self.pending = PendingSuggestions(config.suggestion_ttl_s, config.suggestion_cap)
+        self.fingerprints = FingerprintCache()
+        self.maps = LiveSliceMap(self.studies, workspace, config.slice_cfg, config.device, training_running,
+                                 self.fingerprints)
+        self.flags = LabelFlags(self.studies, self.maps, self.fingerprints)
+        # read-only until the server process opens it for writing (MONAI Label's subprocesses never write)
+        self.labels = SliceLabelStore(self.folder / "labels" / LABEL_TAG, config.classes, self.flags.depth_of,
+                                      writable=False)
+        self.flags.labels = self.labels
+        self.indexes = MapIndexes(config.random_state, config.classes)
+        self._random_calls = itertools.count()
+
+    # -- the folder and the map -------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Start a background update of the map when the folder changed (new, deleted or changed studies);
+        returns at once. Made once per request, before the request reads anything."""
+        self.maps.maybe_refresh()
+
+    def slice_map(self) -> SliceMap | None:
+        """The current map, or None before training (never waits for a background embedding)."""
+        return self.maps.current()
+
+    def study(self, image_id: str) -> Study | None:
+        """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
+        return self.studies.study(image_id)
+
+    def require_study(self, image_id: Any) -> Study:
+        study = self.studies.study(identifier(image_id, "image"))
+        if study is None:
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+        return study
+
+    def require_map(self) -> SliceMap:
+        slice_map = self.slice_map()
+        if slice_map is None or len(slice_map) == 0:
+            if self.training_running():
+                raise NotReadyError("the model is still training; suggestions and classification start when it ends")
+            raise NotReadyError("the model is not trained yet: start training with POST /train/ss_stylegan")
+        return slice_map
+
+    # -- labels -----------------------------------------------------------------------------------------
+    def label_records(self, image_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored records (of one image), each with ``"flag"`` when it no longer fits its study."""
+        if image_id is not None:
+            identifier(image_id, "image")
+        flags = self.flags.flags()
+        out = []
+        for record in self.labels.records(image_id):
+            shown = public_record(record)
+            reason = flags.get((record["image"], record["slice"]))
+            out.append({**shown, "flag": reason} if reason else shown)
+        return out
+
+    def set_label(self, image_id: Any, slice_index: Any, class_name: Any, user: Any = "") -> dict[str, Any]:
+        """Store the label of one slice, with the study's fingerprint now (see :class:`LabelFlags`), and free
+        its reservation."""
+        study = self.study(identifier(image_id, "image"))  # the store checks the rest
+        fingerprint = self.fingerprints.fingerprint(study.path) if study is not None else None
+        self.flags.relabelling(image_id)
+        record = self.labels.set(image_id, slice_index, class_name, user, study=fingerprint)
+        self.pending.release((image_id, slice_index))
+        return public_record(record)
+
+    def remove_label(self, image_id: str, slice_index: int) -> bool:
+        self.flags.relabelling(image_id)
+        return self.labels.remove(image_id, slice_index)
+
+    # -- suggestions ------------------------------------------------------------------------------------
+    def suggest(self, strategy: str, count: Any = 1, client_id: Any = "", owner: str | None = None) -> Suggestions:
+        """The next slice(s) to label, reserved for the client: farthest from every labelled or reserved
+        slice (``fps``) or random.
+
+        Args:
+            strategy: ``fps`` or ``random``.
+            count: how many (1 .. ``suggestion_cap``).
+            client_id: who asks (reservations are per client; default ``anonymous``).
+            owner: whose cap the reservations count against (the signed-in user); the client by default.
+
+        Raises:
+            NotFoundError: unknown strategy. FieldError: a bad ``count`` or ``client_id``.
+            ReservationLimitError: the owner holds too many reservations under other client ids.
+            NotReadyError: no map yet.
+        """
+        if strategy not in STRATEGIES:
+            raise NotFoundError(f"unknown strategy {strategy!r}; valid strategies are {list(STRATEGIES)}")
+        cap = self.config.suggestion_cap
+        if isinstance(count, int) and not isinstance(count, bool) and count > cap:
+            raise FieldError("count", f"at most {cap} suggestions may be reserved at once (setting "
+                                      f"suggestion_cap), got {count}")
+        count = integer(count, "count", minimum=1, maximum=cap)
+        client = text(client_id or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
+        self.pending.check_count(count, client, owner)
+        slice_map = self.require_map()
+        row_of = self.indexes.rows(slice_map)
+        with self.pending.selection_lock:  # choosing and reserving are one step for concurrent annotators
+            removed = self.maps.removed_rows(slice_map)
+            gone = np.zeros(len(slice_map), dtype=bool)
+            gone[removed] = True
+            # slices of studies that left the folder are unavailable, but neither labelled nor reserved:
+            # they must not act as FPS centres (that would push their neighbours to the end)
+            labelled = [r for r in (row_of.get(k) for k in self.flags.usable()) if r is not None and not gone[r]]
+            reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
+                        if r is not None and not gone[r]]
+            if strategy == "fps":  # the map's kept index: only what changed since the last call is applied
+                picks = self.indexes.suggestions(slice_map).select(labelled=labelled, pending=reserved, count=count,
+                                                                   exclude=removed)
+            else:  # a new draw per call, repeatable from the random state
+                selector = RandomSelector(random_state=derive_seed(self.config.random_state, next(self._random_calls)))
+                picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count,
+                                        exclude=removed)
+            keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
+            self.pending.reserve(client, keys, owner)
+        message = ""
+        if not picks:
+            message = ("every embedded slice is labelled" if len(labelled) >= len(slice_map) - len(removed)
+                       else "every unlabelled slice is currently suggested to another annotator; try again later")
+        return Suggestions(
+            picks=[Suggestion(image=key[0], slice=key[1],
+                              position=tuple(float(v) for v in slice_map.xy[p.index]),  # type: ignore[arg-type]
+                              world=tuple(float(v) for v in slice_map.positions[p.index]),  # type: ignore[arg-type]
+                              distance=None if p.distance is None else float(p.distance), reason=p.reason,
+                              strategy=strategy) for p, key in zip(picks, keys)],
+            message=message, n_labelled=len(labelled))
+
+    # -- classification ---------------------------------------------------------------------------------
+    def _predict(self, slice_map: SliceMap, xy: np.ndarray) -> tuple[Any, np.ndarray]:
+        return self.indexes.predict(slice_map, xy, self.labels.version, self.labels.labelled_keys,
+                                    self.flags.flags(), self.maps.removed_rows(slice_map))
+
+    def _classify(self, slice_map: SliceMap, image: str | None, xy: np.ndarray, slices: np.ndarray,
+                  positions: np.ndarray, n_slices: int | None) -> StudyClassification:
+        pred, classes = self._predict(slice_map, xy)
+        summary = {c: 0 for c in self.config.classes}
+        out = []
+        for i in range(len(xy)):
+            row = int(pred.neighbour[i])
+            label = str(pred.labels[i])  # 1-NN: the neighbour's class
+            summary[label] = summary.get(label, 0) + 1
+            out.append(SliceClass(
+                slice=int(slices[i]), label=label, score=float(pred.score[i]),
+                scores={str(c): float(s) for c, s in zip(classes, pred.scores[i])},
+                neighbour_image=str(slice_map.image_ids[row]), neighbour_slice=int(slice_map.slices[row]),
+                distance=float(pred.distance[i]), position=(float(xy[i, 0]), float(xy[i, 1])),
+                world=tuple(float(v) for v in positions[i]),  # type: ignore[arg-type]
+            ))
+        counts = {c: n for c, n in summary.items() if c != self.config.classes[0]}
+        abnormal = max(counts, key=lambda c: counts[c]) if any(counts.values()) else None
+        warning = None
+        if len(classes) < 2:
+            warning = (f"only class {classes[0]!r} is labelled, so every slice gets it; label slices of "
+                       "the other classes for a meaningful classification")
+        return StudyClassification(image=image, model_version=slice_map.model_version, slices=out, summary=summary,
+                                   volume_class=abnormal or self.config.classes[0], n_slices=n_slices,
+                                   labelled_classes=[str(c) for c in classes], warning=warning)
+
+    def classify_image(self, image_id: Any) -> StudyClassification:
+        """Classify every embedded slice of a study in the folder (a file or DICOM series folder). Never waits
+        for a background embedding.
+
+        Raises:
+            NotFoundError: no study with this id in the folder.
+            EmbeddingInProgressError: the study was added or changed after the map was made and is being
+                embedded now.
+            NotReadyError: no map, no label, or no usable slice in the study.
+            UnreadableImageError: the study cannot be read.
+        """
+        self.require_study(image_id)
+        slice_map = self.require_map()
+        if self.maps.is_stale(image_id, slice_map):
+            raise EmbeddingInProgressError(f"image {image_id!r} changed on disk since it was embedded; it is "
+                                           "being read again, retry in a few seconds")
+        rows = slice_map.rows_of(image_id)
+        if len(rows) == 0:
+            raise self._why_not_embedded(image_id, slice_map)
+        return self._classify(slice_map, image_id, slice_map.xy[rows], slice_map.slices[rows],
+                              slice_map.positions[rows], slice_map.depths.get(image_id))
+
+    def _why_not_embedded(self, image_id: str, slice_map: SliceMap) -> Exception:
+        error = slice_map.errors.get(image_id)
+        if error:
+            return UnreadableImageError(f"image {image_id!r} could not be used: {error}")
+        if image_id in slice_map.depths:
+            return NotReadyError(
+                f"image {image_id!r} has no embedded slice: no slice has enough foreground "
+                "(a blank or constant image?); check the file or the intensity window (--conf window)")
+        # added after the map was made
+        if image_id not in self.maps.embedding and image_id in self.maps.failed:
+            return NotReadyError(f"image {image_id!r} is not in the map: {self.maps.failed[image_id]}")
+        if image_id not in self.maps.embedding and self.training_running():
+            return NotReadyError(f"image {image_id!r} was added during training; it is embedded when training ends")
+        return EmbeddingInProgressError(f"new studies are being embedded, retry in a few seconds (image {image_id!r})")
+
+    def classify_file(self, path: str | Path) -> StudyClassification:
+        """Classify a study that is not in the folder: read, embed, place into the map, 1-NN.
+
+        Raises:
+            NotReadyError: no map or no label yet.
+            StudyReadError: the file cannot be read or has no usable slice.
+            WorkspaceError: the published model cannot place slices into the map (train again).
+        """
+        slice_map = self.require_map()
+        self.indexes.require_labels(slice_map, self.labels.version, self.labels.labelled_keys, self.flags.flags(),
+                                    self.maps.removed_rows(slice_map))  # no label yet: refuse before reading
+        study = read_study_slices(path, self.config.slice_cfg)
+        if len(study.images) == 0:
+            raise StudyReadError(path, "no slice has enough foreground to classify",
+                                 "check the intensity window (--conf window) or the file")
+        _, xy = self.maps.embedder.embed_and_place(study.images, slice_map)
+        return self._classify(slice_map, None, xy, study.slice_indices, study.positions, study.n_slices)
+
+    def points(self) -> MapPoints:
+        """Every embedded slice of a study in the folder, with its map position, world position, label and
+        (when labels exist) prediction; slices of deleted or changed studies are left out."""
+        slice_map = self.require_map()
+        keep = np.ones(len(slice_map), dtype=bool)
+        keep[self.maps.removed_rows(slice_map)] = False
+        keys = self.flags.usable()
+        image_ids, slices = slice_map.image_ids[keep].tolist(), slice_map.slices[keep].tolist()
+        label = [keys.get((img, int(s))) for img, s in zip(image_ids, slices)]
+        prediction: list[str | None] = [None] * len(image_ids)
+        score: list[float | None] = [None] * len(image_ids)
+        try:
+            pred, _ = self._predict(slice_map, slice_map.xy[keep])
+            prediction = [str(c) for c in pred.labels]
+            score = [float(s) for s in pred.score]
+        except NotReadyError:
+            pass
+        return MapPoints(model_version=slice_map.model_version, image=image_ids, slice=slices,
+                         x=slice_map.xy[keep, 0].astype(float).tolist(), y=slice_map.xy[keep, 1].astype(float).tolist(),
+                         world=slice_map.positions[keep].astype(float).tolist(), label=label, prediction=prediction,
+                         score=score)
+
+    # -- study files ------------------------------------------------------------------------------------
+    def slice_png(self, image_id: Any, slice_index: int) -> bytes:
+        """One slice of a study as the model sees it (canonical, windowed, resized), as PNG.
+
+        Raises:
+            NotFoundError: no such study. NotReadyError: before training (the model-ready image is the
+            trained map's input). SliceOutOfRangeError: no such slice. UnreadableImageError: unreadable study.
+        """
+        study = self.require_study(image_id)
+        self.require_map()
+        try:
+            volume = read_volume(study.path)
+        except StudyReadError as err:
+            raise UnreadableImageError(str(err)) from err
+        try:
+            image = model_ready_slice(volume, slice_index, self.config.slice_cfg)
+        except IndexError as err:
+            raise SliceOutOfRangeError(f"image {image_id!r}: {err}") from err
+        return encode_png(image)
+
+    def series_archive(self, image_id: Any, folder: str | Path) -> Path:
+        """A DICOM series study packed as one uncompressed zip file in ``folder``.
+
+        Raises:
+            NotFoundError: no study with this id, or the study is a single file.
+        """
+        study = self.require_study(image_id)
+        if not study.path.is_dir():
+            raise NotFoundError(f"image {image_id!r} is a single file, not a DICOM series: download it with "
+                                "GET /datastore/image")
+        target = Path(folder) / f"{image_id}.zip"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted(p for p in study.path.iterdir()
+                               if p.is_file() and not p.is_symlink() and looks_like_dicom_file(p)):
+                archive.write(path, path.name)
+        return target
+
+    # -- status -----------------------------------------------------------------------------------------
+    def status(self) -> ServiceStatus:
+        """Where the service stands: trained or not, the live map, labels, problems with studies."""
+        status = self.workspace.read_status()
+        slice_map = self.slice_map()
+        if self.training_running():
+            state, message = "training", status.message or "training"
+        elif slice_map is not None and len(slice_map):
+            state, message = "ready", f"{len(slice_map)} slices embedded with model {slice_map.model_version}"
+            if status.state == "failed":
+                message += f"; the last training failed: {status.message}"
+            elif status.state == "training":
+                message += "; the last training was interrupted: POST /train/ss_stylegan resumes it"
+        elif status.state == "failed":
+            state, message = "failed", status.message
+        elif status.state == "training":
+            state = "untrained"
+            message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
+        else:
+            state, message = "untrained", status.message or "not trained yet: POST /train/ss_stylegan"
+        if self.maps.problem:
+            message += f"; the published map could not be loaded ({self.maps.problem}), the previous one is in use"
+        errors = dict(slice_map.errors) if slice_map is not None else {}
+        errors.update(self.maps.failed)
+        live = None
+        if slice_map is not None:
+            live = {"version": slice_map.version.name if slice_map.version is not None else None,
+                    "model_version": slice_map.model_version, "training": dict(slice_map.training)}
+        return ServiceStatus(
+            state=state, message=message, n_slices=len(slice_map) if slice_map is not None else 0,
+            n_images_embedded=len(slice_map.image_set()) if slice_map is not None else 0,
+            n_labelled=len(self.labels), flagged=[r for r in self.label_records() if "flag" in r],
+            changed=sorted(self.maps.changed), model_version=slice_map.model_version if slice_map else None,
+            map=live, progress=status.progress, errors=errors, embedding=sorted(self.maps.embedding),
+            ignored_files=self.studies.ignored_files(),
+        )

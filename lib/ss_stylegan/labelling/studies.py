@@ -1,0 +1,82 @@
+"""The studies in a folder: the one source of truth for which image ids exist.
+
+:class:`StudyIndex` lists the studies of the datastore folder (single files and DICOM series folders, as
+:func:`~ss_stylegan.data.cache.find_studies` finds them for training) and keeps that list until the folder
+changes. The live map, the label flags, the label store's slice counts and the app's mirror into MONAI
+Label's datastore all ask this one index; MONAI Label's own datastore listing (files only) is refreshed by the
+app when the index knows an id the datastore does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies
+from ss_stylegan.data.readers import is_volume_file
+
+# when the folder's stamp moved but the names of its entries that can be studies did not (MONAI Label rewrote
+# datastore_v2.json after label writes, through a hidden temp file and lock file), the studies are listed again
+# (every entry examined: a DICOM folder may have been filled since) at most this often
+RESCAN_S = 10.0
+
+
+class StudyIndex:
+    """The studies of ``folder``, listed again only when the folder changes.
+
+    When entries are added, removed or renamed the folder is listed again at once; when only its stamp moved
+    (its own files rewritten), at most every ``RESCAN_S`` seconds: examining thousands of entries on every
+    label write would stall requests.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
+        self._names: frozenset[str] | None = None  # entry names at the last full listing
+        self._listed_at = 0.0
+
+    def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
+        stamp = self.folder.stat().st_mtime_ns
+        cached = self._cache
+        if cached[0] == stamp:
+            return cached
+        with self._lock:
+            cached = self._cache
+            if cached[0] == stamp:
+                return cached
+            names = frozenset(n for n in os.listdir(self.folder) if not n.startswith(".") and n not in IGNORED_NAMES)
+            now = time.monotonic()
+            if names == self._names and now - self._listed_at < RESCAN_S:
+                self._cache = (stamp, *cached[1:])
+                return self._cache
+            self._names, self._listed_at = names, now
+            ignored = [
+                e.name for e in sorted(self.folder.iterdir(), key=lambda p: p.name)
+                if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
+            ]
+            studies = find_studies(self.folder)
+            self._cache = (stamp, studies, ignored, {s.image_id: s for s in studies})
+            return self._cache
+
+    def stamp(self) -> int | None:
+        """Changes whenever a study is added to or removed from the folder."""
+        return self._scan()[0]
+
+    def studies(self) -> list[Study]:
+        """Every study, in image-id order."""
+        return list(self._scan()[1])
+
+    def by_id(self) -> dict[str, Study]:
+        """``{image id: study}`` (do not modify)."""
+        return self._scan()[3]
+
+    def study(self, image_id: str) -> Study | None:
+        """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
+        return self._scan()[3].get(image_id)
+
+    def ignored_files(self) -> list[str]:
+        """Files in the folder that are not studies (not images), so a user sees why they are unused."""
+        return list(self._scan()[2])

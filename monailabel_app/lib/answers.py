@@ -1,0 +1,88 @@
+"""The JSON shapes of the app's answers, made from the labelling service's typed results.
+
+The REST contract (docs/ARCHITECTURE.md) is written down here and nowhere else: the library answers in
+dataclasses (:mod:`ss_stylegan.labelling.results`), these functions name the fields clients read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ss_stylegan.labelling.results import MapPoints, ServiceStatus, StudyClassification, Suggestions
+
+from lib.configs.settings import AppSettings
+
+
+def suggestions(result: Suggestions) -> dict[str, Any]:
+    """``POST /activelearning/{fps,random}``: the first pick's fields at the top (MONAI Label's shape) plus
+    every pick under ``suggestions``; ``{"done": true, "message": ...}`` when nothing is left now."""
+    if not result.picks:
+        return {"done": True, "message": result.message, "suggestions": [], "n_labelled": result.n_labelled}
+    picks = [{"id": s.image, "slice": s.slice, "position": list(s.position), "world": list(s.world),
+              "distance": s.distance, "reason": s.reason, "strategy": s.strategy} for s in result.picks]
+    return {**picks[0], "suggestions": picks}
+
+
+def classification(result: StudyClassification) -> dict[str, Any]:
+    """``POST /infer/classify``: per-slice class, score, scores and labelled neighbour; the study's class."""
+    answer: dict[str, Any] = {
+        "slices": [{
+            "slice": s.slice, "class": s.label, "score": s.score, "scores": s.scores,
+            "neighbour": {"image": s.neighbour_image, "slice": s.neighbour_slice, "class": s.label,
+                          "distance": s.distance},
+            "position": list(s.position), "world": list(s.world),
+        } for s in result.slices],
+        "summary": result.summary,
+        "volume_class": result.volume_class,
+        "n_slices": result.n_slices,
+        "labelled_classes": result.labelled_classes,
+    }
+    if result.warning:
+        answer["warning"] = result.warning
+    answer["image"] = result.image
+    answer["model_version"] = result.model_version
+    return answer
+
+
+def map_points(points: MapPoints) -> dict[str, Any]:
+    """``GET /slicemap/``: every embedded slice, column-wise."""
+    return {"model_version": points.model_version,
+            "points": {"image": points.image, "slice": points.slice, "x": points.x, "y": points.y,
+                       "world": points.world, "label": points.label, "prediction": points.prediction,
+                       "score": points.score}}
+
+
+def info_block(status: ServiceStatus, settings: AppSettings) -> dict[str, Any]:
+    """The ``ss_stylegan`` block of ``GET /info/``."""
+    return {
+        "state": status.state,
+        "message": status.message,
+        "classes": list(settings.classes),
+        "n_slices": status.n_slices,
+        "n_embedded": status.n_slices,
+        "n_images_embedded": status.n_images_embedded,
+        "n_labelled": status.n_labelled,
+        "n_flagged": len(status.flagged),
+        "flagged_labels": [{k: r[k] for k in ("image", "slice", "class", "flag")} for r in status.flagged[:100]],
+        "changed": status.changed,
+        "model_version": status.model_version,
+        "map": status.map,
+        "progress": status.progress,
+        "errors": status.errors,
+        "embedding": status.embedding,
+        "ignored_files": status.ignored_files,
+        "settings": {
+            "resolution": settings.slice_cfg.resolution,
+            "window": settings.slice_cfg.window,
+            "preset": settings.preset,
+            "device": settings.device,
+            "gpus": settings.gpus,
+            "kimg": settings.train_cfg.kimg,
+            "steps": settings.train_cfg.steps,
+            "batch_size": settings.train_cfg.batch_size,
+            "train_minutes": settings.train_cfg.max_minutes,
+            "publish_minutes": settings.train_cfg.milestone_minutes,
+            "perplexity": settings.perplexity,
+            "random_state": settings.random_state,
+        },
+    }

@@ -1,0 +1,117 @@
+"""One handler per endpoint of the app: the HTTP routes (:mod:`lib.routes`) and the task objects MONAI Label
+requires (the ``fps``/``random`` strategies, the ``classify`` infer task, ``/info/``) all call these.
+
+A handler takes the request's values, brings the live map in step with the studies folder (one
+``service.sync()`` per request: the only place background work starts), calls the labelling service, and
+shapes its answer (:mod:`lib.answers`). Errors are the library's; the routes map them to status codes in one
+table (:mod:`lib.errors`), the task objects let MONAI Label report them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ss_stylegan.labelling.errors import NotFoundError
+from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
+from ss_stylegan.labels import MAX_USER_CHARS
+from ss_stylegan.validation import FieldError, identifier, integer_text, only_keys, text
+
+from lib import answers
+from lib.configs.settings import AppSettings
+from lib.label_counts import LabelCountMirror
+
+LABEL_FIELDS = ("image", "slice", "class", "user")
+SUGGEST_FIELDS = ("count", "client_id")
+
+
+def required(body: dict[str, Any], *fields: str) -> None:
+    for field in fields:
+        if field not in body:
+            raise FieldError(field, "is required")
+
+
+class Handlers:
+    """The app's requests over one labelling service.
+
+    Args:
+        service: the labelling service of the studies folder.
+        settings: the server's settings (shown in ``/info/``).
+        mirror: copies label counts into MONAI Label's datastore after each label change.
+    """
+
+    def __init__(self, service: LabellingService, settings: AppSettings, mirror: LabelCountMirror) -> None:
+        self.service = service
+        self.settings = settings
+        self.mirror = mirror
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info/``'s ``ss_stylegan`` block."""
+        self.service.sync()
+        return answers.info_block(self.service.status(), self.settings)
+
+    def suggest(self, strategy: str, body: dict[str, Any], owner: Callable[[str], str] | None = None
+                ) -> dict[str, Any]:
+        """``POST /activelearning/{strategy}`` with ``{"count": n, "client_id": "..."}`` (both optional);
+        ``owner(client id)`` is whose reservation cap the picks count against (see lib.auth)."""
+        only_keys(body, SUGGEST_FIELDS)
+        client_id = text(body.get("client_id") or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
+        self.service.sync()
+        return answers.suggestions(self.service.suggest(strategy, count=body.get("count", 1), client_id=client_id,
+                                                        owner=owner(client_id) if owner else None))
+
+    def put_label(self, body: dict[str, Any], labeller: Callable[[str], str]) -> dict[str, Any]:
+        """``PUT /slicelabels/`` with ``{"image", "slice", "class"}`` and an optional ``user``;
+        ``labeller(claimed user)`` is who is recorded (a signed-in user's name wins; see lib.auth)."""
+        only_keys(body, LABEL_FIELDS)
+        required(body, "image", "slice", "class")
+        user = labeller(text(body.get("user", ""), "user", MAX_USER_CHARS))
+        self.service.sync()
+        record = self.service.set_label(body["image"], body["slice"], body["class"], user)
+        self.mirror.changed(record["image"])
+        return record
+
+    def delete_label(self, image: str, slice_text: str) -> dict[str, Any]:
+        """``DELETE /slicelabels/?image=&slice=``."""
+        identifier(image, "image")
+        index = integer_text(slice_text, "slice", minimum=0)
+        self.service.sync()
+        if not self.service.remove_label(image, index):
+            raise NotFoundError(f"slice {index} of image {image!r} has no label")
+        self.mirror.changed(image)
+        return {"removed": {"image": image, "slice": index}}
+
+    def labels(self, image: str | None) -> dict[str, Any]:
+        """``GET /slicelabels/[?image=]``: the records, each flagged one with why."""
+        self.service.sync()
+        return {"labels": self.service.label_records(image)}
+
+    def labels_csv(self) -> str:
+        """``GET /slicelabels/export.csv``."""
+        return self.service.labels.to_csv()
+
+    def map_points(self) -> dict[str, Any]:
+        """``GET /slicemap/``."""
+        self.service.sync()
+        return answers.map_points(self.service.points())
+
+    def slice_png(self, image: str, slice_text: str) -> bytes:
+        """``GET /slicemap/slice?image=&slice=``."""
+        return self.service.slice_png(image, integer_text(slice_text, "slice"))
+
+    def series_archive(self, image: str, folder: str) -> Path:
+        """``GET /slicemap/series?image=``: the zip written into ``folder``."""
+        return self.service.series_archive(image, folder)
+
+    def classify_image(self, image: str) -> dict[str, Any]:
+        """``POST /infer/classify?image=<datastore id>`` (and MONAI Label's batch infer)."""
+        if not image:
+            raise NotFoundError("unknown image: give ?image=<datastore image id> (see GET /datastore/) or upload a file")
+        self.service.sync()
+        return answers.classification(self.service.classify_image(image))
+
+    def classify_file(self, path: str | Path) -> dict[str, Any]:
+        """``POST /infer/classify`` with an uploaded study (already received and checked)."""
+        self.service.sync()
+        return answers.classification(self.service.classify_file(path))
