@@ -56,9 +56,9 @@ def test_build_gives_every_slice_with_identity(datastore: Path, tmp_path: Path) 
     assert isinstance(cache.images, np.memmap) and cache.images.shape == (18, 32, 32)
     assert cache.images.dtype == np.uint8
     assert cache.refs()[:2] == [("study_00", 0), ("study_00", 1)]
-    assert cache.slice_indices.dtype == np.int64 and cache.positions.shape == (18, 3)
+    assert cache.slices.dtype == np.int64 and cache.positions.shape == (18, 3)
     row = cache.index_of("study_01", 4)
-    assert cache.image_ids[row] == "study_01" and cache.slice_indices[row] == 4
+    assert cache.image_ids[row] == "study_01" and cache.slices[row] == 4
     assert cache.slices_of("study_02").tolist() == list(range(12, 18))
     assert cache.slices_of("nope").tolist() == []
     with pytest.raises(KeyError, match="study_01"):

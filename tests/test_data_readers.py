@@ -144,7 +144,7 @@ def test_slice_identity_and_empty_slices_skipped(tmp_path: Path) -> None:
     affine[:3, 3] = [-5.0, -5.0, 100.0]
     slices = read_study_slices(_save_nifti(tmp_path / "case7.nii.gz", data, affine), SliceConfig(resolution=32))
     assert slices.image_id == "case7"
-    assert slices.slice_indices.tolist() == [0, 1, 3, 4]
+    assert slices.slices.tolist() == [0, 1, 3, 4]
     assert slices.n_slices == 5
     assert slices.images.shape == (4, 32, 32) and slices.images.dtype == np.uint8
     np.testing.assert_allclose(slices.positions[:, 2], [100.0, 105.0, 115.0, 120.0])
@@ -160,7 +160,7 @@ def test_png_and_jpeg_pictures(tmp_path: Path) -> None:
     grey = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)
     assert vol.data[10, 10, 0] == pytest.approx(grey, abs=1)
     slices = read_study_slices(tmp_path / "xray.png", SliceConfig(resolution=32))
-    assert slices.image_id == "xray" and slices.slice_indices.tolist() == [0]
+    assert slices.image_id == "xray" and slices.slices.tolist() == [0]
     assert slices.images[0, 16, 16] == pytest.approx(grey, abs=1)  # auto keeps 8-bit contrast
     grey_img = np.zeros((30, 20), dtype=np.uint8)
     grey_img[0:5, :] = 255  # a bright band at the top of the picture stays at the top
@@ -185,7 +185,7 @@ def test_nan_and_constant_volumes(tmp_path: Path) -> None:
     vol = read_volume(_save_nifti(tmp_path / "nan.nii.gz", data, np.eye(4)))
     assert np.isfinite(vol.data).all() and vol.data[0, 0, 0] == -1000.0
     slices = read_study_slices(tmp_path / "nan.nii.gz", SliceConfig(resolution=32))
-    assert len(slices.slice_indices) == 6
+    assert len(slices.slices) == 6
     const = read_study_slices(_save_nifti(tmp_path / "const.nii.gz", np.full((8, 8, 3), 7.0, np.float32), np.eye(4)),
                               SliceConfig(resolution=32, min_foreground=0.0))
     assert const.images.shape == (0, 32, 32) and const.n_slices == 3
@@ -223,7 +223,7 @@ def test_shared_volumes_keep_sidecar_slice_order() -> None:
         for entry in sidecar["slices"]:
             np.testing.assert_array_equal(vol.data[:, :, entry["slice"]], images[entry["npz_index"]])
         slices = read_study_slices(path, SliceConfig(resolution=64))
-        index = [sidecar["slices"][k]["npz_index"] for k in slices.slice_indices]
+        index = [sidecar["slices"][k]["npz_index"] for k in slices.slices]
         np.testing.assert_array_equal(slices.images, images[index])  # 64 px, auto window: identical
 
 
@@ -236,7 +236,7 @@ def test_resize_is_antialiased() -> None:
 def test_max_slices_per_study_is_evenly_spaced(tmp_path: Path) -> None:
     path = _save_nifti(tmp_path / "long.nii.gz", _phantom((8, 8, 21)), np.eye(4))
     slices = read_study_slices(path, SliceConfig(resolution=32, max_slices_per_study=5))
-    assert slices.slice_indices.tolist() == [0, 5, 10, 15, 20]
+    assert slices.slices.tolist() == [0, 5, 10, 15, 20]
     with pytest.raises(ConfigError, match="max_slices_per_study"):
         SliceConfig(max_slices_per_study=0).validate()
     with pytest.raises(ConfigError, match="positive window_width"):
@@ -250,7 +250,7 @@ def test_model_ready_slice_is_the_slice_the_cache_holds(tmp_path: Path) -> None:
     cfg = SliceConfig(resolution=16, min_foreground=0.0)
     volume = read_volume(tmp_path / "flip.nii.gz")
     cached = read_study_slices(tmp_path / "flip.nii.gz", cfg)
-    assert cached.slice_indices.tolist() == list(range(6))
+    assert cached.slices.tolist() == list(range(6))
     for k in range(6):
         np.testing.assert_array_equal(model_ready_slice(volume, k, cfg), cached.images[k])
     # canonical slice 0 is the file's last (most inferior) slice, x reversed, windowed (auto CT) and resized

@@ -182,7 +182,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise CLIError(f"{cfg_path} has resolution {slice_cfg.resolution} but the model {model.cfg.resolution}")
     cache = _build_cache(args.studies, slice_cfg, args.cache_dir or model_dir / "slice_cache")
     w = embed_images(model, cache.images, batch_size=args.batch_size, device=args.device)
-    arrays = {"image_ids": np.asarray(cache.image_ids, dtype=str), "slice_indices": np.asarray(cache.slice_indices),
+    arrays = {"image_ids": np.asarray(cache.image_ids, dtype=str), "slice_indices": np.asarray(cache.slices),
               "w": w, "model_version": np.asarray(model.model_version)}
     out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
     atomic_write(out, lambda fh: np.savez(fh, **arrays))

@@ -40,7 +40,7 @@ def map_from_checkpoint(
     projector = TSNEProjector(perplexity=perplexity, random_state=random_state, n_jobs=n_jobs)
     xy = projector.fit_transform(w, model_version=model.model_version)
     slice_map = SliceMap(
-        image_ids=cache.image_ids, slices=cache.slice_indices, positions=cache.positions, w=w, xy=xy,
+        image_ids=cache.image_ids, slices=cache.slices, positions=cache.positions, w=w, xy=xy,
         model_version=model.model_version, errors=dict(errors or {}),
         depths={s.image_id: int(s.n_slices) for s in cache.studies}, fingerprints=dict(fingerprints or {}),
         training=dict(training or {}),

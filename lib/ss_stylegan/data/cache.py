@@ -89,14 +89,14 @@ class StudySlices:
     Attributes:
         image_id: file name without its suffix.
         images: ``uint8 [n, R, R]``.
-        slice_indices: ``int64 [n]`` index along the canonical axial axis.
+        slices: ``int64 [n]`` index along the canonical axial axis.
         positions: ``float64 [n, 3]`` world RAS (mm) of each slice centre.
         n_slices: slices in the volume, kept or not.
     """
 
     image_id: str
     images: np.ndarray
-    slice_indices: np.ndarray
+    slices: np.ndarray
     positions: np.ndarray
     n_slices: int
 
@@ -149,7 +149,7 @@ def read_study_slices(path: str | Path, slice_cfg: SliceConfig, image_id: str | 
     return StudySlices(
         image_id=image_id if image_id is not None else image_id_of(path),
         images=pre.images,
-        slice_indices=pre.slice_indices,
+        slices=pre.slices,
         positions=pre.positions,
         n_slices=pre.n_slices,
     )
@@ -161,7 +161,7 @@ class SliceCache:
     Attributes:
         images: ``np.memmap uint8 [N, R, R]`` (read-only).
         image_ids: ``str [N]``, the study of each slice.
-        slice_indices: ``int64 [N]``, the slice index inside its study (canonical axial axis).
+        slices: ``int64 [N]``, the slice index inside its study (canonical axial axis).
         positions: ``float64 [N, 3]``, world RAS (mm) of each slice centre.
         studies: per-study summaries, in study order (failed studies are absent).
         errors: studies that could not be read.
@@ -175,7 +175,7 @@ class SliceCache:
         self,
         images: np.ndarray,
         image_ids: np.ndarray,
-        slice_indices: np.ndarray,
+        slices: np.ndarray,
         positions: np.ndarray,
         studies: list[StudySummary],
         errors: list[StudyError],
@@ -186,7 +186,7 @@ class SliceCache:
     ) -> None:
         self.images = images
         self.image_ids = image_ids
-        self.slice_indices = slice_indices
+        self.slices = slices
         self.positions = positions
         self.studies = studies
         self.errors = errors
@@ -203,7 +203,7 @@ class SliceCache:
 
     def refs(self) -> list[tuple[str, int]]:
         """``(image_id, slice_index)`` of every slice, in cache order."""
-        return [(str(i), int(s)) for i, s in zip(self.image_ids, self.slice_indices)]
+        return [(str(i), int(s)) for i, s in zip(self.image_ids, self.slices)]
 
     def index_of(self, image_id: str, slice_index: int) -> int:
         """Row of ``(image_id, slice_index)`` in :attr:`images`.
@@ -377,18 +377,18 @@ def _load_entry(study: Study, study_dir: Path, key: str) -> StudySummary | None:
 
 def _write_entry(study: Study, cfg: SliceConfig, study_dir: Path, key: str) -> StudySummary:
     slices = read_study_slices(study.path, cfg, image_id=study.image_id)
-    if len(slices.slice_indices) == 0:
+    if len(slices.slices) == 0:
         logger.warning("study %r (%s): every slice was skipped as empty or constant", study.image_id, study.path)
     atomic_write(study_dir / f"{key}.npy", lambda fh: np.save(fh, slices.images, allow_pickle=False))
     meta = {
         "path": str(study.path.resolve()),
         "image_id": study.image_id,
         "n_slices": slices.n_slices,
-        "kept": slices.slice_indices.tolist(),
+        "kept": slices.slices.tolist(),
         "positions": slices.positions.tolist(),
     }
     atomic_write_text(study_dir / f"{key}.json", json.dumps(meta))
-    return StudySummary(study.image_id, study.path, slices.n_slices, slices.slice_indices)
+    return StudySummary(study.image_id, study.path, slices.n_slices, slices.slices)
 
 
 def _prune_stale(study_dir: Path, keep: set[str], paths: Iterable[str]) -> None:

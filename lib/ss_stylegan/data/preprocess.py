@@ -51,14 +51,14 @@ class PreprocessedSlices:
 
     Attributes:
         images: ``uint8 [n, R, R]``.
-        slice_indices: ``int64 [n]``, index of each kept slice in the canonical volume.
+        slices: ``int64 [n]``, index of each kept slice in the canonical volume.
         positions: ``float64 [n, 3]``, world RAS (mm) centre of each kept slice.
         n_slices: number of slices in the volume, kept or not.
         window: the ``(low, high)`` intensity range mapped to ``0..255``.
     """
 
     images: np.ndarray
-    slice_indices: np.ndarray
+    slices: np.ndarray
     positions: np.ndarray
     n_slices: int
     window: tuple[float, float]
@@ -172,7 +172,7 @@ def preprocess_volume(volume: Volume, cfg: SliceConfig) -> PreprocessedSlices:
         logger.debug("%s: kept %d of %d slices", volume.path, len(kept), volume.n_slices)
     return PreprocessedSlices(
         images=np.ascontiguousarray(images[kept]),
-        slice_indices=kept.astype(np.int64),
+        slices=kept.astype(np.int64),
         positions=volume.slice_positions()[kept],
         n_slices=volume.n_slices,
         window=(low, high),

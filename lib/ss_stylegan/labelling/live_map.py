@@ -250,7 +250,7 @@ class LiveSliceMap:
                     continue
                 w, xy = self.embedder.embed_and_place(study_slices.images, snapshot)
                 ids += [study.image_id] * len(w)
-                slices.append(study_slices.slice_indices)
+                slices.append(study_slices.slices)
                 positions.append(study_slices.positions)
                 ws.append(w)
                 xys.append(xy)

@@ -287,7 +287,7 @@ class LabellingService:
             raise StudyReadError(path, "no slice has enough foreground to classify",
                                  "check the intensity window (--conf window) or the file")
         _, xy = self.maps.embedder.embed_and_place(study.images, slice_map)
-        return self._classify(slice_map, None, xy, study.slice_indices, study.positions, study.n_slices)
+        return self._classify(slice_map, None, xy, study.slices, study.positions, study.n_slices)
 
     def points(self) -> MapPoints:
         """Every embedded slice of a study in the folder, with its map position, world position, label and
