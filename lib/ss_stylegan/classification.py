@@ -31,6 +31,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ss_stylegan.neighbours import REBUILD_AFTER, DynamicNearest
+from ss_stylegan.validation import finite_points
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,7 @@ def _inverse_distance_scores(dist: np.ndarray) -> np.ndarray:
 
 
 def _check_points(X: Any, name: str) -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ClassificationError(f"{name} must be a 2-D array [N, D], got shape {X.shape}")
-    if X.size and not np.isfinite(X).all():
-        raise ClassificationError(f"{name} contains NaN or infinite values")
-    return X
+    return finite_points(X, name, ClassificationError)
 
 
 class NearestLabelIndex:

@@ -15,6 +15,12 @@ Embed every slice into W with a trained model::
 
     python -m ss_stylegan embed --studies ./studies --model ./run --out embeddings.npz
 
+Build the slice map of a folder with a trained model (e.g. one trained on a GPU machine) and publish it into the
+workspace a server over that folder uses (``<studies>/.ss_stylegan`` unless ``--workspace``)::
+
+    python -m ss_stylegan map --studies ./studies --model ./run
+    monailabel start_server --app monailabel_app --studies ./studies    # serves that map as it is
+
 ``--config file.json`` holds ``{"slice": {...}, "model": {...}, "train": {...}}`` (any section may be
 omitted; keys are the fields of :class:`~ss_stylegan.config.SliceConfig`, ``ModelConfig`` and
 ``TrainConfig``); flags given on the command line override it. The resolved settings are written
@@ -75,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256, help="slices per forward pass")
     e.add_argument("--cache-dir", type=Path, help="slice cache folder (default <model dir>/slice_cache)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
+    m = sub.add_parser("map", help="build the slice map of a folder of studies with a trained model and publish it "
+                                   "into the workspace a server over that folder uses")
+    m.add_argument("--studies", required=True, type=Path, help="folder of studies (the server's --studies)")
+    m.add_argument("--model", required=True, type=Path, help="training output folder or checkpoint file")
+    m.add_argument("--workspace", type=Path, help="the server's workspace (default <studies>/.ss_stylegan, the "
+                                                  "server's default; --conf workspace moves it)")
+    m.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    m.add_argument("--random-state", type=int, default=0, help="t-SNE seed")
+    m.add_argument("--batch-size", type=int, default=256, help="slices per forward pass")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p
 
 
@@ -176,10 +193,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device=args.device)
     model_dir = args.model if args.model.is_dir() else args.model.parent
-    cfg_path = model_dir / SLICE_CONFIG_NAME
-    slice_cfg = SliceConfig.load(cfg_path) if cfg_path.exists() else SliceConfig(resolution=model.cfg.resolution)
-    if slice_cfg.resolution != model.cfg.resolution:
-        raise CLIError(f"{cfg_path} has resolution {slice_cfg.resolution} but the model {model.cfg.resolution}")
+    slice_cfg = _model_slice_config(model_dir, model.cfg.resolution)
     cache = _build_cache(args.studies, slice_cfg, args.cache_dir or model_dir / "slice_cache")
     w = embed_images(model, cache.images, batch_size=args.batch_size, device=args.device)
     arrays = {"image_ids": np.asarray(cache.image_ids, dtype=str), "slice_indices": np.asarray(cache.slices),
@@ -191,6 +205,45 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_slice_config(model_dir: Path, resolution: int) -> SliceConfig:
+    """The slice settings a model was trained with (``slice_config.json`` beside its checkpoints)."""
+    cfg_path = model_dir / SLICE_CONFIG_NAME
+    slice_cfg = SliceConfig.load(cfg_path) if cfg_path.exists() else SliceConfig(resolution=resolution)
+    if slice_cfg.resolution != resolution:
+        raise CLIError(f"{cfg_path} has resolution {slice_cfg.resolution} but the model {resolution}")
+    return slice_cfg
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    import os
+
+    from ss_stylegan.checkpoint import load_model, resolve_checkpoint
+    from ss_stylegan.devices import resolve_device
+    from ss_stylegan.pipeline import map_from_studies
+    from ss_stylegan.workspace import Workspace
+
+    if not args.studies.is_dir():
+        raise CLIError(f"studies folder {args.studies} does not exist")
+    if not args.perplexity > 0:
+        raise CLIError(f"--perplexity must be > 0, got {args.perplexity}")
+    device = resolve_device(args.device)
+    checkpoint = resolve_checkpoint(args.model)
+    model = load_model(checkpoint, device="cpu")
+    slice_cfg = _model_slice_config(checkpoint.parent, model.cfg.resolution)
+    workspace = Workspace(args.workspace or args.studies / ".ss_stylegan")
+    try:
+        slice_map, projector = map_from_studies(
+            args.studies, checkpoint, slice_cfg, workspace.cache_dir, perplexity=args.perplexity,
+            random_state=args.random_state, device=device, batch_size=args.batch_size,
+            training={"step": model.step, "final": True}, n_jobs=os.cpu_count() or 1)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    version = workspace.publish(slice_map, checkpoint, projector)
+    print(json.dumps({"workspace": str(workspace.root), "version": version.name, "model_version": slice_map.model_version,
+                      "n_slices": len(slice_map), "n_images": len(slice_map.image_set()), "errors": slice_map.errors}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 for a clear, expected error)."""
     from ss_stylegan.checkpoint import CheckpointError
@@ -198,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     from ss_stylegan.distributed import DistributedError
     from ss_stylegan.networks import ShapeError
     from ss_stylegan.training import TrainingError
+    from ss_stylegan.workspace import WorkspaceError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return cmd_train(args) if args.command == "train" else cmd_embed(args)
-    except (CLIError, ConfigError, CheckpointError, TrainingError, ShapeError, SliceCacheError, DistributedError) as exc:
+        return {"train": cmd_train, "embed": cmd_embed, "map": cmd_map}[args.command](args)
+    except (CLIError, ConfigError, CheckpointError, TrainingError, ShapeError, SliceCacheError, DistributedError,
+            WorkspaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

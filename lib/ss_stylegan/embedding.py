@@ -19,7 +19,7 @@ import torch
 
 from ss_stylegan.atomic import atomic_write
 from ss_stylegan.networks import SSStyleGAN
-from ss_stylegan.training import check_slices, to_model_input
+from ss_stylegan.networks.inputs import check_slices, to_model_input
 
 
 def _batches(n: int, batch_size: int) -> range:

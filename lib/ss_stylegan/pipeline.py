@@ -1,16 +1,26 @@
-"""From a slice cache and a checkpoint to a slice map: embed every slice into W, then draw the t-SNE map.
+"""From a studies folder and a model to a slice map: slice cache -> embed every slice into W -> t-SNE map.
 
-The server's trainer calls :func:`map_from_checkpoint` at every milestone of a training (a new map every few
-minutes) and at its end, and publishes the result with :meth:`ss_stylegan.workspace.Workspace.publish`.
+- :func:`read_studies`: every study of a folder into the slice cache, with the studies' fingerprints (stamped
+  before reading) and the errors of the ones that cannot be read.
+- :func:`map_from_checkpoint`: the cache embedded with a checkpoint's encoder and mapped with openTSNE.
+- :func:`map_from_studies`: both, for a model trained elsewhere (``python -m ss_stylegan map`` publishes its
+  result into a server's workspace, which serves it as is).
+
+The server's trainer calls :func:`read_studies` before training and :func:`map_from_checkpoint` at every
+milestone of the training (a new map every few minutes) and at its end, and publishes the result with
+:meth:`ss_stylegan.workspace.Workspace.publish`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ss_stylegan.checkpoint import load_model
-from ss_stylegan.data.cache import SliceCache
+from ss_stylegan.config import SliceConfig
+from ss_stylegan.data.cache import SliceCache, find_studies
+from ss_stylegan.data.fingerprint import Fingerprint, stamp
 from ss_stylegan.embedding import embed_images
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.workspace import SliceMap
@@ -43,6 +53,52 @@ def map_from_checkpoint(
         image_ids=cache.image_ids, slices=cache.slices, positions=cache.positions, w=w, xy=xy,
         model_version=model.model_version, errors=dict(errors or {}),
         depths={s.image_id: int(s.n_slices) for s in cache.studies}, fingerprints=dict(fingerprints or {}),
-        training=dict(training or {}),
+        training=dict(training or {}), slice_cfg=cache.slice_cfg.to_dict(),
     )
     return slice_map, projector
+
+
+@dataclasses.dataclass(frozen=True)
+class StudiesRead:
+    """A studies folder read into its slice cache."""
+
+    cache: SliceCache
+    errors: dict[str, str]                      # image id -> why the study cannot be used
+    fingerprints: dict[str, dict[str, Any]]     # image id -> Fingerprint.to_dict(), stamped before reading
+
+
+def read_studies(studies: str | Path, slice_cfg: SliceConfig, cache_dir: str | Path) -> StudiesRead:
+    """Every study of ``studies`` (files and DICOM series folders) into the slice cache in ``cache_dir``
+    (studies read before with the same settings are reused). The fingerprints are taken before reading, so a
+    study changed while it is read shows as changed to the server later."""
+    found = find_studies(Path(studies))
+    fingerprints = {s.image_id: Fingerprint(st).to_dict() for s in found if (st := stamp(s.path)) is not None}
+    cache = SliceCache.build(found, slice_cfg, Path(cache_dir))
+    return StudiesRead(cache=cache, errors={e.image_id: e.message for e in cache.errors}, fingerprints=fingerprints)
+
+
+def map_from_studies(
+    studies: str | Path,
+    checkpoint: Path,
+    slice_cfg: SliceConfig,
+    cache_dir: str | Path,
+    *,
+    perplexity: float,
+    random_state: int,
+    device: str = "cpu",
+    batch_size: int = 64,
+    training: dict[str, Any] | None = None,
+    n_jobs: int = 1,
+) -> tuple[SliceMap, TSNEProjector]:
+    """A slice map of every study of a folder with a trained model: :func:`read_studies` then
+    :func:`map_from_checkpoint`. ``slice_cfg`` must be the one the model was trained with.
+
+    Raises:
+        SliceCacheError, CheckpointError: see those functions. ValueError: no usable slice in the folder.
+    """
+    read = read_studies(studies, slice_cfg, cache_dir)
+    if len(read.cache) == 0:
+        raise ValueError(f"no usable slice in {studies}" + (f"; unreadable: {read.errors}" if read.errors else ""))
+    return map_from_checkpoint(read.cache, checkpoint, perplexity=perplexity, random_state=random_state,
+                               device=device, batch_size=batch_size, errors=read.errors,
+                               fingerprints=read.fingerprints, training=training, n_jobs=n_jobs)

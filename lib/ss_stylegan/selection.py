@@ -34,6 +34,8 @@ from collections.abc import Iterable
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ss_stylegan.validation import finite_points
+
 log = logging.getLogger(__name__)
 
 STARTS = ("random", "central", "farthest")
@@ -245,12 +247,7 @@ def _min_distance_to(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def _check_points(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise SelectionError(f"points must be a 2-D array [N, D], got shape {X.shape}")
-    if X.size and not np.isfinite(X).all():
-        raise SelectionError("points contain NaN or infinite values; refit the map")
-    return X
+    return finite_points(X, "points", SelectionError)
 
 
 def _check_count(count: int) -> int:

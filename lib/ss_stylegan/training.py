@@ -54,7 +54,9 @@ from ss_stylegan.checkpoint import (
 from ss_stylegan.config import ModelConfig, TrainConfig
 from ss_stylegan.distributed import DistContext, context_for, fingerprint
 from ss_stylegan.losses import SSStyleGANLoss
-from ss_stylegan.networks import SSStyleGAN
+from ss_stylegan.networks import SSStyleGAN, ShapeError
+from ss_stylegan.networks.inputs import check_slices as check_model_slices
+from ss_stylegan.networks.inputs import to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -131,23 +133,12 @@ def stream_seed(seed: int, *key: int) -> int:
     return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def to_model_input(images_u8: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 slices ``[B, R, R]`` -> float32 ``[B, 1, R, R]`` in [-1, 1] on ``device``."""
-    x = torch.from_numpy(np.array(images_u8, dtype=np.uint8, copy=True)).to(device=device, dtype=torch.float32)
-    return (x / 127.5 - 1.0)[:, None]
-
-
 def check_slices(images_u8: Any, resolution: int) -> None:
-    """Raise :class:`TrainingError` unless ``images_u8`` is a uint8 array ``[N, R, R]`` with N >= 1."""
-    if not isinstance(images_u8, np.ndarray):
-        raise TrainingError(f"images must be a numpy array (or memmap) of uint8 slices, got {type(images_u8)}")
-    if images_u8.dtype != np.uint8 or images_u8.ndim != 3 or images_u8.shape[1:] != (resolution, resolution):
-        raise TrainingError(
-            f"images must be uint8 [N, {resolution}, {resolution}] (the model resolution), got "
-            f"{images_u8.dtype} {list(images_u8.shape)}; rebuild the slice cache at resolution {resolution}"
-        )
-    if images_u8.shape[0] < 1:
-        raise TrainingError("no slices to train on: the studies folder yielded no usable slice")
+    """:func:`ss_stylegan.networks.inputs.check_slices`, as a :class:`TrainingError`."""
+    try:
+        check_model_slices(images_u8, resolution)
+    except ShapeError as err:
+        raise TrainingError(str(err)) from err
 
 
 def train(

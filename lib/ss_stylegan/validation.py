@@ -2,7 +2,10 @@
 bounded strings without control characters, identifiers that cannot name a path, and paths that stay
 inside a folder.
 
-Every check raises :class:`FieldError`, whose message names the field, says what was wrong and what is
+Also the one check of point arrays (:func:`finite_points`) that selection, classification and the server's
+indexes share.
+
+Every request check raises :class:`FieldError`, whose message names the field, says what was wrong and what is
 accepted, so a server can answer 422 with it as it is. The checks never echo a long or binary value back
 (the value is shortened and shown with ``repr``).
 """
@@ -14,9 +17,11 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 MAX_ID_CHARS = 200
 """Longest image id or tag: a file name (255 bytes on most file systems) needs room for its suffix."""
@@ -198,3 +203,17 @@ def inside(root: str | Path, *names: str, field: str = "path") -> Path:
     if target != base and base not in target.parents:
         raise PathEscapeError(field, f"{shown('/'.join(names))} would leave the datastore folder")
     return target
+
+
+def finite_points(X: Any, name: str, error: Callable[[str], Exception]) -> np.ndarray:
+    """``X`` as a 2-D array ``[N, D]`` of finite values (the map's points, or points to place or classify).
+
+    Raises:
+        ``error(message)``: not 2-D, or NaN / infinite values (the message names ``name``).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise error(f"{name} must be a 2-D array [N, D], got shape {X.shape}")
+    if X.size and not np.isfinite(X).all():
+        raise error(f"{name} contains NaN or infinite values; refit the map")
+    return X

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ss_stylegan.config import SliceConfig
 from ss_stylegan.atomic import atomic_write, atomic_write_text
 from ss_stylegan.fps_index import FairLock
 from ss_stylegan.training_lock import TrainingLock
@@ -104,6 +105,8 @@ class SliceMap:
         version: the version folder the map was read from or written to (None when new).
         training: how far the model of this map was trained when it was made (``step``, ``kimg``,
             ``minutes`` of training, ``final``: whether training had finished); empty when not recorded.
+        slice_cfg: the :class:`~ss_stylegan.config.SliceConfig` (as a dict) the slices were read with, so
+            studies placed into the map later are read the same way; empty when not recorded.
     """
 
     image_ids: np.ndarray
@@ -117,6 +120,7 @@ class SliceMap:
     fingerprints: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     version: MapVersion | None = None
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    slice_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -130,6 +134,11 @@ class SliceMap:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def read_config(self, default: SliceConfig) -> SliceConfig:
+        """How slices placed into this map must be read: as its own slices were (``default`` for a map that
+        does not record it)."""
+        return SliceConfig.from_dict(self.slice_cfg) if self.slice_cfg else default
 
     def rows_of(self, image_id: str) -> np.ndarray:
         """Row indices (sorted by slice) of one image; empty when the image is not embedded."""
@@ -174,6 +183,7 @@ class SliceMap:
             fingerprints={**self.fingerprints, **(fingerprints or {})},
             version=self.version,
             training=dict(self.training),
+            slice_cfg=dict(self.slice_cfg),
         )
 
     def without(self, image_ids: set[str] | frozenset[str]) -> SliceMap:
@@ -187,6 +197,7 @@ class SliceMap:
             fingerprints={k: v for k, v in self.fingerprints.items() if k not in image_ids},
             version=self.version,
             training=dict(self.training),
+            slice_cfg=dict(self.slice_cfg),
         )
 
 
@@ -594,6 +605,7 @@ class Workspace:
             "depths": slice_map.depths,
             "fingerprints": slice_map.fingerprints,
             "training": slice_map.training,
+            "slice_cfg": slice_map.slice_cfg,
             "written": time.time(),
         }
         atomic_write_text(version.map_meta_path, json.dumps(meta, indent=1))
@@ -617,7 +629,8 @@ class Workspace:
                                  errors=dict(meta.get("errors", {})),
                                  depths={k: int(v) for k, v in meta.get("depths", {}).items()},
                                  fingerprints=dict(meta.get("fingerprints", {})), version=version,
-                                 training=dict(meta.get("training") or {}))
+                                 training=dict(meta.get("training") or {}),
+                                 slice_cfg=dict(meta.get("slice_cfg") or {}))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise WorkspaceError(
                 f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err

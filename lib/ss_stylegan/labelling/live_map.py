@@ -241,7 +241,7 @@ class LiveSliceMap:
                 if fingerprint is not None:
                     prints[study.image_id] = fingerprint.to_dict()
                 try:
-                    study_slices = read_study_slices(study.path, self.slice_cfg, study.image_id)
+                    study_slices = read_study_slices(study.path, snapshot.read_config(self.slice_cfg), study.image_id)
                 except StudyReadError as err:
                     errors[study.image_id] = str(err)
                     continue

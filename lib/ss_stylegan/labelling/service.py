@@ -282,7 +282,7 @@ class LabellingService:
         slice_map = self.require_map()
         self.indexes.require_labels(slice_map, self.labels.version, self.labels.labelled_keys, self.flags.flags(),
                                     self.maps.removed_rows(slice_map))  # no label yet: refuse before reading
-        study = read_study_slices(path, self.config.slice_cfg)
+        study = read_study_slices(path, slice_map.read_config(self.config.slice_cfg))
         if len(study.images) == 0:
             raise StudyReadError(path, "no slice has enough foreground to classify",
                                  "check the intensity window (--conf window) or the file")
@@ -320,13 +320,13 @@ class LabellingService:
             trained map's input). SliceOutOfRangeError: no such slice. UnreadableImageError: unreadable study.
         """
         study = self.require_study(image_id)
-        self.require_map()
+        slice_map = self.require_map()
         try:
             volume = read_volume(study.path)
         except StudyReadError as err:
             raise UnreadableImageError(str(err)) from err
         try:
-            image = model_ready_slice(volume, slice_index, self.config.slice_cfg)
+            image = model_ready_slice(volume, slice_index, slice_map.read_config(self.config.slice_cfg))
         except IndexError as err:
             raise SliceOutOfRangeError(f"image {image_id!r}: {err}") from err
         return encode_png(image)

@@ -33,11 +33,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from ss_stylegan.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
-from ss_stylegan.data.cache import SliceCache, find_studies
-from ss_stylegan.data.fingerprint import Fingerprint, stamp
 from ss_stylegan.devices import resolve_device
 from ss_stylegan.launcher import launch
-from ss_stylegan.pipeline import map_from_checkpoint
+from ss_stylegan.pipeline import map_from_checkpoint, read_studies
 from ss_stylegan.training import Milestone, TrainProgress
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
@@ -96,11 +94,8 @@ def run_training(
     workspace.clear_stop()
     try:
         status("training", "reading and caching every slice of the datastore")
-        found = find_studies(studies)
-        # stamped before reading: a study changed while it is read shows as changed to the server
-        fingerprints = {s.image_id: Fingerprint(st).to_dict() for s in found if (st := stamp(s.path)) is not None}
-        cache = SliceCache.build(found, settings.slice_cfg, workspace.cache_dir)
-        errors = {e.image_id: e.message for e in cache.errors}
+        read = read_studies(studies, settings.slice_cfg, workspace.cache_dir)
+        cache, errors, fingerprints = read.cache, read.errors, read.fingerprints
         if len(cache) < 4:
             raise ValueError(
                 f"only {len(cache)} usable slice(s) in {studies} (at least 4 are needed); add studies"
