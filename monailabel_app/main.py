@@ -152,6 +152,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
                                   strategies=lambda: sorted(self._strategies)))
         for image_id in self.service.labels.images():  # label counts into the datastore info (GET /datastore/)
             self.mirror.changed(image_id)
+        self.service.sync()  # the live map's suggestion index is built in the background from now on
         log.info("SS-StyleGAN Label ready: %s", self.service.status().message)
 
 

@@ -161,3 +161,25 @@ def test_a_new_map_gets_new_indexes(service: LabellingService, tmp_path: Path) -
     assert [(s.image, s.slice) for s in svc.suggest("fps", count=2, client_id="a").picks] == want
     assert [x.label for x in svc.classify_image("img_04").slices] == expected_classes(svc, "img_04")
     assert svc.indexes._fps[1] is not old_fps and svc.indexes._nn[1] is not old_nn
+
+
+def test_the_suggestion_index_of_a_new_map_is_built_in_the_background(service: LabellingService,
+                                                                       tmp_path: Path) -> None:
+    svc = service
+    svc.sync()                                             # a map without an index: sync starts its build
+    first = svc.slice_map()
+    _, thread = svc.indexes._building
+    if thread is not None:
+        thread.join(30)
+    assert svc.indexes._fps[1] is not None and svc.indexes._fps[0]() is first
+    built = svc.indexes._fps[1]
+    want = expected_fps(svc, "a", 3)
+    assert [(s.image, s.slice) for s in svc.suggest("fps", count=3, client_id="a").picks] == want
+    assert svc.indexes._fps[1] is built                    # the suggestion used the index built in the background
+    assert not svc.indexes.prepare(first)                  # nothing to build for a map that has its index
+    write_map(tmp_path / "studies", 9, "v3")               # a training publishes another map
+    svc.sync()
+    svc.indexes.suggestions(svc.slice_map())               # waits for the background build of the new map's index
+    assert svc.indexes._fps[0]() is svc.slice_map() and svc.indexes._fps[1] is not built
+    want = expected_fps(svc, "b", 2)
+    assert [(s.image, s.slice) for s in svc.suggest("fps", count=2, client_id="b").picks] == want

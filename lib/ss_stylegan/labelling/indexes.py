@@ -70,6 +70,8 @@ class MapIndexes:
         self.classes = tuple(classes)
         self._rows: tuple[weakref.ref[SliceMap] | None, MapRows | None] = (None, None)
         self._fps: tuple[weakref.ref[SliceMap] | None, SuggestionIndex | None] = (None, None)
+        self._fps_lock = threading.Lock()   # installing an FPS index; the build itself runs outside it
+        self._building: tuple[weakref.ref[SliceMap] | None, threading.Thread | None] = (None, None)
         self._nn_lock = threading.Lock()
         self._nn: tuple[weakref.ref[SliceMap] | None, NearestLabelIndex | None, Any, dict[int, str]] = \
             (None, None, None, {})
@@ -82,15 +84,60 @@ class MapIndexes:
             self._rows = (weakref.ref(slice_map), rows)
         return rows
 
+    def prepare(self, slice_map: SliceMap) -> bool:
+        """Start building ``slice_map``'s FPS index in a background thread unless it exists or is being built
+        (at a million slices a build takes about a second: made when a new map appears, the first suggestion
+        from it does not wait for it). Returns whether a build started."""
+        with self._fps_lock:
+            if self._kept(self._fps[0], slice_map) or self._kept(self._building[0], slice_map):
+                return False
+            ref = weakref.ref(slice_map)
+            thread = threading.Thread(target=self._build, args=(ref,), daemon=True, name="ss_stylegan-fps-index")
+            self._building = (ref, thread)
+            thread.start()
+            return True
+
     def suggestions(self, slice_map: SliceMap) -> SuggestionIndex:
-        """The map's FPS index (built on the first suggestion from a map). The caller serialises the use of
-        the index together with the reservation of its picks."""
-        kept_map, index = self._fps
-        if index is None or kept_map is None or kept_map() is not slice_map:
-            index = SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state)
+        """The map's FPS index: the kept one, the one being built in the background (waited for), or one built
+        now. The caller serialises the use of the index together with the reservation of its picks."""
+        with self._fps_lock:
+            kept_map, index = self._fps
+            if index is not None and self._kept(kept_map, slice_map):
+                return index
+            building_map, thread = self._building
+            building = thread if self._kept(building_map, slice_map) else None
+        if building is not None:
+            building.join()
+            with self._fps_lock:
+                kept_map, index = self._fps
+                if index is not None and self._kept(kept_map, slice_map):
+                    return index
+        return self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
+
+    def _build(self, ref: weakref.ref[SliceMap]) -> None:
+        slice_map = ref()
+        if slice_map is None:
+            return
+        try:
+            self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
+        finally:
+            with self._fps_lock:
+                if self._building[0] is ref:
+                    self._building = (None, None)
+
+    def _install(self, slice_map: SliceMap, index: SuggestionIndex) -> SuggestionIndex:
+        """Keep ``index`` for ``slice_map`` unless one is kept for it already (that one is returned)."""
+        with self._fps_lock:
+            kept_map, kept = self._fps
+            if kept is not None and self._kept(kept_map, slice_map):
+                return kept
             self._fps = (weakref.ref(slice_map), index)
-            settle_garbage_collector()
+        settle_garbage_collector()
         return index
+
+    @staticmethod
+    def _kept(ref: weakref.ref[SliceMap] | None, slice_map: SliceMap) -> bool:
+        return ref is not None and ref() is slice_map
 
     def predict(self, slice_map: SliceMap, xy: np.ndarray, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
                 flags: dict[tuple[str, int], str], removed: np.ndarray) -> tuple[Prediction, np.ndarray]:

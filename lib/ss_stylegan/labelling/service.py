@@ -93,9 +93,13 @@ class LabellingService:
 
     # -- the folder and the map -------------------------------------------------------------------------
     def sync(self) -> None:
-        """Start a background update of the map when the folder changed (new, deleted or changed studies);
-        returns at once. Made once per request, before the request reads anything."""
+        """Start background work when something changed, and return at once: an update of the map when the
+        folder changed (new, deleted or changed studies), the suggestion index of a map that has none yet.
+        Made once per request, before the request reads anything."""
         self.maps.maybe_refresh()
+        slice_map = self.maps.current()
+        if slice_map is not None and len(slice_map):
+            self.indexes.prepare(slice_map)
 
     def slice_map(self) -> SliceMap | None:
         """The current map, or None before training (never waits for a background embedding)."""
