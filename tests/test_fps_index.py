@@ -65,6 +65,26 @@ def test_picks_equal_from_scratch_fps_over_random_changes(start: str, block_size
     assert n_picks > 40
 
 
+@pytest.mark.parametrize("path", ["direct", "union", "groups"])
+def test_every_way_of_measuring_blocks_gives_the_same_picks(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks made exact are measured against every centre (few pairs), against the candidates of all of them
+    at once, or in groups by number of candidates: each way alone gives the from-scratch picks and distances."""
+    import ss_stylegan.fps_index as fps_index
+
+    monkeypatch.setattr(fps_index, "_DIRECT_PAIRS", 1 << 40 if path == "direct" else 0)
+    monkeypatch.setattr(fps_index, "_UNION_PAIRS", 1 << 40 if path == "union" else 0)
+    X = _map(1500, 2, 11)
+    rng = np.random.default_rng(11)
+    index = SuggestionIndex(X, start="central", block_size=16)
+    scratch = FarthestPointSelector(start="central")
+    for labelled, pending, excluded, count in _random_ops(len(X), rng, 40):
+        got = index.select(labelled=labelled, pending=pending, count=count + 2, exclude=excluded)
+        assert got == scratch.select(X, labelled=labelled, pending=pending, count=count + 2, exclude=excluded)
+        centres = sorted((set(labelled) | set(pending) | {p.index for p in got}) - set(excluded))
+        fresh = np.sqrt(((X[:, None, :] - X[None, centres, :]) ** 2).sum(axis=2)).min(axis=1)
+        np.testing.assert_array_equal(index.distances(), fresh)
+
+
 def test_picks_in_more_dimensions_match_to_rounding() -> None:
     X = _map(300, 3, 7)
     rng = np.random.default_rng(7)
