@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from server_harness import RunningServer, start_server  # noqa: E402
 
+from ss_stylegan.data.fingerprint import FingerprintCache  # noqa: E402
 from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace  # noqa: E402
 
 SLICES_PER_STUDY = 300
@@ -46,13 +47,23 @@ W_DIM = 32
 
 
 def write_synthetic_workspace(studies: Path, n_slices: int, random_state: int = 0) -> None:
-    """Placeholder study files + a workspace holding a random slice map of ``n_slices`` slices."""
+    """Placeholder study files + a workspace holding a random slice map of ``n_slices`` slices.
+
+    The map records each study's fingerprint, as a training does. Without them the server's first sweep
+    (a second after start-up) adopts the fingerprints of every study and publishes the map again as a new
+    version: at a million slices that writes the map (seconds) and makes the next request rebuild the
+    suggestion index (about 2 s), in the middle of the measurements that follow.
+    """
     rng = np.random.default_rng(random_state)
     n_studies = -(-n_slices // SLICES_PER_STUDY)   # the last study may be shorter
     studies.mkdir(parents=True)
     ids = [f"img_{i:05d}" for i in range(n_studies)]
+    fingerprints = FingerprintCache()
+    recorded = {}
     for image_id in ids:
-        (studies / f"{image_id}.nii.gz").write_bytes(b"")
+        path = studies / f"{image_id}.nii.gz"
+        path.write_bytes(b"")
+        recorded[image_id] = fingerprints.fingerprint(path).to_dict()
     image_ids = np.repeat(np.asarray(ids), SLICES_PER_STUDY)[:n_slices]
     slices = np.tile(np.arange(SLICES_PER_STUDY), n_studies)[:n_slices]
     depths = {i: SLICES_PER_STUDY for i in ids}
@@ -63,7 +74,7 @@ def write_synthetic_workspace(studies: Path, n_slices: int, random_state: int = 
     ws = Workspace(studies / ".ss_stylegan")
     slice_map = SliceMap(image_ids=image_ids, slices=slices, positions=positions,
                          w=rng.normal(size=(n_slices, W_DIM)).astype(np.float32), xy=xy.astype(np.float32),
-                         model_version="bench", depths=depths)
+                         model_version="bench", depths=depths, fingerprints=recorded)
     with ws.new_version(slice_map.model_version) as version:  # a published version without a model
         ws.save_map(slice_map, version)
         ws.activate(version)

@@ -65,6 +65,54 @@ def test_picks_equal_from_scratch_fps_over_random_changes(start: str, block_size
     assert n_picks > 40
 
 
+@pytest.mark.parametrize("path", ["direct", "union", "groups", "tree", "tree rebuilt often"])
+def test_every_way_of_measuring_blocks_gives_the_same_picks(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks made exact are measured against every centre (few pairs), against the candidates of all of them
+    at once, in groups by number of candidates, or through the k-d tree of centres (many centres; its bounds
+    for blocks whose nearest centre was removed too): each way alone gives the from-scratch picks and
+    distances, with centres added and removed between the tree's rebuilds."""
+    import ss_stylegan.fps_index as fps_index
+
+    monkeypatch.setattr(fps_index, "_DIRECT_PAIRS", 1 << 40 if path == "direct" else 0)
+    monkeypatch.setattr(fps_index, "_UNION_PAIRS", 1 << 40 if path == "union" else 0)
+    monkeypatch.setattr(fps_index, "_TREE_CENTRES", 0 if path.startswith("tree") else 1 << 40)
+    monkeypatch.setattr(fps_index, "_TREE_REBUILD_AFTER", 3 if path == "tree rebuilt often" else 64)
+    X = _map(1500, 2, 11)
+    rng = np.random.default_rng(11)
+    index = SuggestionIndex(X, start="central", block_size=16)
+    scratch = FarthestPointSelector(start="central")
+    for labelled, pending, excluded, count in _random_ops(len(X), rng, 40):
+        got = index.select(labelled=labelled, pending=pending, count=count + 2, exclude=excluded)
+        assert got == scratch.select(X, labelled=labelled, pending=pending, count=count + 2, exclude=excluded)
+        centres = sorted((set(labelled) | set(pending) | {p.index for p in got}) - set(excluded))
+        fresh = np.sqrt(((X[:, None, :] - X[None, centres, :]) ** 2).sum(axis=2)).min(axis=1)
+        np.testing.assert_array_equal(index.distances(), fresh)
+
+
+def test_many_labelled_points_use_the_tree_and_give_the_same_picks() -> None:
+    """Hundreds of labelled points (above ``_TREE_CENTRES``, with the default settings): picks, distances and
+    the first pick on an index built afterwards equal the from-scratch selector while labels come and go."""
+    import ss_stylegan.fps_index as fps_index
+
+    X = _map(6000, 2, 21)
+    rng = np.random.default_rng(21)
+    labelled = set(rng.choice(len(X), fps_index._TREE_CENTRES + 200, replace=False).tolist())
+    index = SuggestionIndex(X, start="central", block_size=32)
+    scratch = FarthestPointSelector(start="central")
+    pending: list[int] = []
+    for step in range(30):
+        if step % 3 == 2:                                       # labels removed: their blocks get tree bounds
+            labelled -= set(rng.choice(sorted(labelled), 15, replace=False).tolist())
+        excluded = list(range(100, 160)) if step % 5 == 4 else []
+        got = index.select(labelled=sorted(labelled), pending=pending, count=3, exclude=excluded)
+        assert got == scratch.select(X, labelled=sorted(labelled), pending=pending, count=3, exclude=excluded)
+        labelled |= {p.index for p in got[:2]}                  # two labelled, one stays reserved
+        pending = [got[2].index]
+    assert index.n_centres > fps_index._TREE_CENTRES and index._blocks.nearest_centre.n_rebuilds > 1
+    fresh = SuggestionIndex(X, start="central", block_size=32)
+    assert fresh.select(labelled=sorted(labelled), count=4) == scratch.select(X, labelled=sorted(labelled), count=4)
+
+
 def test_picks_in_more_dimensions_match_to_rounding() -> None:
     X = _map(300, 3, 7)
     rng = np.random.default_rng(7)

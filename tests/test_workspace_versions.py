@@ -143,3 +143,58 @@ def test_a_killed_update_leaves_the_current_version_and_is_pruned_later(tmp_path
     second = ws.publish_update(ws.load_map().without({"a"}), first)
     assert _folders(ws) == {first.folder, second.folder}
     assert (first.checkpoint_dir / "ckpt-m1.pt").read_bytes() == b"m1" * 1000
+
+
+def _full_stamp(ws: Workspace) -> tuple[str, int] | None:
+    """What :meth:`Workspace.map_stamp` means: the stamp of :meth:`Workspace.current_version`, read afresh."""
+    version = ws.current_version()
+    return None if version is None else ws.stamp_of(version)
+
+
+def test_map_stamp_reads_the_pointer_only_when_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server asks for the stamp at every request: while the pointer file stays the same, the stamp costs a
+    few ``stat`` calls and no read of the pointer; every switch (a publish in this process or another, an
+    update, a damaged current version, a pointer rewritten by hand) still shows at once."""
+    ws = Workspace(tmp_path / "ws")
+    reader = Workspace(tmp_path / "ws")          # another object (the server's) over the same folder
+    assert reader.map_stamp() is None
+    reads = []
+    real_read = Workspace._read_pointer
+    monkeypatch.setattr(Workspace, "_read_pointer", lambda self: reads.append(1) or real_read(self))
+
+    first = _publish(ws, "v1", ["a"])
+    assert reader.map_stamp() == _full_stamp(ws) == ws.stamp_of(first)
+    reads.clear()
+    for _ in range(5):
+        assert reader.map_stamp() == ws.stamp_of(first)
+    assert reads == []                           # unchanged pointer: not read again
+
+    # a publish by another process, then an update of its map: each switch gives the new stamp
+    process = multiprocessing.get_context("spawn").Process(target=_publish_elsewhere, args=(str(ws.root), "v2"))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    second = ws.current_version()
+    assert second != first and reader.map_stamp() == ws.stamp_of(second)
+    update = ws.publish_update(ws.load_map().extended(["c"], [0], np.zeros((1, 3)), np.ones((1, 4)),
+                                                      np.ones((1, 2))), second)
+    assert reader.map_stamp() == ws.stamp_of(update) == _full_stamp(ws)
+    reads.clear()
+    assert reader.map_stamp() == ws.stamp_of(update) and reads == []
+
+    # the current version damaged by hand (its arrays, then its metadata): the previous one is used, and its
+    # stamp is worked out afresh at every call (nothing kept for a damaged pointer)
+    update.map_path.rename(update.map_path.with_suffix(".moved"))
+    assert reader.map_stamp() == ws.stamp_of(second) == _full_stamp(ws)
+    reads.clear()
+    assert reader.map_stamp() == ws.stamp_of(second) and reads
+    update.map_path.with_suffix(".moved").rename(update.map_path)
+    assert reader.map_stamp() == ws.stamp_of(update)
+    update.map_meta_path.unlink()
+    assert reader.map_stamp() == ws.stamp_of(second) == _full_stamp(ws)
+
+    # a pointer rewritten with other content, or removed: seen at once
+    atomic_write_text(ws.pointer_path, "{")
+    assert reader.map_stamp() is None
+    ws.pointer_path.unlink()
+    assert reader.map_stamp() is None

@@ -9,21 +9,45 @@
 The server's trainer calls :func:`read_studies` before training and :func:`map_from_checkpoint` at every
 milestone of the training (a new map every few minutes) and at its end, and publishes the result with
 :meth:`ss_stylegan.workspace.Workspace.publish`.
+
+Memory: a large cache's embeddings (above ``STREAM_BYTES``) are streamed batch by batch into a file in the
+cache folder and used memory-mapped (:func:`~ss_stylegan.embedding.embed_to_file`), so the process holds
+one batch of slices and embeddings at a time, not the whole ``[N, w_dim]`` array (2 GB at a million slices
+and ``w_dim`` 512). The file is unlinked as soon as it is mapped: the mapping keeps it readable for as long
+as the map uses it (publishing copies it into the version folder), and nothing is left behind on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import re
+import threading
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ss_stylegan.checkpoint import load_model
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.fingerprint import Fingerprint, stamp
-from ss_stylegan.embedding import embed_images
+from ss_stylegan.embedding import embed_images, embed_to_file
+from ss_stylegan.networks import SSStyleGAN
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.workspace import SliceMap
+
+log = logging.getLogger(__name__)
+
+STREAM_BYTES = 64 * 1024 * 1024
+"""Embeddings larger than this (``N * w_dim * 4`` bytes: 32,768 slices at ``w_dim`` 512) are streamed to a
+memory-mapped file; smaller ones are kept in memory."""
+
+EMBEDDINGS_DIR = "embeddings"
+"""Folder of the slice cache that holds the streamed embeddings while they are written."""
+
+_OWNED = re.compile(r"w-(\d+)-\d+\.npy")
 
 
 def map_from_checkpoint(
@@ -38,15 +62,21 @@ def map_from_checkpoint(
     fingerprints: dict[str, dict[str, Any]] | None = None,
     training: dict[str, Any] | None = None,
     n_jobs: int = 1,
+    stream_bytes: int = STREAM_BYTES,
 ) -> tuple[SliceMap, TSNEProjector]:
     """Embed every slice of ``cache`` with the encoder of ``checkpoint`` and fit the t-SNE map.
 
     Returns the slice map (not yet published) and the fitted projector, which places slices added later.
     ``errors``, ``fingerprints`` and ``training`` are recorded in the map as given; ``n_jobs`` threads fit the
-    map (the trainer gives every core: training is paused meanwhile).
+    map (the trainer gives every core: training is paused meanwhile). Embeddings above ``stream_bytes`` are
+    streamed to a memory-mapped file (see the module docstring): the map's ``w`` is then a read-only memory
+    map, which :meth:`~ss_stylegan.workspace.Workspace.publish` writes out without copying it in memory.
     """
     model = load_model(checkpoint, device=device)
-    w = embed_images(model, cache.images, batch_size=batch_size, device=device)
+    if len(cache) * model.cfg.w_dim * 4 > stream_bytes:
+        w = _embed_streamed(model, cache, batch_size, device)
+    else:
+        w = embed_images(model, cache.images, batch_size=batch_size, device=device)
     projector = TSNEProjector(perplexity=perplexity, random_state=random_state, n_jobs=n_jobs)
     xy = projector.fit_transform(w, model_version=model.model_version)
     slice_map = SliceMap(
@@ -102,3 +132,36 @@ def map_from_studies(
     return map_from_checkpoint(read.cache, checkpoint, perplexity=perplexity, random_state=random_state,
                                device=device, batch_size=batch_size, errors=read.errors,
                                fingerprints=read.fingerprints, training=training, n_jobs=n_jobs)
+
+
+def _embed_streamed(model: SSStyleGAN, cache: SliceCache, batch_size: int, device: str) -> np.ndarray:
+    """The embeddings of every slice of ``cache``, written batch by batch to a file of the cache folder and
+    returned memory-mapped; the file is unlinked once mapped (see the module docstring)."""
+    folder = Path(cache.cache_dir) / EMBEDDINGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(folder)
+    path = folder / f"w-{os.getpid()}-{threading.get_ident()}.npy"
+    log.info("embedding %d slices into %s (memory-mapped)", len(cache), path)
+    try:
+        return embed_to_file(model, cache.images, path, batch_size=batch_size, device=device)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Remove the files (finished or half-written) that processes no longer running left in ``folder``."""
+    for entry in folder.iterdir():
+        found = _OWNED.search(entry.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:      # exists, owned by another user
+        return True
+    return True
