@@ -215,7 +215,7 @@ class AtomicLocalDatastore(LocalDatastore):
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             self._ignore_event_config = True
-            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), default=str)  # no indent: the C encoder
             atomic_write_text(self._datastore_config_path, text)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 

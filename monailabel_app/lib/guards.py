@@ -40,7 +40,7 @@ def build_guards(
     Args:
         datastore: the app's datastore.
         limits: the upload limits (``--conf max_upload_*``).
-        mirror: the label-count mirror, flushed before image info is read.
+        mirror: the label-count mirror, flushed before image info or the listing is read.
     """
     router = APIRouter()
     upload_route = bounded_route(lambda: limits().max_bytes)
@@ -57,6 +57,7 @@ def build_guards(
         with http_errors():
             if output is not None and output not in ("stats", "train", "all"):
                 raise FieldError("output", f"must be stats, train or all, got {output!r}")
+            mirror.flush()  # the label counts of the labels made so far
             return redacted(datastore_endpoint.datastore(datastore_endpoint.ResultType(output or "stats")))
 
     def add_image(user: User = Depends(RBAC(ANNOTATE)), image: str | None = None, params: str = Form("{}"),

@@ -101,7 +101,7 @@ class LabelFlags:
     def flags(self) -> dict[tuple[str, int], str]:
         """``{(image, slice): why the label no longer fits}`` for every flagged label.
 
-        Every study with labels is judged again when the map or the folder change, and at most every
+        Every study with labels is judged again when the map or the folder's studies change, and at most every
         ``FLAGS_TTL_S`` otherwise (a study file changed in place); a study whose labels, file stamp, map and
         folder are unchanged since it was last judged keeps its flags, at the cost of one ``stat``. Between
         those sweeps, a label change judges again only the studies whose labels changed, so it costs no more
@@ -109,7 +109,8 @@ class LabelFlags:
         """
         assert self.labels is not None, "LabelFlags.labels is set by the labelling service"
         slice_map = self.maps.current()
-        scene = (id(slice_map), self.maps.changed, self.studies.stamp())
+        # the listing object changes only when the studies do (not when MONAI Label rewrites its state file)
+        scene = (id(slice_map), self.maps.changed, self.studies.by_id())
         key = (self.labels.version, *scene)
         cached_key, at, flags = self._flags
         now = time.monotonic()
@@ -146,8 +147,7 @@ class LabelFlags:
 
     def _signature(self, image_id: str, records: list[dict[str, Any]], scene: tuple[Any, ...]) -> tuple[Any, ...]:
         """What an image's flags depend on: the map and the studies being re-read (``scene`` without the
-        folder's stamp, which moves with every rewrite of MONAI Label's datastore file), the study's file and
-        its stamp (None when the study is gone), and its labels."""
+        folder's listing), the study's file and its stamp (None when the study is gone), and its labels."""
         study = self.studies.study(image_id)
         return (scene[:2], None if study is None else (study.path, study_stamp(study.path)),
                 [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])

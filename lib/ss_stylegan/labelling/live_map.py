@@ -89,6 +89,7 @@ class LiveSliceMap:
         self._retry_at = 0.0
         self._retry_s = RETRY_FIRST_S
         self._next_sweep = 0.0
+        self._difference_cache: tuple[Any, ...] = (None, None, None, [], frozenset())
 
     # -- slice map --------------------------------------------------------------------------------------
     def current(self) -> SliceMap | None:
@@ -153,12 +154,7 @@ class LiveSliceMap:
         slice_map = self.current()
         if slice_map is None or self.training_running():
             return False
-        known = slice_map.image_set() | set(slice_map.errors) | set(slice_map.depths)
-        by_id = self.studies.by_id()
-        gone = frozenset(known - set(by_id))
-        if time.monotonic() < self._retry_at:
-            known |= set(self.failed)
-        new = [s for s in self.studies.studies() if s.image_id not in known]
+        new, gone = self._difference(slice_map, time.monotonic() < self._retry_at)
         sweep = time.monotonic() >= max(self._next_sweep, self._retry_at if self.failed else 0.0)
         if not new and not gone and not sweep:
             return False
@@ -173,6 +169,23 @@ class LiveSliceMap:
             )
             self._refresh_thread.start()
         return True
+
+    def _difference(self, slice_map: SliceMap, backing_off: bool) -> tuple[list[Study], frozenset[str]]:
+        """``(studies of the folder not in the map, image ids of the map no longer in the folder)``; studies
+        whose embedding failed count as known while ``backing_off``. Kept while the map, the folder's listing
+        and the failed studies stay the same (at a million slices comparing them took 1.5 ms a request)."""
+        by_id = self.studies.by_id()
+        failed = frozenset(self.failed) if backing_off else frozenset()
+        key = (id(slice_map), id(by_id), failed)
+        cached = self._difference_cache
+        if cached[0] == key and cached[1] is slice_map and cached[2] is by_id:
+            return cached[3], cached[4]
+        known = slice_map.image_set() | set(slice_map.errors) | set(slice_map.depths)
+        gone = frozenset(known - set(by_id))
+        known |= failed
+        new = [s for s in self.studies.studies() if s.image_id not in known]
+        self._difference_cache = (key, slice_map, by_id, new, gone)
+        return new, gone
 
     def _sweep(self, snapshot: SliceMap) -> tuple[set[str], dict[str, dict[str, Any]]]:
         """Compare every study of the map with its file: ``(changed ids, fingerprints to record)``.

@@ -177,18 +177,23 @@ class LabellingService:
         self.pending.check_count(count, client, owner)
         slice_map = self.require_map()
         row_of = self.indexes.rows(slice_map)
+        # the map's FPS index, kept between calls (only what changed since the last call is applied); a new
+        # map's is built, or its background build waited for, before taking the lock every annotator needs
+        index = self.indexes.suggestions(slice_map) if strategy == "fps" else None
         with self.pending.selection_lock:  # choosing and reserving are one step for concurrent annotators
             removed = self.maps.removed_rows(slice_map)
-            gone = np.zeros(len(slice_map), dtype=bool)
-            gone[removed] = True
+            gone = None
+            if len(removed):  # (no map-sized mask per request while no study has left the folder)
+                gone = np.zeros(len(slice_map), dtype=bool)
+                gone[removed] = True
             # slices of studies that left the folder are unavailable, but neither labelled nor reserved:
             # they must not act as FPS centres (that would push their neighbours to the end)
-            labelled = [r for r in (row_of.get(k) for k in self.flags.usable()) if r is not None and not gone[r]]
+            labelled = [r for r in (row_of.get(k) for k in self.flags.usable())
+                        if r is not None and (gone is None or not gone[r])]
             reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
-                        if r is not None and not gone[r]]
-            if strategy == "fps":  # the map's kept index: only what changed since the last call is applied
-                picks = self.indexes.suggestions(slice_map).select(labelled=labelled, pending=reserved, count=count,
-                                                                   exclude=removed)
+                        if r is not None and (gone is None or not gone[r])]
+            if index is not None:
+                picks = index.select(labelled=labelled, pending=reserved, count=count, exclude=removed)
             else:  # a new draw per call, repeatable from the random state
                 selector = RandomSelector(random_state=derive_seed(self.config.random_state, next(self._random_calls)))
                 picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count,

@@ -27,8 +27,9 @@ class StudyIndex:
     """The studies of ``folder``, listed again only when the folder changes.
 
     When entries are added, removed or renamed the folder is listed again at once; when only its stamp moved
-    (its own files rewritten), at most every ``RESCAN_S`` seconds: examining thousands of entries on every
-    label write would stall requests.
+    (its own files rewritten), in a background thread at most every ``RESCAN_S`` seconds: examining thousands
+    of entries on a request thread would stall requests. The listing objects stay the same while the studies
+    do, so callers may key caches on them.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -37,6 +38,7 @@ class StudyIndex:
         self._cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
         self._names: frozenset[str] | None = None  # entry names at the last full listing
         self._listed_at = 0.0
+        self._relisting = False
 
     def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
         stamp = self.folder.stat().st_mtime_ns
@@ -48,22 +50,43 @@ class StudyIndex:
             if cached[0] == stamp:
                 return cached
             names = frozenset(n for n in os.listdir(self.folder) if not n.startswith(".") and n not in IGNORED_NAMES)
-            now = time.monotonic()
-            if names == self._names and now - self._listed_at < RESCAN_S:
+            if names == self._names:
+                # the same entries: only the folder's own files were rewritten. Keep the listing; list again in
+                # the background at most every RESCAN_S (a DICOM folder may have been filled since), so a
+                # request never pays for examining thousands of entries
                 self._cache = (stamp, *cached[1:])
+                if time.monotonic() - self._listed_at >= RESCAN_S and not self._relisting:
+                    self._relisting = True
+                    threading.Thread(target=self._relist, name="ss_stylegan-studies", daemon=True).start()
                 return self._cache
-            self._names, self._listed_at = names, now
-            ignored = [
-                e.name for e in sorted(self.folder.iterdir(), key=lambda p: p.name)
-                if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
-            ]
-            studies = find_studies(self.folder)
-            self._cache = (stamp, studies, ignored, {s.image_id: s for s in studies})
-            return self._cache
+            return self._list(stamp, names)
 
-    def stamp(self) -> int | None:
-        """Changes whenever a study is added to or removed from the folder."""
-        return self._scan()[0]
+    def _list(self, stamp: int, names: frozenset[str]) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
+        """List the folder now. Caller holds ``_lock``."""
+        self._names, self._listed_at = names, time.monotonic()
+        ignored = [
+            e.name for e in sorted(self.folder.iterdir(), key=lambda p: p.name)
+            if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
+        ]
+        studies = find_studies(self.folder)
+        previous = self._cache
+        if previous[1] == studies and previous[2] == ignored:   # unchanged: keep the objects (callers key on them)
+            self._cache = (stamp, *previous[1:])
+        else:
+            self._cache = (stamp, studies, ignored, {s.image_id: s for s in studies})
+        return self._cache
+
+    def _relist(self) -> None:
+        try:
+            with self._lock:
+                stamp = self.folder.stat().st_mtime_ns
+                names = frozenset(n for n in os.listdir(self.folder)
+                                  if not n.startswith(".") and n not in IGNORED_NAMES)
+                self._list(stamp, names)
+        except OSError:
+            pass  # the folder is unreadable now; the next request reports it
+        finally:
+            self._relisting = False
 
     def studies(self) -> list[Study]:
         """Every study, in image-id order."""
