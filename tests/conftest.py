@@ -1,10 +1,11 @@
-"""Shared pytest setup: make ``tests/`` importable (``server_harness``) and shared fixtures."""
+"""Shared pytest setup: make ``tests/`` importable (``server_harness``) and shared fixtures (a trained datastore
+made once per session and copied for each test that needs one)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,39 @@ _LIB = str(Path(__file__).resolve().parents[1] / "lib")
 if sys.path[:1] != [_LIB]:
     sys.path.insert(0, _LIB)
 os.environ["PYTHONPATH"] = os.pathsep.join([_LIB, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``trained_template(n_studies=3)``: a studies folder of ``n_studies`` synthetic studies (12 slices at 32x32)
+    with a tiny model trained and published over them (``trained_datastore.make_trained_datastore``), made
+    once per session for each ``n_studies``. Never serve or change it: copy it (``trained_studies``,
+    ``trained_datastore.copy_trained_datastore``)."""
+    made: dict[int, Path] = {}
+
+    def template(n_studies: int = 3) -> Path:
+        if n_studies not in made:
+            from trained_datastore import make_trained_datastore
+
+            studies = tmp_path_factory.mktemp(f"trained-template-{n_studies}") / "studies"
+            make_trained_datastore(studies, n_studies=n_studies)
+            made[n_studies] = studies
+        return made[n_studies]
+
+    return template
+
+
+@pytest.fixture
+def trained_studies(tmp_path: Path, trained_template: Callable[[int], Path]) -> Callable[..., Path]:
+    """``trained_studies(n_studies=3, dest=tmp_path / "studies")``: this test's own copy of the trained
+    template (workspace included), ready to be served by ``server_harness.start_server``."""
+
+    def copy(n_studies: int = 3, dest: Path | None = None) -> Path:
+        from trained_datastore import copy_trained_datastore
+
+        return copy_trained_datastore(trained_template(n_studies), dest or tmp_path / "studies")
+
+    return copy
 
 
 @pytest.fixture
