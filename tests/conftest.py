@@ -1,14 +1,17 @@
-"""Shared pytest setup: make ``tests/`` importable (``server_harness``) and shared fixtures (a trained datastore
-made once per session and copied for each test that needs one)."""
+"""Shared pytest setup: make ``tests/`` importable (``server_harness``), shared fixtures (a trained datastore
+made once per session and copied for each test that needs one) and the ``--random-order`` option."""
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+_SEED = pytest.StashKey["int | None"]()
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
@@ -64,3 +67,51 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- random order (no plugin needed) ---------------------------------------------------------------------
+# ``--random-order`` shuffles the test modules and the tests within each module, as pytest-randomly does:
+# a module's tests stay together, so its module-scoped fixtures (a server) are set up once. The seed is
+# printed in the report header; ``--random-order-seed N`` repeats an order (and implies ``--random-order``).
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("random-order")
+    group.addoption("--random-order", action="store_true", default=False,
+                    help="run the test modules, and the tests within each module, in a random order")
+    group.addoption("--random-order-seed", type=int, default=None, metavar="N",
+                    help="seed of --random-order (implies it); a random seed is chosen when not given")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    seed = config.getoption("--random-order-seed")
+    if seed is None and config.getoption("--random-order"):
+        seed = random.SystemRandom().randrange(2**31)
+    config.stash[_SEED] = seed
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = config.stash.get(_SEED, None)
+    if seed is None:
+        return None
+    return f"random order: seed {seed} (repeat it with --random-order-seed {seed})"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest groups tests by higher-scoped parametrized fixtures
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = config.stash.get(_SEED, None)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:  # grouped by module, in collection order
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    order = list(modules.values())
+    rng.shuffle(order)
+    for group in order:
+        rng.shuffle(group)
+    items[:] = [item for group in order for item in group]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    line = pytest_report_header(config)  # also at the end: ``-q`` (scripts/run_tests.sh) hides the header
+    if line is not None:
+        terminalreporter.write_line(line)
