@@ -327,7 +327,7 @@ def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
 
 def test_info_answers_while_a_new_study_is_embedded(server: RunningServer) -> None:
     _put_labels(server, TWELVE_LABELS)  # classifying needs labels of both classes
-    n_before = _wait_map_settled(server)[0]["n_images_embedded"]   # studies deleted before have left the map
+    n_before = _wait_map_settled(server)[0]["n_images_embedded"]
     # big enough that embedding it takes seconds (about 4 s here), so a blocked request would show
     make_synthetic_study(server.studies / "big_study.nii.gz", n_slices=4000, size=32, random_state=12)
     during: list[float] = []
