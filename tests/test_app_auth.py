@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import gzip
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import requests
 
 from server_harness import TINY_CONF, RunningServer, start_server
 from token_issuer import ALL_ROLES, TokenIssuer, new_key
-from trained_datastore import make_trained_datastore
+from trained_datastore import copy_trained_datastore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slicer_module" / "SSStyleGANLabel"))
 from SSStyleGANLabelLib import SSGLClient  # noqa: E402
@@ -93,9 +94,10 @@ def issuer() -> TokenIssuer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, issuer: TokenIssuer) -> RunningServer:
+def server(tmp_path_factory: pytest.TempPathFactory, issuer: TokenIssuer,
+           trained_template: Callable[[int], Path]) -> RunningServer:
     root = tmp_path_factory.mktemp("auth")
-    make_trained_datastore(root / "studies", CONF)
+    copy_trained_datastore(trained_template(3), root / "studies")
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm_uri}
     with start_server(root / "studies", CONF, log_path=root / "server.log", env=env) as srv:
         yield srv

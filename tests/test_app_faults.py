@@ -1,6 +1,10 @@
 """Bad input and faults over HTTP against a real server: broken and odd files in the studies folder, an
 unreadable ``datastore_v2.json``, training stopped with ``DELETE /train/`` and the server killed during
 training (both resume from the last checkpoint, labels intact), and invalid ``--conf`` settings.
+
+Every test sets up what it needs, so the tests run alone and in any order: the tests before training share
+an untrained server, the training test has one of its own, and the tests of a trained map share a server over
+the same odd studies with a tiny model trained over them in the test process (the app's own training function).
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from PIL import Image
 
 from server_harness import TINY_CONF, RunningServer, ServerStartError, start_server
 from ss_stylegan.data.synthetic import make_synthetic_datastore
+from trained_datastore import train_datastore
 
 pytestmark = pytest.mark.server
+
+LABELS = [{"image": "study_00", "slice": 4, "class": "lesion"}, {"image": "picture", "slice": 0, "class": "normal"}]
 
 
 def _write_odd_studies(studies: Path) -> None:
@@ -50,12 +57,36 @@ def _wait_for_checkpoint(server: RunningServer, step: int, timeout_s: float = 18
     raise AssertionError(f"no checkpoint at step {step} after {timeout_s} s\n{server.log()}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    root = tmp_path_factory.mktemp("faults")
-    studies = root / "studies"
+def _odd_datastore(studies: Path) -> Path:
+    """3 good synthetic studies (12 slices each) and the broken and odd files of :func:`_write_odd_studies`."""
     make_synthetic_datastore(studies, n_studies=3, n_slices=12, size=32, random_state=1)
     _write_odd_studies(studies)
+    return studies
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    """An untrained server over the odd studies, for the tests before training (they never train it)."""
+    root = tmp_path_factory.mktemp("faults")
+    with start_server(_odd_datastore(root / "studies"), TINY_CONF, log_path=root / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture
+def training_server(tmp_path: Path) -> RunningServer:
+    """An untrained server of the test's own over the odd studies, to train."""
+    with start_server(_odd_datastore(tmp_path / "studies"), TINY_CONF, log_path=tmp_path / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def trained_server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    """A server over the odd studies with a tiny model trained over them (6 steps), for the tests that read
+    the map and classify."""
+    root = tmp_path_factory.mktemp("faults-trained")
+    studies = _odd_datastore(root / "studies")
+    summary = train_datastore(studies, {"steps": "6"})
+    assert summary["phase"] == "done", summary
     with start_server(studies, TINY_CONF, log_path=root / "server.log") as srv:
         yield srv
 
@@ -83,7 +114,11 @@ def test_labels_before_training_are_validated(server: RunningServer) -> None:
     assert status == 422
 
 
-def test_training_stopped_then_killed_resumes_from_checkpoint(server: RunningServer) -> None:
+def test_training_stopped_then_killed_resumes_from_checkpoint(training_server: RunningServer) -> None:
+    server = training_server
+    for label in LABELS:
+        status, rec = server.request("PUT", "/slicelabels/", label)
+        assert status == 200, rec
     status, _ = server.request("POST", "/train/ss_stylegan", {"steps": 6})
     assert status == 200
     _wait_for_checkpoint(server, 2)
@@ -109,7 +144,8 @@ def test_training_stopped_then_killed_resumes_from_checkpoint(server: RunningSer
     assert block["model_version"].startswith("step00000006-")
 
 
-def test_bad_studies_reported_and_the_rest_used(server: RunningServer) -> None:
+def test_bad_studies_reported_and_the_rest_used(trained_server: RunningServer) -> None:
+    server = trained_server
     block = server.get_json("/info/")["ss_stylegan"]
     assert {"corrupt", "fourd", "allnan"} <= set(block["errors"]), block["errors"]
     assert "4-D" in block["errors"]["fourd"]
@@ -120,7 +156,11 @@ def test_bad_studies_reported_and_the_rest_used(server: RunningServer) -> None:
     assert pts["image"].count("picture") == 1 and pts["image"].count("single") == 1
 
 
-def test_classify_bad_and_odd_studies(server: RunningServer) -> None:
+def test_classify_bad_and_odd_studies(trained_server: RunningServer) -> None:
+    server = trained_server
+    for label in LABELS:  # both classes; the picture's one slice is its own nearest neighbour
+        status, rec = server.request("PUT", "/slicelabels/", label)
+        assert status == 200, rec
     status, ans = server.request("POST", "/infer/classify?image=picture", {})
     assert status == 200 and len(ans["slices"]) == 1 and ans["slices"][0]["class"] == "normal"
     status, ans = server.request("POST", "/infer/classify?image=somenan", {})

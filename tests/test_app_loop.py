@@ -3,8 +3,12 @@ studies added later (also as a DICOM series folder and an .mha file) while the s
 a publish interrupted half-way, concurrent annotators, restart keeping labels, repeatable random
 suggestions, and the end of the suggestions.
 
-One server over a tiny synthetic datastore (3 studies x 12 slices at 32x32, a 4-step tiny model) is
-trained once and shared by the tests of this module, which run in order.
+Every test sets up what it needs, so the tests run alone and in any order. The datastore is tiny (3 studies
+x 12 slices at 32x32, a 4-step tiny model): the tests before and of training start an untrained server of
+their own; the others start one over their own copy of a datastore trained once per session (the
+``trained_studies`` fixture of ``conftest.py``) and make the labels they need. The tests that leave the
+studies and labels as they are (they read, classify, reserve suggestions under client ids of their own, or
+restart the server) share one such server with twelve labels (``shared_server``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -72,18 +77,62 @@ def _upload(server: RunningServer, path: Path) -> requests.Response:
                              data={"params": "{}"}, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    root = tmp_path_factory.mktemp("loop")
-    studies = root / "studies"
+# the tests here reserve every slice at once (count 1000) to reach the end of the suggestions
+CONF = {**TINY_CONF, "suggestion_cap": "1000"}
+# the labels of two annotators, alice (study_00, normal) and bob (study_01, lesion): (image, slice, class, user)
+TWELVE_LABELS = [("study_00", s, "normal", "alice") for s in range(0, 6)] + \
+                [("study_01", s, "lesion", "bob") for s in range(0, 6)]
+
+
+def _put_labels(server: RunningServer, labels: list[tuple[str, int, str, str]]) -> None:
+    for image, slice_index, cls, user in labels:
+        status, body = server.request("PUT", "/slicelabels/", {"image": image, "slice": slice_index, "class": cls,
+                                                               "user": user})
+        assert status == 200, body
+
+
+def _outside_study(folder: Path) -> Path:
+    """A study that is not in the datastore (8 slices), to upload."""
+    path = folder / "outside.nii.gz"
+    if not path.exists():
+        make_synthetic_study(path, n_slices=8, size=32, random_state=7)
+    return path
+
+
+@pytest.fixture
+def untrained_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of this test's own over 3 synthetic studies (12 slices each), not trained."""
+    studies = tmp_path / "studies"
     make_synthetic_datastore(studies, n_studies=3, n_slices=12, size=32, random_state=0)
-    make_synthetic_study(root / "outside.nii.gz", n_slices=8, size=32, random_state=7)
-    # the tests here reserve every slice at once (count 1000) to reach the end of the suggestions
-    with start_server(studies, {**TINY_CONF, "suggestion_cap": "1000"}, log_path=root / "server.log") as srv:
+    with start_server(studies, CONF, log_path=tmp_path / "server.log") as srv:
         yield srv
 
 
-def test_before_training_a_clear_answer(server: RunningServer) -> None:
+@pytest.fixture
+def server(tmp_path: Path, trained_studies: Callable[..., Path]) -> Iterator[RunningServer]:
+    """A server of this test's own over its own copy of the trained datastore (the same 3 studies), no labels."""
+    with start_server(trained_studies(), CONF, log_path=tmp_path / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory,
+                  trained_template: Callable[[int], Path]) -> Iterator[RunningServer]:
+    """One server over a copy of the trained datastore with the twelve labels of ``TWELVE_LABELS``, shared by
+    the tests that leave its studies and labels as they are: they read, classify, reserve suggestions under
+    client ids of their own (all of them together no more than the 24 unlabelled slices) or restart it. So
+    each of them finds the same 3 studies, the same 12 labels and enough slices to suggest whatever ran before."""
+    from trained_datastore import copy_trained_datastore
+
+    root = tmp_path_factory.mktemp("loop-shared")
+    studies = copy_trained_datastore(trained_template(3), root / "studies")
+    with start_server(studies, CONF, log_path=root / "server.log") as srv:
+        _put_labels(srv, TWELVE_LABELS)
+        yield srv
+
+
+def test_before_training_a_clear_answer(untrained_server: RunningServer) -> None:
+    server = untrained_server
     info = server.get_json("/info/")
     block = info["ss_stylegan"]
     assert block["state"] == "untrained"
@@ -101,7 +150,8 @@ def test_before_training_a_clear_answer(server: RunningServer) -> None:
     assert status == 409
 
 
-def test_train_refuses_a_second_request_and_reports_progress(server: RunningServer) -> None:
+def test_train_refuses_a_second_request_and_reports_progress(untrained_server: RunningServer) -> None:
+    server = untrained_server
     status, task = server.request("POST", "/train/ss_stylegan", {})
     assert status == 200, task
     status, body = server.request("POST", "/train/ss_stylegan", {})
@@ -117,7 +167,8 @@ def test_train_refuses_a_second_request_and_reports_progress(server: RunningServ
     assert train["status"] == "DONE" and train["ss_stylegan"]["state"] == "ready"
 
 
-def test_suggestions_are_distinct_per_client(server: RunningServer) -> None:
+def test_suggestions_are_distinct_per_client(shared_server: RunningServer) -> None:
+    server = shared_server
     status, alice = server.request("POST", "/activelearning/fps", {"count": 3, "client_id": "alice"})
     assert status == 200, alice
     assert len(alice["suggestions"]) == 3
@@ -167,8 +218,7 @@ def test_labels_validated_stored_changed_removed(server: RunningServer) -> None:
 
 
 def test_two_clients_labelling_at_once_both_kept(server: RunningServer) -> None:
-    jobs = [("study_00", s, "normal", "alice") for s in range(0, 6)] + \
-           [("study_01", s, "lesion", "bob") for s in range(0, 6)]
+    jobs = TWELVE_LABELS
     results: list[int] = []
 
     def put(image: str, slice_index: int, cls: str, user: str) -> None:
@@ -197,14 +247,17 @@ def test_two_clients_labelling_at_once_both_kept(server: RunningServer) -> None:
     assert set(rows[0]) == {"image", "slice", "class", "user", "timestamp"}
 
 
-def test_suggestions_skip_labelled_slices(server: RunningServer) -> None:
-    status, ans = server.request("POST", "/activelearning/fps", {"count": 20, "client_id": "dave"})
-    assert status == 200
+def test_suggestions_skip_labelled_slices(shared_server: RunningServer) -> None:
+    server = shared_server
+    # 16: with the 3 + 3 + 2 that test_suggestions_are_distinct_per_client reserves, every unlabelled slice
+    status, ans = server.request("POST", "/activelearning/fps", {"count": 16, "client_id": "dave"})
+    assert status == 200 and len(ans["suggestions"]) == 16, ans
     labelled = {(r["image"], r["slice"]) for r in server.get_json("/slicelabels/")["labels"]}
     assert not {(s["id"], s["slice"]) for s in ans["suggestions"]} & labelled
 
 
-def test_classify_datastore_image(server: RunningServer) -> None:
+def test_classify_datastore_image(shared_server: RunningServer) -> None:
+    server = shared_server  # its only references: the twelve labels of study_00 (normal) and study_01 (lesion)
     status, ans = server.request("POST", "/infer/classify?image=study_00", {})
     assert status == 200, ans
     assert ans["image"] == "study_00" and ans["n_slices"] == 12
@@ -223,8 +276,9 @@ def test_classify_datastore_image(server: RunningServer) -> None:
     assert status == 404
 
 
-def test_classify_uploaded_study(server: RunningServer) -> None:
-    path = server.studies.parent / "outside.nii.gz"
+def test_classify_uploaded_study(shared_server: RunningServer) -> None:
+    server = shared_server
+    path = _outside_study(server.studies.parent)
     with open(path, "rb") as fh:
         resp = requests.post(f"{server.url}/infer/classify", files={"file": ("outside.nii.gz", fh)},
                              data={"params": "{}"}, timeout=120)
@@ -238,7 +292,8 @@ def test_classify_uploaded_study(server: RunningServer) -> None:
     assert resp.status_code == 422 and "gzip" in resp.json()["detail"], resp.text
 
 
-def test_slicemap(server: RunningServer) -> None:
+def test_slicemap(shared_server: RunningServer) -> None:
+    server = shared_server
     pts = server.get_json("/slicemap/")["points"]
     assert len(pts["x"]) == len(pts["y"]) == len(pts["image"]) == 36
     assert sum(1 for v in pts["label"] if v) == 12
@@ -246,6 +301,7 @@ def test_slicemap(server: RunningServer) -> None:
 
 
 def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
+    _put_labels(server, TWELVE_LABELS)  # classifying needs labels of both classes
     ws = Workspace(server.studies / ".ss_stylegan")
     _wait_map_settled(server)
     published = ws.current_version()
@@ -263,11 +319,15 @@ def test_new_study_embedded_without_retraining(server: RunningServer) -> None:
     assert updated is not None and updated != published and block["map"]["version"] == updated.name
     assert ws.load_map(updated).model_version == version and "late_study" in ws.load_map(updated).image_set()
     assert snapshot(published.folder) == files
-    _remove_study(server.studies, "late_study.nii.gz")  # keep the rest of the module's counts simple
+    _remove_study(server.studies, "late_study.nii.gz")
+    _wait_map_settled(server)
+    status, ans = server.request("POST", "/activelearning/fps", {"count": 1000, "client_id": "late"})
+    assert status == 200 and "late_study" not in {s["id"] for s in ans["suggestions"]}  # deleted: never suggested
 
 
 def test_info_answers_while_a_new_study_is_embedded(server: RunningServer) -> None:
-    n_before = _wait_map_settled(server)[0]["n_images_embedded"]   # studies deleted before have left the map
+    _put_labels(server, TWELVE_LABELS)  # classifying needs labels of both classes
+    n_before = _wait_map_settled(server)[0]["n_images_embedded"]
     # big enough that embedding it takes seconds (about 4 s here), so a blocked request would show
     make_synthetic_study(server.studies / "big_study.nii.gz", n_slices=4000, size=32, random_state=12)
     during: list[float] = []
@@ -295,10 +355,10 @@ def test_info_answers_while_a_new_study_is_embedded(server: RunningServer) -> No
     assert status == 409 and "new studies are being embedded, retry in a few seconds" in body["detail"], busy
     status, ans = _classify_when_embedded(server, "big_study")
     assert status == 200 and ans["n_slices"] == 4000, ans
-    _remove_study(server.studies, "big_study.nii.gz")
 
 
 def test_dicom_series_and_mha_studies_are_used(server: RunningServer) -> None:
+    _put_labels(server, TWELVE_LABELS)  # classifying needs labels of both classes
     hu_xyz = nib.load(str(server.studies / "study_02.nii.gz")).get_fdata()
     hu_zyx = np.ascontiguousarray(np.transpose(hu_xyz, (2, 1, 0))).astype(np.int16)
     write_dicom_series(server.studies / "ct_dicom", hu_zyx)
@@ -315,7 +375,6 @@ def test_dicom_series_and_mha_studies_are_used(server: RunningServer) -> None:
     assert status == 200
     suggested = {s["id"] for s in ans["suggestions"]}
     assert {"ct_dicom", "scan_mha"} <= suggested
-    assert not {"late_study", "big_study"} & suggested  # deleted studies are never suggested
 
     for image_id in ("ct_dicom", "scan_mha"):
         status, rec = server.request("PUT", "/slicelabels/", {"image": image_id, "slice": 2, "class": "lesion"})
@@ -332,15 +391,20 @@ def test_dicom_series_and_mha_studies_are_used(server: RunningServer) -> None:
     _remove_study(server.studies, "scan_mha.mha")
     status, body = server.request("POST", "/infer/classify?image=ct_dicom", {})
     assert status == 404
+    _wait_map_settled(server)
+    status, ans = server.request("POST", "/activelearning/fps", {"count": 1000, "client_id": "formats"})
+    assert status == 200 and ans["suggestions"]
+    assert not {"ct_dicom", "scan_mha"} & {s["id"] for s in ans["suggestions"]}  # deleted studies are never suggested
 
 
 def test_interrupted_publish_keeps_the_previous_map(server: RunningServer) -> None:
+    _put_labels(server, TWELVE_LABELS)  # classifying needs labels of both classes
     ws = Workspace(server.studies / ".ss_stylegan")
     before, _ = _wait_map_settled(server)
     pointer = ws.pointer_path.read_text(encoding="utf-8")
     original = ws.current_version()
     assert original is not None and original.folder.parent == ws.maps_dir
-    outside = server.studies.parent / "outside.nii.gz"
+    outside = _outside_study(server.studies.parent)
 
     def serving_the_original() -> None:
         block = server.get_json("/info/")["ss_stylegan"]
@@ -388,10 +452,10 @@ def test_interrupted_publish_keeps_the_previous_map(server: RunningServer) -> No
     assert "retry_study" not in block["errors"] and block["model_version"] == before["model_version"]
     status, ans = server.request("POST", "/infer/classify?image=retry_study", {})
     assert status == 200 and ans["n_slices"] == 6, ans
-    _remove_study(server.studies, "retry_study.nii.gz")
 
 
-def test_restart_keeps_labels_and_map(server: RunningServer) -> None:
+def test_restart_keeps_labels_and_map(shared_server: RunningServer) -> None:
+    server = shared_server
     before = server.get_json("/slicelabels/")["labels"]
     server.restart(kill=True)
     assert server.get_json("/slicelabels/")["labels"] == before
@@ -400,10 +464,11 @@ def test_restart_keeps_labels_and_map(server: RunningServer) -> None:
 
 
 def test_random_suggestions_follow_random_state(server: RunningServer) -> None:
-    """After the restart above the server's n-th random draw is seeded with derive_seed(random_state, n)."""
+    """A new server's n-th random draw is seeded with derive_seed(random_state, n)."""
+    _put_labels(server, TWELVE_LABELS)
     present = {s.image_id for s in find_studies(server.studies)}
     info, pts = _wait_map_settled(server)
-    assert set(pts["image"]) <= present  # the studies deleted above left the map
+    assert set(pts["image"]) <= present
     seed = info["settings"]["random_state"]
     labelled = [i for i, v in enumerate(pts["label"]) if v]
     gone: list[int] = []
@@ -422,6 +487,7 @@ def test_random_suggestions_follow_random_state(server: RunningServer) -> None:
 
 
 def test_done_when_everything_is_labelled(server: RunningServer) -> None:
+    _put_labels(server, TWELVE_LABELS)
     status, ans = server.request("POST", "/activelearning/fps", {"count": 1000, "client_id": "erin"})
     assert status == 200
     rest = ans["suggestions"]
@@ -436,7 +502,8 @@ def test_done_when_everything_is_labelled(server: RunningServer) -> None:
     assert "id" not in ans
 
 
-def test_workspace_is_not_a_study(server: RunningServer) -> None:
+def test_workspace_is_not_a_study(shared_server: RunningServer) -> None:
+    server = shared_server
     block = server.get_json("/info/")["ss_stylegan"]
     assert block["errors"] == {}
     version = Workspace(server.studies / ".ss_stylegan").current_version()

@@ -1,7 +1,10 @@
 """Hostile and careless requests against a real server (auth off; auth is in ``test_app_auth.py``).
 
-One server over a trained tiny datastore, with small upload limits and a suggestion cap of 4, its temp
-folder (``TMPDIR``) inside the test folder so leftover temp files show. Everything is checked on disk as
+One server over a copy of the trained tiny datastore (``trained_template`` in ``conftest.py``), with small
+upload limits and a suggestion cap of 4, its temp folder (``TMPDIR``) inside the test folder so leftover temp
+files show. The tests run alone and in any order: each labels studies and slices of its own and checks only
+those (study_00 stays unlabelled, study_01 is the label-tag test's, the others label study_02 or uploads);
+the test that labels every slice has a server of its own. Everything is checked on disk as
 well as in the answers: nothing may be written outside the studies folder, the app's label files may change
 only through ``/slicelabels/``, and no answer may carry a server path. The last tests restart the server:
 with classes that would orphan labels (refused), and after ``kill -9`` during 8 concurrent label writers
@@ -16,6 +19,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +28,7 @@ import pytest
 import requests
 
 from server_harness import TINY_CONF, RunningServer, ServerStartError, start_server
-from trained_datastore import make_trained_datastore
+from trained_datastore import copy_trained_datastore
 
 pytestmark = pytest.mark.server
 
@@ -47,12 +51,22 @@ def _files_outside(root: Path, studies: Path) -> set[str]:
             and p.suffix != ".log"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    root = tmp_path_factory.mktemp("security")
+def _start(root: Path, template: Path) -> RunningServer:
     (root / "tmp").mkdir()
-    make_trained_datastore(root / "studies", CONF)
-    with start_server(root / "studies", CONF, log_path=root / "server.log", env={"TMPDIR": str(root / "tmp")}) as srv:
+    studies = copy_trained_datastore(template, root / "studies")
+    return start_server(studies, CONF, log_path=root / "server.log", env={"TMPDIR": str(root / "tmp")})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, trained_template: Callable[[int], Path]) -> RunningServer:
+    with _start(tmp_path_factory.mktemp("security"), trained_template(3)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, trained_template: Callable[[int], Path]) -> RunningServer:
+    """A server of the test's own, for a test that labels every slice."""
+    with _start(tmp_path, trained_template(3)) as srv:
         yield srv
 
 
@@ -222,7 +236,7 @@ def test_batch_infer_takes_datastore_ids_only(server: RunningServer) -> None:
     got, body = server.request("POST", "/batch/infer/classify", {"label_tag": "slice_class"})
     assert got == 422, body
     assert server.request("POST", "/batch/infer/no_model", {})[0] == 404
-    assert server.request("PUT", "/slicelabels/", {"image": "study_00", "slice": 2, "class": "lesion"})[0] == 200
+    assert server.request("PUT", "/slicelabels/", {"image": "study_02", "slice": 2, "class": "lesion"})[0] == 200
     got, result = server.request("POST", "/batch/infer/classify?run_sync=true", {"images": ["study_00"]})
     assert got == 200 and result["study_00"]["params"]["image"] == "study_00", result
     assert len(result["study_00"]["params"]["slices"]) >= 1
@@ -270,6 +284,7 @@ def test_each_client_has_a_cap_on_reserved_suggestions(server: RunningServer) ->
 
 
 def test_classes_that_would_orphan_labels_refuse_to_start(server: RunningServer) -> None:
+    assert server.request("PUT", "/slicelabels/", {"image": "study_02", "slice": 7, "class": "lesion"})[0] == 200
     labels = server.get_json("/slicelabels/")["labels"]
     lesions = [r for r in labels if r["class"] == "lesion"]
     assert lesions
@@ -284,7 +299,8 @@ def test_classes_that_would_orphan_labels_refuse_to_start(server: RunningServer)
     assert server.get_json("/slicelabels/")["labels"] == labels
 
 
-def test_label_writes_survive_kill_9_with_8_writers(server: RunningServer) -> None:
+def test_label_writes_survive_kill_9_with_8_writers(own_server: RunningServer) -> None:
+    server = own_server
     acknowledged: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
     stop = threading.Event()

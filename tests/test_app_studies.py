@@ -5,13 +5,16 @@ or deleted, is found by the server on its own (stamp, then content hash): its ol
 the 1-NN reference, a readable replacement is read again, an unreadable one is reported in ``/info/``, and
 the labels that no longer fit are flagged with the reason in ``/info/`` and ``/slicelabels/`` (never moved
 or dropped) until they are stored again or removed.
+
+Every test has a server of its own over its own copy of a trained datastore of 4 studies (made once per
+session, ``trained_studies`` in ``conftest.py``) with the same 5 labels, so the tests run alone and in any order.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +22,15 @@ import pytest
 
 from server_harness import TINY_CONF, RunningServer, start_server
 from ss_stylegan.data.synthetic import make_synthetic_study
-from trained_datastore import make_trained_datastore
 
 pytestmark = pytest.mark.server
 
 CONF = {**TINY_CONF, "suggestion_cap": "100"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    root = tmp_path_factory.mktemp("studies_change")
-    make_trained_datastore(root / "studies", CONF, n_studies=4)
-    with start_server(root / "studies", CONF, log_path=root / "server.log") as srv:
+@pytest.fixture
+def server(tmp_path: Path, trained_studies: Callable[..., Path]) -> Iterator[RunningServer]:
+    with start_server(trained_studies(n_studies=4), CONF, log_path=tmp_path / "server.log") as srv:
         for image, s, cls in [("study_00", 2, "normal"), ("study_00", 10, "lesion"), ("study_01", 3, "normal"),
                               ("study_02", 4, "lesion"), ("study_03", 5, "normal")]:
             status, body = srv.request("PUT", "/slicelabels/", {"image": image, "slice": s, "class": cls})
@@ -122,6 +122,7 @@ def test_a_study_cut_short_is_reported_and_never_used(server: RunningServer) -> 
 
 
 def test_a_deleted_study_leaves_the_map_and_the_1nn_reference(server: RunningServer) -> None:
+    assert server.request("DELETE", "/slicelabels/?image=study_00&slice=10")[0] == 200  # study_02's is the only lesion
     status, ans = server.request("POST", "/infer/classify?image=study_03", {})
     assert status == 200 and "lesion" in ans["labelled_classes"]  # study_02's lesion label is a reference
     (server.studies / "study_02.nii.gz").unlink()
@@ -138,6 +139,8 @@ def test_a_deleted_study_leaves_the_map_and_the_1nn_reference(server: RunningSer
 
 
 def test_flags_survive_a_restart(server: RunningServer) -> None:
-    before = _flags(server)
+    (server.studies / "study_02.nii.gz").unlink()  # its label (slice 4) is flagged, and kept
+    before = _until(server, lambda: _flags(server), "flagging the label of the deleted study")
+    assert "no longer in the studies folder" in before[("study_02", 4)]
     server.restart(kill=True)
     assert _flags(server) == before and Path(server.studies / "labels" / "slice_class").is_dir()

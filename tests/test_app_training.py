@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,11 +30,12 @@ def _alive(pid: int) -> bool:
         return fh.read().split(") ")[1][0] != "Z"  # a zombie is dead
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
-    root = tmp_path_factory.mktemp("training")
-    make_synthetic_datastore(root / "studies", n_studies=2, n_slices=8, size=32, random_state=3)
-    with start_server(root / "studies", TINY_CONF, log_path=root / "server.log") as srv:
+@pytest.fixture
+def server(tmp_path: Path) -> RunningServer:
+    """An untrained server of the test's own: a training stopped by another test would leave its progress
+    (step, pid) in ``GET /train/``, where the next test would take it for its own training's."""
+    make_synthetic_datastore(tmp_path / "studies", n_studies=2, n_slices=8, size=32, random_state=3)
+    with start_server(tmp_path / "studies", TINY_CONF, log_path=tmp_path / "server.log") as srv:
         yield srv
 
 

@@ -89,6 +89,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def session(lab) -> LabelSession:
+    """Alice's session, connected to the server with no labels: labels another test left are removed first
+    (removed after connecting, they would stay in the session's mirror of the labels)."""
+    _clear_labels(lab.client)
     s = LabelSession(lab.client, "alice")
     s.connect()
     return s
@@ -188,7 +191,6 @@ def test_next_suggestion_uses_the_queue_before_asking_again(lab) -> None:
 
 
 def test_label_with_number_keys_then_go_back_and_relabel(lab, session: LabelSession) -> None:
-    _clear_labels(lab.client)
     current = session.next_suggestion()
     record = session.label_key("2")
     assert (record.image, record.slice, record.class_name, record.user) == (*current.key, "lesion", "alice")
@@ -228,7 +230,6 @@ def test_wrong_labels_get_readable_errors(lab, session: LabelSession) -> None:
 
 # -- map, classification, export -----------------------------------------------------------------------
 def test_map_shows_labels_and_a_click_goes_to_the_slice(lab, session: LabelSession) -> None:
-    _clear_labels(lab.client)
     session.label("study_01", 4, "lesion")
     points = session.refresh_map()
     assert len(points) == N_STUDIES * N_SLICES
@@ -275,7 +276,6 @@ def test_slice_image_is_the_model_ready_slice(lab) -> None:
 
 
 def test_classify_current_study(lab, session: LabelSession) -> None:
-    _clear_labels(lab.client)
     session.label("study_00", 2, "lesion")
     session.label("study_02", 5, "normal")
     session.go_to("study_00", 3)
@@ -320,7 +320,6 @@ def test_study_is_downloaded_once_and_reused(lab, tmp_path: Path) -> None:
 
 
 def test_export_all_labels_and_predictions_as_csv(lab, session: LabelSession, tmp_path: Path) -> None:
-    _clear_labels(lab.client)
     session.label("study_00", 1, "lesion")
     session.label("study_01", 6, "normal")
     session.refresh_map()
