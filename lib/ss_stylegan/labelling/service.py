@@ -389,7 +389,8 @@ class LabellingService:
             state=state, message=message, n_slices=len(slice_map) if slice_map is not None else 0,
             n_images_embedded=len(slice_map.image_set()) if slice_map is not None else 0,
             n_labelled=len(self.labels), flagged=[r for r in self.label_records() if "flag" in r],
-            changed=sorted(self.maps.changed), model_version=slice_map.model_version if slice_map else None,
+            changed=sorted(self.maps.changed),
+            model_version=slice_map.model_version if slice_map is not None else None,
             map=live, progress=status.progress, errors=errors, embedding=sorted(self.maps.embedding),
             ignored_files=self.studies.ignored_files(),
         )
