@@ -126,6 +126,8 @@ def map_from_studies(
     Raises:
         SliceCacheError, CheckpointError: see those functions. ValueError: no usable slice in the folder.
     """
+    if not find_studies(Path(studies)):
+        raise ValueError(f"no studies (NIfTI, NRRD, MetaImage, DICOM series, PNG, JPEG) found in {studies}")
     read = read_studies(studies, slice_cfg, cache_dir)
     if len(read.cache) == 0:
         raise ValueError(f"no usable slice in {studies}" + (f"; unreadable: {read.errors}" if read.errors else ""))
