@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ss_stylegan.evaluate import EvaluationError, load_dataset, main, score_selection
+from ss_stylegan.evaluate import EvaluationError, load_dataset, main, paired_differences, score_selection
 
 
 def _synthetic(n_groups: int = 16, per_group: int = 6, res: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
@@ -83,6 +83,38 @@ def test_honest_scope_excludes_groups_with_a_label() -> None:
     assert out["unseen_groups"]["n"] == 2   # only group c has no labelled slice
 
 
+def test_chance_level_is_the_majority_class_of_the_labels() -> None:
+    points = np.arange(8, dtype=float)[:, None]
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d"])
+    # labels 0, 0, 1: the majority answer is class 0
+    out = score_selection(points, labels, groups, np.array([0, 1, 3]), 2)
+    assert out["all_unlabelled"]["majority_accuracy"] == pytest.approx(1 / 5)     # one 0 among 2,4,5,6,7
+    assert out["unseen_groups"]["majority_accuracy"] == 0.0                      # groups c, d: all class 1
+    # a tie (one label each) answers the lower class index
+    out = score_selection(points, labels, groups, np.array([0, 7]), 2)
+    assert out["all_unlabelled"]["majority_accuracy"] == pytest.approx(2 / 6)
+
+
+def test_paired_differences_compare_repeat_by_repeat() -> None:
+    def rec(method: str, repeat: int, acc: float, k: int = 10, scope: str = "all_unlabelled") -> dict:
+        return {"method": method, "repeat": repeat, "k": k, "scope": scope, "accuracy": acc}
+
+    base = [rec("pixel_pca + fps", i, a) for i, a in enumerate([0.60, 0.70, 0.80])]
+    w = [rec("w + fps", i, a) for i, a in enumerate([0.65, 0.70, 0.90])]
+    rows = paired_differences(base + w)
+    assert len(rows) == 1 and rows[0]["method"] == "w + fps" and rows[0]["repeats"] == 3
+    d = np.array([0.05, 0.0, 0.10])
+    assert rows[0]["diff_mean"] == pytest.approx(d.mean())
+    assert rows[0]["diff_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert rows[0]["wins"] == 2            # a tie is not a win
+    # the baseline may come from another run of the same seeds (an anytime stage against the main run)
+    assert paired_differences(w, baseline=base) == rows
+    # a repeat, k or scope the baseline lacks is left out, and no baseline at all gives no rows
+    assert paired_differences(base + w + [rec("w + fps", 0, 0.5, k=20)]) == rows
+    assert paired_differences(w) == []
+
+
 def test_gan_path_tiny(tmp_path: Path) -> None:
     pytest.importorskip("ss_stylegan.training")
     from ss_stylegan.config import ModelConfig
@@ -138,6 +170,19 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
                if r["method"].startswith("ss_stylegan"))
     md = (out / "anytime.md").read_text(encoding="utf-8")
     assert "| pixel_pca (baseline) | – | – |" in md and "| ss_stylegan (final) |" in md
+    # every stage is compared with pixel PCA + FPS repeat by repeat, and the chance level is shown
+    for st in stages:
+        assert {(r["method"], r["k"], r["scope"]) for r in st["paired"]} == {
+            (f"ss_stylegan + {sel}", k, scope) for sel in ("fps", "random") for k in (4, 8)
+            for scope in ("all_unlabelled", "unseen_groups")}
+        # (a repeat whose picks leave no unseen scan has no score there, so fewer repeats are compared)
+        assert all(1 <= r["repeats"] <= 2 and 0 <= r["wins"] <= r["repeats"] for r in st["paired"])
+    final_paired = {(r["method"], r["k"], r["scope"]): r["diff_mean"]
+                    for r in json.loads((out / "results.json").read_text(encoding="utf-8"))["paired"]
+                    if r["method"].startswith("ss_stylegan")}
+    assert {(r["method"], r["k"], r["scope"]): r["diff_mean"] for r in stages[-1]["paired"]} == final_paired
+    assert "Accuracy minus pixel_pca + fps, paired by repeat" in md and "| chance: majority class" in md
+    assert "ss_stylegan + fps, 0.02 kimg |" in md
     assert (out / "anytime_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = anytime["meta"]["embeddings"]["ss_stylegan"]
     assert info["model"]["channel_max"] == 32 and anytime["meta"]["recipe"] == "tiny"

@@ -41,7 +41,9 @@ from ss_stylegan.selection import FarthestPointSelector, RandomSelector, Selecto
 log = logging.getLogger(__name__)
 
 SCOPES = ("unseen_groups", "all_unlabelled")
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "macro_auc")
+SUMMARY_METRICS = ("accuracy", "majority_accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity",
+                   "macro_auc")
+BASELINE_METHOD = "pixel_pca + fps"   # what every method is compared with, repeat by repeat
 
 
 class EvaluationError(ValueError):
@@ -286,8 +288,13 @@ def score_selection(
     scores[:, clf.classes_] = pred.scores  # columns for classes without a label stay 0
     y_pred = pred.labels.astype(np.int64)
     unseen = ~np.isin(groups[unlabelled], groups[labelled])
-    out = {"all_unlabelled": classification_report(labels[unlabelled], y_pred, scores, n_classes)}
-    out["unseen_groups"] = classification_report(labels[unlabelled][unseen], y_pred[unseen], scores[unseen], n_classes)
+    # chance level of each scope: always answer the class most common among the k labels (ties: lowest index)
+    majority = int(np.argmax(np.bincount(labels[labelled], minlength=n_classes)))
+    out = {}
+    for scope, rows in (("all_unlabelled", slice(None)), ("unseen_groups", unseen)):
+        truth = labels[unlabelled][rows]
+        out[scope] = classification_report(truth, y_pred[rows], scores[rows], n_classes)
+        out[scope]["majority_accuracy"] = float(np.mean(truth == majority)) if truth.size else math.nan
     return out
 
 
@@ -332,8 +339,61 @@ def run_protocol(
                         records.append({"repeat": repeat, "embedding": emb.name, "selector": sel_name,
                                         "method": f"{emb.name} + {sel_name}", "k": k, "scope": scope, **report})
             log.info("repeat %d/%d: %s done", repeat + 1, repeats, emb.name)
-    return {"records": records, "summary": summarise(records), "maps": first_maps, "picks": first_picks,
+    return {"records": records, "summary": summarise(records), "paired": paired_differences(records),
+            "maps": first_maps, "picks": first_picks,
             "timings": {k: [round(v, 2) for v in vals] for k, vals in timings.items()}}
+
+
+def paired_differences(records: list[dict[str, Any]], baseline: Sequence[dict[str, Any]] | None = None,
+                       baseline_method: str = BASELINE_METHOD, metric: str = "accuracy") -> list[dict[str, Any]]:
+    """Each method's ``metric`` minus the baseline's, repeat by repeat (same seeds), per (k, scope).
+
+    Both are scored with the same t-SNE and selection seeds in a repeat, so the difference is taken repeat by
+    repeat; its standard error says whether the repeats can tell the two apart.
+    ``baseline`` holds the baseline's records when they come from another call (an anytime stage); by
+    default they are looked up in ``records``. Rows: ``method, k, scope, repeats, diff_mean, diff_se, wins``
+    (repeats where the method scored higher). Empty when the baseline is not there.
+    """
+    base = {(r["k"], r["scope"], r["repeat"]): r[metric]
+            for r in (records if baseline is None else baseline) if r["method"] == baseline_method}
+    diffs: dict[tuple[str, int, str], list[float]] = {}
+    for r in records:
+        key = (r["k"], r["scope"], r["repeat"])
+        if r["method"] == baseline_method or key not in base or math.isnan(r[metric]) or math.isnan(base[key]):
+            continue
+        diffs.setdefault((r["method"], r["k"], r["scope"]), []).append(r[metric] - base[key])
+    rows = []
+    for (method, k, scope), d in sorted(diffs.items()):
+        v = np.asarray(d, dtype=float)
+        rows.append({"method": method, "k": k, "scope": scope, "repeats": int(v.size), "baseline": baseline_method,
+                     "diff_mean": float(v.mean()),
+                     "diff_se": float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan,
+                     "wins": int((v > 0).sum())})
+    return rows
+
+
+def _paired_cell(rows: Sequence[dict[str, Any]], method: str, k: int, scope: str) -> str:
+    row = next((r for r in rows if (r["method"], r["k"], r["scope"]) == (method, k, scope)), None)
+    if row is None:
+        return "n/a"
+    se = "" if math.isnan(row["diff_se"]) else f" ± {row['diff_se']:.3f}"
+    return f"{row['diff_mean']:+.3f}{se} ({row['wins']}/{row['repeats']})"
+
+
+def _paired_section(rows: Sequence[dict[str, Any]], ks: Sequence[int], labels: Sequence[tuple[str, str]],
+                    scope: str) -> list[str]:
+    """Markdown table of paired differences: one row per ``(method, label)``, one column per k."""
+    if not rows:
+        return []
+    what = "unseen scans only" if scope == "unseen_groups" else "all unlabelled slices"
+    lines = [f"## Accuracy minus {rows[0]['baseline']}, paired by repeat — {what}", "",
+             "Mean ± standard error of the per-repeat difference (same t-SNE and selection seeds), and in how "
+             "many repeats the method scored higher. A difference within two standard errors of 0 is one the "
+             "repeats cannot tell from noise.", "",
+             "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "| --- | " + " | ".join("---" for _ in ks) + " |"]
+    for method, label in labels:
+        lines.append(f"| {label} | " + " | ".join(_paired_cell(rows, method, k, scope) for k in ks) + " |")
+    return lines + [""]
 
 
 class AnytimeRecorder:
@@ -349,6 +409,7 @@ class AnytimeRecorder:
         self.data, self.name, self.ks, self.repeats, self.seed = data, name, list(ks), repeats, seed
         self.tsne_params = dict(tsne_params or {})
         self.stages: list[dict[str, Any]] = []
+        self._records: list[list[dict[str, Any]]] = []   # per stage, for the paired comparison at the end
         # every stage so far, rewritten (atomically) after each one: a long run cut short keeps its stages
         self.partial_path = out / "anytime_stages.json" if out is not None else None
 
@@ -357,6 +418,7 @@ class AnytimeRecorder:
                               self.tsne_params)
         self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
                   result["summary"], self._diagnostics(W, model_diag))
+        self._records.append(result["records"])
         last = self.stages[-1]
         for selector in ("fps", "random"):
             log.info("stage at %.1f min / %.2f kimg: %s + %s accuracy %s", last["minutes"], last["kimg"], self.name,
@@ -387,6 +449,10 @@ class AnytimeRecorder:
             t = gan.trained[-1]
             self._add(t["steps"], t["images_seen"], t["train_seconds"], gan.model_versions[-1], True,
                       result["summary"], self._diagnostics(gan.embed(self.data.images, 0), gan.final_diagnostics))
+            self._records.append([r for r in result["records"] if r["embedding"] == self.name])
+        baseline_records = [r for r in result["records"] if r["embedding"] != self.name]
+        for stage, records in zip(self.stages, self._records):
+            stage["paired"] = paired_differences(records, baseline_records)
         rows = [r for r in result["summary"] if not r["method"].startswith(self.name + " + ")]
         diag = embedding_diagnostics(baseline.embed(self.data.images, 0), self.data.labels, self.data.groups)
         return {"embedding": self.name, "stages": self.stages, "baseline": rows,
@@ -406,11 +472,19 @@ def anytime_markdown(anytime: dict[str, Any], ks: Sequence[int]) -> str:
         for emb in groups:
             cells = [_mean_cell(anytime["baseline"], f"{emb} + {sel}", k, scope) for sel in ("fps", "random") for k in ks]
             lines.append(f"| {emb} (baseline) | – | – | " + " | ".join(cells) + " |")
+            cells = [_mean_cell(anytime["baseline"], f"{emb} + {sel}", k, scope, "majority_accuracy")
+                     for sel in ("fps", "random") for k in ks]
+            lines.append(f"| chance: majority class of the {emb} picks' labels | – | – | " + " | ".join(cells) + " |")
         for st in anytime["stages"]:
             cells = [_mean_cell(st["summary"], f"{name} + {sel}", k, scope) for sel in ("fps", "random") for k in ks]
             tag = " (final)" if st["final"] else ""
             lines.append(f"| {name}{tag} | {st['minutes']:.1f} | {st['kimg']:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
+        paired = [dict(r, method=f"{r['method']}@{i}") for i, st in enumerate(anytime["stages"])
+                  for r in st.get("paired", [])]
+        labels = [(f"{name} + {sel}@{i}", f"{name} + {sel}, {st['kimg']:.2f} kimg")
+                  for i, st in enumerate(anytime["stages"]) if st.get("paired") for sel in ("fps", "random")]
+        lines += _paired_section(paired, ks, labels, scope)
     keys = ("same_group_at_10", "cross_group_1nn", "linear_probe", "w_recovery_ema", "w_recovery_raw")
     lines += ["## Diagnostics of the vectors (before the map)", "",
               "same-group@10: share of a slice's 10 nearest neighbours from its own scan; cross-group 1-NN: class "
@@ -431,9 +505,10 @@ def _diag_cell(diag: dict[str, float], key: str) -> str:
     return f"{diag[key]:.3f}" if key in diag and diag[key] is not None and not math.isnan(diag[key]) else "–"
 
 
-def _mean_cell(rows: list[dict[str, Any]], method: str, k: int, scope: str) -> str:
+def _mean_cell(rows: list[dict[str, Any]], method: str, k: int, scope: str, metric: str = "accuracy") -> str:
     row = next((r for r in rows if (r["method"], r["k"], r["scope"]) == (method, k, scope)), None)
-    return "n/a" if row is None or math.isnan(row["accuracy_mean"]) else f"{row['accuracy_mean']:.3f}"
+    value = math.nan if row is None else row.get(f"{metric}_mean", math.nan)
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -465,22 +540,27 @@ def markdown_report(result: dict[str, Any], meta: dict[str, Any]) -> str:
     for name, info in meta["embeddings"].items():
         lines.append(f"- `{name}`: {json.dumps(info, sort_keys=True)}")
     lines.append("")
-    metrics = ["accuracy", "balanced_accuracy", "auc" if len(meta["data"]["classes"]) == 2 else "macro_auc"]
+    metrics = ["accuracy", "majority_accuracy", "balanced_accuracy",
+               "auc" if len(meta["data"]["classes"]) == 2 else "macro_auc"]
     for scope in SCOPES:
         what = ("slices of groups (scans) with no labelled slice" if scope == "unseen_groups"
                 else "every slice that was not labelled (the paper's protocol)")
         for metric in metrics:
-            lines += [f"## {metric.replace('_', ' ')} — scored on {what}", "",
+            title = ("majority accuracy (chance: always the most common class of the k labels)"
+                     if metric == "majority_accuracy" else metric.replace("_", " "))
+            lines += [f"## {title} — scored on {what}", "",
                       "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
                       "| --- | " + " | ".join("---" for _ in ks) + " |"]
             for method in methods:
                 cells = []
                 for k in ks:
                     row = next(r for r in summary if (r["method"], r["k"], r["scope"]) == (method, k, scope))
-                    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+                    mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
                     cells.append("n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
+        paired = result.get("paired") or []
+        lines += _paired_section(paired, ks, [(m, m) for m in sorted({r["method"] for r in paired})], scope)
     return "\n".join(lines)
 
 
@@ -501,7 +581,8 @@ def write_outputs(result: dict[str, Any], data: Dataset, meta: dict[str, Any], o
     from ss_stylegan.plots import plot_label_efficiency, plot_maps
 
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "summary": result["summary"], "timings": result["timings"], "records": result["records"]}
+    payload = {"meta": meta, "summary": result["summary"], "paired": result.get("paired", []),
+               "timings": result["timings"], "records": result["records"]}
     paths = {"json": atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=1)),
              "md": atomic_write_text(out / "results.md", markdown_report(result, meta))}
     kmax = max(r["k"] for r in result["summary"])
