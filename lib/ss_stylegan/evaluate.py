@@ -257,6 +257,11 @@ class GANEmbedder:
                                  "final_losses": {k: round(float(v), 4) for k, v in result.losses.items()}})
             log.info("SS-StyleGAN trained for %.0f s (repeat %d)", result.elapsed, repeat)
         model = load_model(run_dir, self.device)
+        if self.model_dir is not None:   # report how the reused model was trained, not this run's settings
+            from ss_stylegan.checkpoint import load_checkpoint, resolve_checkpoint
+            from ss_stylegan.config import TrainConfig
+
+            self.train_cfg = TrainConfig.from_dict(load_checkpoint(resolve_checkpoint(run_dir))["train_config"])
         self.model_versions.append(str(model.model_version))
         self.final_diagnostics = model_diagnostics(model)
         W = np.asarray(embed_images(model, images, 256, self.device), dtype=np.float32)
