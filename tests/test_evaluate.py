@@ -55,8 +55,8 @@ def test_pca_path_on_npz(tmp_path: Path) -> None:
     assert fps8["accuracy_mean"] > 0.9   # the lesion is a large, easy pixel-space signal
     assert len(result["records"]) == 2 * 2 * 2 * 2   # repeats x selectors x k x scopes
     # scans differ by class only through the lesion, so the nearest slice of another scan has the right class
-    assert 0.7 < result["unseen_ceiling"]["pixel_pca"] <= 1.0   # chance: 0.5
-    assert "## Ceiling of the unseen-scan scope" in (out / "results.md").read_text(encoding="utf-8")
+    assert 0.7 < result["unseen_reference"]["pixel_pca"] <= 1.0   # chance: 0.5
+    assert "## Reference for the unseen-scan scope" in (out / "results.md").read_text(encoding="utf-8")
 
 
 def test_nifti_folder_matches_npz(tmp_path: Path) -> None:
@@ -194,10 +194,10 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
     assert {(r["method"], r["k"], r["scope"]): r["diff_mean"] for r in stages[-1]["paired"]} == final_paired
     assert "Accuracy minus pixel_pca + fps, paired by repeat" in md and "| chance: majority class" in md
     assert "ss_stylegan + fps, 0.02 kimg |" in md
-    # the unseen-scan ceiling of each stage's map (cross-scan 1-NN in 2-D), and of the baseline's
-    assert all(0.0 <= st["diagnostics"]["map_unseen_ceiling"] <= 1.0 for st in stages)
-    assert 0.0 <= anytime["baseline_diagnostics"]["pixel_pca"]["map_unseen_ceiling"] <= 1.0
-    assert "map unseen ceiling" in md
+    # the unseen-scan reference of each stage's map (cross-scan 1-NN in 2-D), and of the baseline's
+    assert all(0.0 <= st["diagnostics"]["map_unseen_reference"] <= 1.0 for st in stages)
+    assert 0.0 <= anytime["baseline_diagnostics"]["pixel_pca"]["map_unseen_reference"] <= 1.0
+    assert "map unseen reference" in md
     assert (out / "anytime_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = anytime["meta"]["embeddings"]["ss_stylegan"]
     assert info["model"]["channel_max"] == 32 and anytime["meta"]["recipe"] == "tiny"
