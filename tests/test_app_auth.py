@@ -58,6 +58,7 @@ ROUTES: list[tuple[str, str, Any, list[str], int]] = [
     ("POST", "/infer/classify", "file", READ, 200),
     ("POST", "/activelearning/fps", {"client_id": "auth-test"}, ANNOTATE, 200),
     ("POST", "/activelearning/random", {"client_id": "auth-test"}, ANNOTATE, 200),
+    ("DELETE", "/activelearning/pending?client_id=auth-test", None, ANNOTATE, 200),
     ("POST", "/train/ss_stylegan", {"batch_size": 0}, TRAIN, 422),
     ("GET", "/train/", None, READ, 200),
     ("DELETE", "/train/", None, TRAIN, 200),
@@ -160,6 +161,17 @@ def test_the_suggestion_cap_counts_per_user_across_client_ids(server: RunningSer
     assert status == 200  # the same client replaces its own reservations
 
 
+def test_a_user_gives_back_only_their_own_suggestions(server: RunningServer, issuer: TokenIssuer) -> None:
+    fay, eve = issuer.token("fay", [ANNOTATOR]), issuer.token("eve", [ANNOTATOR])
+    status, body = server.request("POST", "/activelearning/fps", {"count": 3, "client_id": "shared-tab"}, token=fay)
+    assert status == 200 and len(body["suggestions"]) == 3
+    mine = {(s["id"], s["slice"]) for s in body["suggestions"]}
+    status, body = server.request("DELETE", "/activelearning/pending?client_id=shared-tab", token=eve)
+    assert status == 200 and body["released"] == []  # eve guessed the client id: fay's slices stay reserved
+    status, body = server.request("DELETE", "/activelearning/pending?client_id=shared-tab", token=fay)
+    assert status == 200 and {(r["image"], r["slice"]) for r in body["released"]} == mine
+
+
 def _route_handlers(tree: ast.AST) -> list[ast.FunctionDef]:
     """Functions registered as routes: decorated with ``@router.<method>(...)``, passed to add_api_route by
     name, or returned by a factory whose call is passed to add_api_route (``_refusal(role, message)``)."""
@@ -194,7 +206,8 @@ def test_every_route_handler_takes_the_auth_dependency() -> None:
                            for d in defaults)
             assert has_auth, f"{path.relative_to(APP_DIR)}: route handler {fn.name} has no Depends(RBAC(...))"
             checked.append(fn.name)
-    assert {"put_label", "suggest", "refuse", "add_image", "batch_infer", "no_reload"} <= set(checked), checked
+    assert {"put_label", "suggest", "release_suggestions", "refuse", "add_image", "batch_infer",
+            "no_reload"} <= set(checked), checked
     assert len(checked) >= 30, checked  # the app's routes and the guarded MONAI Label routes
 
 

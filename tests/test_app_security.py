@@ -283,6 +283,35 @@ def test_each_client_has_a_cap_on_reserved_suggestions(server: RunningServer) ->
     assert status == 200 and len(second["suggestions"]) == 4 and not keys(first) & keys(second)
 
 
+def test_a_client_gives_back_its_suggestions_and_another_gets_them(server: RunningServer) -> None:
+    keys = lambda ans: {(s["id"], s["slice"]) for s in ans["suggestions"]}  # noqa: E731
+    release = lambda client: server.request("DELETE", f"/activelearning/pending?client_id={client}")  # noqa: E731
+    status, mine = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "leaver"})
+    assert status == 200 and len(mine["suggestions"]) == 4
+    fillers: list[str] = []
+    try:
+        while True:  # other annotators take every other slice
+            fillers.append(f"filler-{len(fillers)}")
+            status, taken = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": fillers[-1]})
+            assert status == 200 and not keys(taken) & keys(mine)
+            if len(taken["suggestions"]) < 4:
+                break
+        status, late = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "late"})
+        assert status == 200 and late["done"] and "another annotator" in late["message"], late
+
+        status, gone = release("leaver")
+        assert status == 200 and gone["client_id"] == "leaver", gone
+        assert {(r["image"], r["slice"]) for r in gone["released"]} == keys(mine)
+        assert release("leaver")[1]["released"] == []  # nothing left to give back; not an error
+        status, late = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "late"})
+        assert status == 200 and keys(late) == keys(mine)  # offered now, not when the reservations expire
+    finally:  # the server is shared by the module's other tests: leave no slice reserved
+        for client in (*fillers, "late", "leaver"):
+            release(client)
+    status, body = server.request("DELETE", "/activelearning/pending?client_id=" + "c" * 500)
+    assert status == 422 and "client_id" in body["detail"], body
+
+
 def test_classes_that_would_orphan_labels_refuse_to_start(server: RunningServer) -> None:
     assert server.request("PUT", "/slicelabels/", {"image": "study_02", "slice": 7, "class": "lesion"})[0] == 200
     labels = server.get_json("/slicelabels/")["labels"]

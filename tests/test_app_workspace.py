@@ -201,6 +201,19 @@ def test_pending_suggestions_per_client_with_expiry() -> None:
     assert pending.reserved() == set()
 
 
+def test_a_client_gives_back_only_its_own_reservations() -> None:
+    pending = PendingSuggestions(ttl_s=60, cap=8)
+    pending.reserve("tab-1", [("a", 1), ("a", 2)], owner="user:ann")
+    pending.reserve("tab-2", [("a", 3)], owner="user:ann")
+    pending.reserve("bob", [("b", 1)])
+    assert pending.release_client("tab-1", owner="user:eve") == []  # the same client id, another user
+    assert pending.release_client("tab-1", owner="user:ann") == [("a", 1), ("a", 2)]
+    assert pending.reserved() == {("a", 3), ("b", 1)}
+    assert pending.room("tab-2", "user:ann") == 8 and pending.room("tab-9", "user:ann") == 7
+    assert pending.release_client("bob") == [("b", 1)]  # without an owner the client owns its reservations
+    assert pending.release_client("bob") == []
+
+
 def test_reservations_are_capped_per_owner() -> None:
     pending = PendingSuggestions(ttl_s=60, cap=3)
     pending.check_count(3, "alice-1", owner="alice")

@@ -190,6 +190,29 @@ def test_next_suggestion_uses_the_queue_before_asking_again(lab) -> None:
     assert 0 <= third.slice < N_SLICES and third.image.startswith("study_")
 
 
+def test_suggestions_not_labelled_are_given_back_for_another_user(lab) -> None:
+    _clear_labels(lab.client)
+    carol = LabelSession(lab.client, "carol", batch_size=3)
+    carol.connect()
+    shown = carol.next_suggestion()
+    held = set(carol.pending)
+    assert len(held) == 3 and shown.key in held
+    dave = LabelSession(lab.client, "dave", batch_size=3)
+    dave.connect()
+    assert dave.next_suggestion().key not in held  # reserved for carol
+    dave.release_pending()
+
+    assert set(carol.release_pending()) == held
+    assert carol.pending == [] and carol.current.key == shown.key and carol.current.suggestion is None
+    erin = LabelSession(lab.client, "erin", batch_size=3)
+    erin.connect()
+    assert erin.next_suggestion().key == shown.key  # the farthest slice again, now that nobody holds it
+    assert set(erin.pending) == held
+    erin.release_pending()
+    with pytest.raises(ClientConfigError, match="client_id is required"):
+        lab.client.release_suggestions("")
+
+
 def test_label_with_number_keys_then_go_back_and_relabel(lab, session: LabelSession) -> None:
     current = session.next_suggestion()
     record = session.label_key("2")

@@ -55,10 +55,10 @@ from SSStyleGANLabelLogic import SSStyleGANLabelLogic  # noqa: E402
 pytestmark = pytest.mark.server
 
 N_SLICES, SIZE = 6, 32
-# suggestions are reserved for 5 s only: the geometry test takes every slice at once (a cap above the default
-# of 32 per user), later sessions need some
+# the geometry test takes every slice at once (a cap above the default of 32 per user) and gives them back at
+# its end; reservations last long enough (60 s) that one never lapses in the middle of a test
 CONF = {"preset": "tiny", "resolution": "32", "kimg": "0.1", "batch_size": "8", "perplexity": "5",
-        "suggestion_ttl": "5", "suggestion_cap": "1000"}
+        "suggestion_ttl": "60", "suggestion_cap": "1000"}
 TRAIN_TIMEOUT_S = 300.0
 
 
@@ -186,36 +186,57 @@ def test_the_red_view_shows_the_slice_the_server_means(lab, mrml: MrmlApp, tmp_p
     cfg = SliceConfig(resolution=int(CONF["resolution"]))
     red = mrml.slice_logics["Red"]
     checked: dict[str, set[int]] = {}
-    while (current := logic.nextSuggestion()) is not None:
-        image, k = current.image, current.slice
-        node = logic.studyNode(image)
-        study = next(p for p in studies.iterdir() if p.name == image or p.name.startswith(image + "."))
-        canonical_file = read_volume(study).data[:, :, k]
-        shown = _shown_canonical(mrml, node)
-        what = f"{image} ({kinds[image]}) slice {k}"
-        assert shown.shape == canonical_file.shape, what
-        np.testing.assert_array_equal(shown, canonical_file, err_msg=what)
+    try:
+        while (current := logic.nextSuggestion()) is not None:
+            image, k = current.image, current.slice
+            node = logic.studyNode(image)
+            study = next(p for p in studies.iterdir() if p.name == image or p.name.startswith(image + "."))
+            canonical_file = read_volume(study).data[:, :, k]
+            shown = _shown_canonical(mrml, node)
+            what = f"{image} ({kinds[image]}) slice {k}"
+            assert shown.shape == canonical_file.shape, what
+            np.testing.assert_array_equal(shown, canonical_file, err_msg=what)
 
-        voxels = slicer.util.arrayFromVolume(node).astype(np.float32)
-        window = window_range(voxels, looks_like_hu(voxels), cfg)
-        model_ready = resize_square(apply_window(shown[np.newaxis], *window), cfg.resolution)[0]
-        server_png = _png(logic, image, k)
-        np.testing.assert_array_equal(model_ready, server_png, err_msg=what)
-        for neighbour in (k - 1, k + 1):
-            if 0 <= neighbour < N_SLICES:
-                assert not np.array_equal(model_ready, _png(logic, image, neighbour)), f"{what}: same as {neighbour}"
-        assert not np.array_equal(model_ready, model_ready[::-1, :]) and not np.array_equal(model_ready,
-                                                                                             model_ready[:, ::-1])
+            voxels = slicer.util.arrayFromVolume(node).astype(np.float32)
+            window = window_range(voxels, looks_like_hu(voxels), cfg)
+            model_ready = resize_square(apply_window(shown[np.newaxis], *window), cfg.resolution)[0]
+            server_png = _png(logic, image, k)
+            np.testing.assert_array_equal(model_ready, server_png, err_msg=what)
+            for neighbour in (k - 1, k + 1):
+                if 0 <= neighbour < N_SLICES:
+                    assert not np.array_equal(model_ready, _png(logic, image, neighbour)), \
+                        f"{what}: same as {neighbour}"
+            assert not np.array_equal(model_ready, model_ready[::-1, :]) and not np.array_equal(model_ready,
+                                                                                                 model_ready[:, ::-1])
 
-        # Slicer's own (1-based) index of the shown slice in the volume node's voxel grid is the voxel
-        # plane holding the server's world position of the slice
-        assert red.GetSliceIndexFromOffset(red.GetSliceOffset(), node) == _node_slice(node, current.world) + 1, what
-        assert logic.sliceShownIn("Red") == (image, k), what
-        checked.setdefault(image, set()).add(k)
+            # Slicer's own (1-based) index of the shown slice in the volume node's voxel grid is the voxel
+            # plane holding the server's world position of the slice
+            assert red.GetSliceIndexFromOffset(red.GetSliceOffset(), node) == _node_slice(node, current.world) + 1, what
+            assert logic.sliceShownIn("Red") == (image, k), what
+            checked.setdefault(image, set()).add(k)
+    finally:
+        # this user holds every slice of the shared server; giving them back (as the widget does when the
+        # module closes) lets a test running next (random order) be offered slices at once
+        released = logic.releaseSuggestions()
     assert checked == {image: set(range(N_SLICES)) for image in kinds}, "not every slice was suggested"
-    # this user holds every slice of the shared server for suggestion_ttl seconds; let the reservations lapse so
-    # that a test running next (random order) is offered slices
-    time.sleep(float(CONF["suggestion_ttl"]) + 0.5)
+    assert released == N_SLICES * len(kinds) and logic.session.pending == []
+
+
+def test_connecting_again_gives_the_earlier_suggestions_back(lab, mrml: MrmlApp, tmp_path: Path) -> None:
+    server, _, _ = lab
+    logic = _logic(mrml, server, tmp_path, "morning", batch_size=2)
+    first = logic.nextSuggestion()
+    held = set(logic.session.pending)
+    assert first is not None and len(held) == 2
+    probe = SSGLClient(server.url, timeout_s=60)
+    everything = N_SLICES * len(lab[2])
+    try:
+        assert not held & {s.key for s in probe.suggest("fps", count=everything, client_id="probe")}  # reserved
+        logic.connect(server.url, "afternoon")  # another user at the same Slicer
+        assert held <= {s.key for s in probe.suggest("fps", count=everything, client_id="probe")}  # free again
+    finally:
+        probe.release_suggestions("probe")
+    assert logic.releaseSuggestions() == 0  # the new session has asked for nothing
 
 
 def test_a_study_shown_again_reuses_its_node_and_survives_a_closed_scene(lab, mrml: MrmlApp, tmp_path: Path) -> None:

@@ -324,6 +324,18 @@ class PendingSuggestions:
         with self._lock:
             self._by_key.pop(key, None)
 
+    def release_client(self, client: str, owner: str | None = None) -> list[tuple[str, int]]:
+        """Give back every reservation of ``client`` held by ``owner`` (default: the client itself), as a
+        client does when its user stops labelling; returns the keys given back. Reservations of the same
+        client id under another owner (another signed-in user) are left alone."""
+        owner = owner or client
+        with self._lock:
+            self._expire(time.monotonic())
+            keys = [k for k, (c, o, _) in self._by_key.items() if c == client and o == owner]
+            for key in keys:
+                del self._by_key[key]
+        return sorted(keys)
+
 
 class Workspace:
     """Paths and atomic readers/writers of one datastore's model state.

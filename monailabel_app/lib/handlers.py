@@ -61,6 +61,13 @@ class Handlers:
         return answers.suggestions(self.service.suggest(strategy, count=body.get("count", 1), client_id=client_id,
                                                         owner=owner(client_id) if owner else None))
 
+    def release_suggestions(self, client_id: str, owner: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """``DELETE /activelearning/pending?client_id=``: give back the client's suggestions not yet labelled;
+        ``owner(client id)`` is whose reservations they must be (see lib.auth)."""
+        client = text(client_id or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
+        keys = self.service.release_suggestions(client, owner=owner(client) if owner else None)
+        return {"client_id": client, "released": [{"image": image, "slice": index} for image, index in keys]}
+
     def put_label(self, body: dict[str, Any], labeller: Callable[[str], str]) -> dict[str, Any]:
         """``PUT /slicelabels/`` with ``{"image", "slice", "class"}`` and an optional ``user``;
         ``labeller(claimed user)`` is who is recorded (a signed-in user's name wins; see lib.auth)."""

@@ -117,6 +117,12 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
             tags=["ActiveLearning"], summary=f"Next slice(s) to label ({name})", openapi_extra=_JSON_BODY,
         )
 
+    @router.delete("/activelearning/pending", tags=["ActiveLearning"],
+                   summary="Give back this client's suggestions not labelled yet")
+    def release_suggestions(user: User = Depends(RBAC(ANNOTATE)), client_id: str = "") -> dict[str, Any]:
+        with http_errors():
+            return handlers.release_suggestions(client_id, owner=lambda client: owner_of(user, client))
+
     @router.post("/train/ss_stylegan", tags=["Train"], summary="Train SS-StyleGAN and build the slice map",
                  openapi_extra=_JSON_BODY)
     def start_training(user: User = Depends(RBAC(TRAIN)), body: dict[str, Any] = Depends(json_body),

@@ -166,6 +166,11 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is not None and self.logic.session is not None:
+            try:  # give the suggestions not labelled back, so other annotators get them now
+                self.logic.releaseSuggestions()
+            except Exception as err:  # closing Slicer must not fail because the server is gone
+                logger.warning("could not give back pending suggestions: %s", err)
         self.removeObservers()
         if self._trainingTimer is not None:
             self._trainingTimer.stop()

@@ -212,6 +212,24 @@ class LabellingService:
                               strategy=strategy) for p, key in zip(picks, keys)],
             message=message, n_labelled=len(labelled))
 
+    def release_suggestions(self, client_id: Any = "", owner: str | None = None) -> list[tuple[str, int]]:
+        """Give back the slices suggested to ``client_id`` and not labelled (a client closing, or a user
+        stopping for the day), so other annotators are offered them now rather than when they expire.
+
+        Args:
+            client_id: the client id the suggestions were asked with (default ``anonymous``).
+            owner: the owner they were reserved under (the signed-in user); the client by default. Only
+                that owner's reservations are given back, so one user cannot free another's.
+
+        Returns:
+            The ``(image, slice)`` keys given back (empty when the client held none).
+
+        Raises:
+            FieldError: a bad ``client_id``.
+        """
+        client = text(client_id or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
+        return self.pending.release_client(client, owner)
+
     # -- classification ---------------------------------------------------------------------------------
     def _predict(self, slice_map: SliceMap, xy: np.ndarray) -> tuple[Any, np.ndarray]:
         return self.indexes.predict(slice_map, xy, self.labels.version, self.labels.labelled_keys,

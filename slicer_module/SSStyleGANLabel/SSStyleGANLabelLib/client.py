@@ -240,6 +240,21 @@ class SSGLClient:
         items = answer.get("suggestions") or [answer]
         return [Suggestion.from_json(item, strategy) for item in items]
 
+    def release_suggestions(self, client_id: str) -> list[tuple[str, int]]:
+        """Give back the suggestions reserved for ``client_id`` and not labelled
+        (``DELETE /activelearning/pending``), so other annotators are offered those slices now.
+
+        Returns:
+            The ``(image, slice)`` keys the server gave back.
+        """
+        if not client_id:
+            raise ClientConfigError("client_id is required: it names whose suggestions to give back")
+        answer = self._json("DELETE", "/activelearning/pending?" + urllib.parse.urlencode({"client_id": client_id}))
+        if not isinstance(answer, dict) or not isinstance(answer.get("released"), list):
+            raise ProtocolError(f"DELETE /activelearning/pending answered {str(answer)[:120]!r}, not a list of "
+                                "released slices")
+        return [(str(item["image"]), int(item["slice"])) for item in answer["released"]]
+
     def put_label(self, image: str, slice_index: int, class_name: str, user: str) -> SliceLabel:
         """Store (or replace) the class of one slice (``PUT /slicelabels/``).
 

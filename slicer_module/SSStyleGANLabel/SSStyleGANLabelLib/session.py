@@ -18,7 +18,6 @@ import dataclasses
 import io
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -173,6 +172,16 @@ class LabelSession:
     def _drop_labelled(self) -> None:
         self.queue = collections.deque(s for s in self.queue if s.key not in self.labels)
         self.skipped = [s for s in self.skipped if s.key not in self.labels]
+
+    def release_pending(self) -> list[SliceKey]:
+        """Give every suggestion not labelled back to the server (the user stops, or the module closes) and
+        forget them here; the slice on screen stays, as a plain slice. Returns the keys the server freed."""
+        released = self.client.release_suggestions(self.user)
+        self.queue.clear()
+        self.skipped = []
+        if self.current is not None and self.current.suggestion is not None:
+            self.current = dataclasses.replace(self.current, suggestion=None)
+        return released
 
     @property
     def pending(self) -> list[SliceKey]:

@@ -39,6 +39,7 @@ from SSStyleGANLabelLib import (
     SessionError,
     SliceLabel,
     SSGLClient,
+    SSGLError,
     StudyFiles,
 )
 from SSStyleGANLabelLib.atomicfile import write_bytes_atomic
@@ -123,9 +124,21 @@ class SSStyleGANLabelLogic:
         client = SSGLClient(url, username=(user or None) if password else None, password=password or None)
         session = LabelSession(client, user or "slicer", strategy=strategy, batch_size=batchSize)
         state = session.connect()
-        self.session = session
+        previous, self.session = self.session, session
+        if previous is not None and previous.pending:
+            try:  # the earlier connection's suggestions would otherwise stay reserved until they expire
+                previous.release_pending()
+            except SSGLError as err:
+                logger.warning("could not give back the suggestions of the previous connection: %s", err)
         self.studies = StudyFiles(client, downloadFolder or os.path.join(self._workFolder(), "studies"))
         return state
+
+    def releaseSuggestions(self) -> int:
+        """Give this session's suggestions not labelled back to the server, so other annotators are offered
+        those slices now (the widget calls it when the module is closed); 0 when not connected."""
+        if self.session is None:
+            return 0
+        return len(self.session.release_pending())
 
     def _workFolder(self) -> str:
         """``<temporary folder>/SSStyleGANLabel/<server>``: one folder per server."""
