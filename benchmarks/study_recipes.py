@@ -41,6 +41,15 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "rec30_32": ("32, beta 30", {"model": {"resolution": 32}, "train": {"rec_weight": 30.0}}),
     "rec30_noaug_32": ("32, beta 30, no augmentation", {"model": {"resolution": 32},
                                                         "train": {"rec_weight": 30.0, "augment": ""}}),
+    # one change each to the app's CPU recipe (small at 32, beta 10): the knobs of issue 8 not covered above
+    "wdim64": ("app CPU recipe, w_dim 64", {"model": {"w_dim": 64}}),
+    "wdim256": ("app CPU recipe, w_dim 256", {"model": {"w_dim": 256}}),
+    "narrow": ("app CPU recipe, channels at most 64", {"model": {"channel_max": 64}}),
+    "map2": ("app CPU recipe, 2 mapping layers", {"model": {"mapping_layers": 2}}),
+    "batch32": ("app CPU recipe, batch 32", {"train": {"batch_size": 32}}),
+    "lr1e3": ("app CPU recipe, learning rates 0.001", {"train": {"g_lr": 0.001, "d_lr": 0.001}}),
+    "enc03": ("app CPU recipe, lambda (encoder NLL) 0.3", {"train": {"enc_weight": 0.3}}),
+    "enc3": ("app CPU recipe, lambda (encoder NLL) 3", {"train": {"enc_weight": 3.0}}),
 }
 
 
