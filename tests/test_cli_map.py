@@ -33,6 +33,10 @@ def test_cli_map_is_served_as_is(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli_main(["train", "--studies", str(studies), "--out", str(run), "--tiny", "--resolution", "32",
                      "--steps", "3", "--batch-size", "4", "--device", "cpu"]) == 0
     capsys.readouterr()
+    empty = tmp_path / "no_studies"
+    empty.mkdir()
+    assert cli_main(["map", "--studies", str(empty), "--model", str(run)]) == 1
+    assert "no studies" in capsys.readouterr().err and not any(empty.iterdir())  # no stray workspace folder
     assert cli_main(["map", "--studies", str(studies), "--model", str(run), "--perplexity", "5"]) == 0
     published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     slice_map = Workspace(studies / ".ss_stylegan").load_map()

@@ -216,6 +216,7 @@ def _model_slice_config(model_dir: Path, resolution: int) -> SliceConfig:
 
 def cmd_map(args: argparse.Namespace) -> int:
     import os
+    import shutil
 
     from ss_stylegan.checkpoint import load_model, resolve_checkpoint
     from ss_stylegan.devices import resolve_device
@@ -230,13 +231,17 @@ def cmd_map(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.model)
     model = load_model(checkpoint, device="cpu")
     slice_cfg = _model_slice_config(checkpoint.parent, model.cfg.resolution)
-    workspace = Workspace(args.workspace or args.studies / ".ss_stylegan")
+    root = Path(args.workspace or args.studies / ".ss_stylegan")
+    made = not root.exists()
+    workspace = Workspace(root)
     try:
         slice_map, projector = map_from_studies(
             args.studies, checkpoint, slice_cfg, workspace.cache_dir, perplexity=args.perplexity,
             random_state=args.random_state, device=device, batch_size=args.batch_size,
             training={"step": model.step, "final": True}, n_jobs=os.cpu_count() or 1)
     except ValueError as exc:
+        if made:  # nothing was published: leave no workspace behind in a folder that had none
+            shutil.rmtree(root, ignore_errors=True)
         raise CLIError(str(exc)) from exc
     version = workspace.publish(slice_map, checkpoint, projector)
     print(json.dumps({"workspace": str(workspace.root), "version": version.name, "model_version": slice_map.model_version,
