@@ -60,10 +60,11 @@ def copy_trained_datastore(template: Path, dest: Path) -> Path:
 
     The workspace names its files by relative paths (the ``current.json`` pointer, the version folders), so
     the copy works as it is, but its slice map records each study's stamp (size, times, inode), and a copied
-    file has another inode and change time: a server would take every study for changed on disk and read
-    them all again in the background (a new map version, studies answering 409 meanwhile). So the copy's map
-    is published again (a new version of the same model, as the server publishes one itself) with the
-    stamps of the copied files, recorded as training records them (no content hash).
+    file has another inode and change time: a server would hash every study on its first sweep, find the
+    content the map recorded, and publish a new map version with the new stamps (studies answering 409 until
+    then). So that every test starts from a settled map, the copy's map is published again here (a new version
+    of the same model, as the server would publish it) with the stamps of the copied files and the recorded
+    content hashes. ``test_trained_copy`` checks what a plain copy does.
     """
     template, dest = Path(template), Path(dest)
     shutil.copytree(template, dest, symlinks=True)
@@ -71,6 +72,7 @@ def copy_trained_datastore(template: Path, dest: Path) -> Path:
     slice_map = workspace.load_map()
     assert slice_map.version is not None
     paths = {study.image_id: study.path for study in find_studies(dest)}
-    prints = {image_id: Fingerprint(stamp(paths[image_id])).to_dict() for image_id in slice_map.fingerprints}
+    prints = {image_id: Fingerprint(stamp(paths[image_id]), recorded.get("sha256")).to_dict()
+              for image_id, recorded in slice_map.fingerprints.items()}
     workspace.publish_update(dataclasses.replace(slice_map, fingerprints=prints), slice_map.version)
     return dest

@@ -1,7 +1,7 @@
 """From a studies folder and a model to a slice map: slice cache -> embed every slice into W -> t-SNE map.
 
-- :func:`read_studies`: every study of a folder into the slice cache, with the studies' fingerprints (stamped
-  before reading) and the errors of the ones that cannot be read.
+- :func:`read_studies`: every study of a folder into the slice cache, with the studies' fingerprints (stamp
+  and content hash, taken before reading) and the errors of the ones that cannot be read.
 - :func:`map_from_checkpoint`: the cache embedded with a checkpoint's encoder and mapped with openTSNE.
 - :func:`map_from_studies`: both, for a model trained elsewhere (``python -m ss_stylegan map`` publishes its
   result into a server's workspace, which serves it as is).
@@ -32,7 +32,7 @@ import numpy as np
 from ss_stylegan.checkpoint import load_model
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
-from ss_stylegan.data.fingerprint import Fingerprint, stamp
+from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.embedding import embed_images, embed_to_file
 from ss_stylegan.networks import SSStyleGAN
 from ss_stylegan.projection import TSNEProjector
@@ -97,12 +97,20 @@ class StudiesRead:
     fingerprints: dict[str, dict[str, Any]]     # image id -> Fingerprint.to_dict(), stamped before reading
 
 
+# content hashes of the studies this process has read, kept per stamp: a training publishing a map every few
+# minutes hashes each study once, not at every publish
+_FINGERPRINTS = FingerprintCache()
+
+
 def read_studies(studies: str | Path, slice_cfg: SliceConfig, cache_dir: str | Path) -> StudiesRead:
     """Every study of ``studies`` (files and DICOM series folders) into the slice cache in ``cache_dir``
-    (studies read before with the same settings are reused). The fingerprints are taken before reading, so a
-    study changed while it is read shows as changed to the server later."""
+    (studies read before with the same settings are reused).
+
+    The fingerprints (stamp and content hash) are taken before reading, so a study changed while it is read
+    shows as changed to the server later; the hash lets a server over a copy of the folder (new inodes and
+    times) recognise the same studies instead of reading them all again."""
     found = find_studies(Path(studies))
-    fingerprints = {s.image_id: Fingerprint(st).to_dict() for s in found if (st := stamp(s.path)) is not None}
+    fingerprints = {s.image_id: fp.to_dict() for s in found if (fp := _FINGERPRINTS.fingerprint(s.path)) is not None}
     cache = SliceCache.build(found, slice_cfg, Path(cache_dir))
     return StudiesRead(cache=cache, errors={e.image_id: e.message for e in cache.errors}, fingerprints=fingerprints)
 
