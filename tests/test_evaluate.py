@@ -9,7 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ss_stylegan.evaluate import EvaluationError, load_dataset, main, paired_differences, score_selection
+from ss_stylegan.evaluate import (
+    EvaluationError,
+    FixedEmbedder,
+    load_dataset,
+    main,
+    paired_differences,
+    run_protocol,
+    score_selection,
+)
 
 
 def _synthetic(n_groups: int = 16, per_group: int = 6, res: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
@@ -57,6 +65,27 @@ def test_pca_path_on_npz(tmp_path: Path) -> None:
     # scans differ by class only through the lesion, so the nearest slice of another scan has the right class
     assert 0.7 < result["unseen_reference"]["pixel_pca"] <= 1.0   # chance: 0.5
     assert "## Reference for the unseen-scan scope" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_the_first_fps_pick_can_be_chosen(tmp_path: Path) -> None:
+    np.savez(tmp_path / "data.npz", **_synthetic(n_groups=8))
+    data = load_dataset(tmp_path / "data.npz")
+    W = data.images.reshape(len(data.images), -1).astype(np.float32)
+    tsne = {"perplexity": 10, "n_iter": 200}
+    firsts = {}
+    for start in ("random", "central", "farthest"):
+        result = run_protocol(data, [FixedEmbedder("px", W)], (4,), repeats=1, tsne_params=tsne, fps_start=start)
+        points, order = result["maps"]["px"], result["picks"]["px"]["fps"]
+        from_centre = np.linalg.norm(points - points.mean(axis=0), axis=1)
+        firsts[start] = (order[0], from_centre)
+    assert firsts["central"][0] == int(np.argmin(firsts["central"][1]))
+    assert firsts["farthest"][0] == int(np.argmax(firsts["farthest"][1]))
+    assert len({int(f[0]) for f in firsts.values()}) == 3   # the same map and seed, three different first picks
+    assert main(["--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--no-gan", "--k", "4",
+                 "--repeats", "1", "--perplexity", "10", "--tsne-iter", "200", "--fps-start", "central"]) == 0
+    assert "FPS's first pick: central." in (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--fps-start", "middle"])
 
 
 def test_nifti_folder_matches_npz(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from ss_stylegan.diagnostics import cross_group_nn_accuracy
 from ss_stylegan.metrics import classification_report
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.recipes import RECIPES, get_recipe
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector, Selector
+from ss_stylegan.selection import STARTS, FarthestPointSelector, RandomSelector, Selector
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,12 @@ def run_protocol(
     repeats: int = 5,
     seed: int = 0,
     tsne_params: dict[str, Any] | None = None,
+    fps_start: str = "random",
 ) -> dict[str, Any]:
-    """Run every (embedding, selector, k, repeat) combination; returns records, maps and picks."""
+    """Run every (embedding, selector, k, repeat) combination; returns records, maps and picks.
+
+    ``fps_start`` is FPS's first pick (:data:`ss_stylegan.selection.STARTS`): ``random`` (the paper's protocol,
+    drawn from each repeat's seed), ``central`` (the server's default) or ``farthest``."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1 or ks[-1] >= data.labels.size:
         raise EvaluationError(f"k values must be between 1 and N-1 = {data.labels.size - 1}, got {ks}")
@@ -334,7 +338,7 @@ def run_protocol(
             timings.setdefault(f"{emb.name}_tsne_s", []).append(time.perf_counter() - t1)
             timings.setdefault(f"{emb.name}_embed_s", []).append(t1 - t0)
             references.setdefault(emb.name, []).append(cross_group_nn_accuracy(points, data.labels, data.groups))
-            selectors: dict[str, Selector] = {"fps": FarthestPointSelector(random_state=rs),
+            selectors: dict[str, Selector] = {"fps": FarthestPointSelector(start=fps_start, random_state=rs),
                                               "random": RandomSelector(random_state=rs)}
             for sel_name, selector in selectors.items():
                 order = np.array([p.index for p in selector.select(points, count=ks[-1])])
@@ -416,9 +420,9 @@ class AnytimeRecorder:
     """
 
     def __init__(self, data: Dataset, name: str, ks: Sequence[int], repeats: int, seed: int,
-                 tsne_params: dict[str, Any] | None, out: Path | None = None) -> None:
+                 tsne_params: dict[str, Any] | None, out: Path | None = None, fps_start: str = "random") -> None:
         self.data, self.name, self.ks, self.repeats, self.seed = data, name, list(ks), repeats, seed
-        self.tsne_params = dict(tsne_params or {})
+        self.tsne_params, self.fps_start = dict(tsne_params or {}), fps_start
         self.stages: list[dict[str, Any]] = []
         self._records: list[list[dict[str, Any]]] = []   # per stage, for the paired comparison at the end
         # every stage so far, rewritten (atomically) after each one: a long run cut short keeps its stages
@@ -426,7 +430,7 @@ class AnytimeRecorder:
 
     def __call__(self, W: np.ndarray, milestone: Any, model_diag: dict[str, float] | None = None) -> None:
         result = run_protocol(self.data, [FixedEmbedder(self.name, W)], self.ks, self.repeats, self.seed,
-                              self.tsne_params)
+                              self.tsne_params, self.fps_start)
         diag = {**self._diagnostics(W, model_diag), "map_unseen_reference": result["unseen_reference"][self.name]}
         self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
                   result["summary"], diag)
@@ -555,7 +559,9 @@ def markdown_report(result: dict[str, Any], meta: dict[str, Any]) -> str:
     methods = sorted({r["method"] for r in summary})
     lines = [f"# Label-efficiency evaluation: {meta['data']['source']}", "",
              f"{meta['data']['n']} slices, classes {meta['data']['class_counts']}, {meta['data']['n_groups']} groups; "
-             f"{meta['repeats']} repeats (t-SNE and selection seeds {meta['seed']}..{meta['seed'] + meta['repeats'] - 1}).", ""]
+             f"{meta['repeats']} repeats (t-SNE and selection seeds "
+             f"{meta['seed']}..{meta['seed'] + meta['repeats'] - 1}); FPS's first pick: {meta.get('fps_start', 'random')}.",
+             ""]
     for name, info in meta["embeddings"].items():
         lines.append(f"- `{name}`: {json.dumps(info, sort_keys=True)}")
     lines.append("")
@@ -659,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-components", type=int, default=50)
     p.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity (default: the recipe's, or 30)")
     p.add_argument("--tsne-iter", type=int, default=500)
+    p.add_argument("--fps-start", default="random", choices=STARTS,
+                   help="FPS's first pick: random (the paper's protocol; each repeat's seed), central (the slice "
+                        "nearest the map's centre, the server's default) or farthest (the one farthest from it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -710,14 +719,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.no_gan:
         model_cfg, train_cfg = gan_configs(args, int(data.images.shape[1]))
         if train_cfg.milestone_minutes or train_cfg.milestone_kimg:
-            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne, out)
+            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne, out, args.fps_start)
         gan = GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
                           Path(args.model_dir) if args.model_dir else None, on_stage=anytime)
         embedders.append(gan)
     embedders.append(PixelPCAEmbedder(args.pca_components, args.seed))
     start = time.perf_counter()
-    result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne)
+    result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne, args.fps_start)
     meta = {"data": dataset_meta(data), "ks": sorted(set(args.k)), "repeats": args.repeats, "seed": args.seed,
+            "fps_start": args.fps_start,
             "recipe": args.recipe, "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
             "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv is not None else sys.argv[1:]}
     paths = write_outputs(result, data, meta, out)
