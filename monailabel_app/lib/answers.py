@@ -23,6 +23,11 @@ def suggestions(result: Suggestions) -> dict[str, Any]:
     return {**picks[0], "suggestions": picks}
 
 
+def released(client_id: str, keys: list[tuple[str, int]]) -> dict[str, Any]:
+    """``DELETE /activelearning/pending``: the client id and the slices given back."""
+    return {"client_id": client_id, "released": [{"image": image, "slice": index} for image, index in keys]}
+
+
 def classification(result: StudyClassification) -> dict[str, Any]:
     """``POST /infer/classify``: per-slice class, score, scores and labelled neighbour; the study's class."""
     answer: dict[str, Any] = {

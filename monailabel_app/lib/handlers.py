@@ -66,7 +66,7 @@ class Handlers:
         ``owner(client id)`` is whose reservations they must be (see lib.auth)."""
         client = text(client_id or "", "client_id", MAX_CLIENT_ID_CHARS) or "anonymous"
         keys = self.service.release_suggestions(client, owner=owner(client) if owner else None)
-        return {"client_id": client, "released": [{"image": image, "slice": index} for image, index in keys]}
+        return answers.released(client, keys)
 
     def put_label(self, body: dict[str, Any], labeller: Callable[[str], str]) -> dict[str, Any]:
         """``PUT /slicelabels/`` with ``{"image", "slice", "class"}`` and an optional ``user``;
