@@ -101,6 +101,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, issuer: TokenIssuer,
     copy_trained_datastore(trained_template(3), root / "studies")
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm_uri}
     with start_server(root / "studies", CONF, log_path=root / "server.log", env=env) as srv:
+        # One label of each class, so that classifying answers whichever test runs first (random order).
+        token = issuer.token("seed", [ANNOTATOR])
+        for slice_index, cls in enumerate(("normal", "lesion")):
+            label = {"image": "study_02", "slice": slice_index, "class": cls}
+            status, body = srv.request("PUT", "/slicelabels/", label, token=token)
+            assert status == 200, body
         yield srv
 
 
