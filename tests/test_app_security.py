@@ -65,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, trained_template: Callable[
 
 @pytest.fixture
 def own_server(tmp_path: Path, trained_template: Callable[[int], Path]) -> RunningServer:
-    """A server of the test's own, for a test that labels every slice."""
+    """A server of the test's own, for a test that labels or reserves every slice."""
     with _start(tmp_path, trained_template(3)) as srv:
         yield srv
 
@@ -276,14 +276,21 @@ def test_no_server_path_in_any_answer(server: RunningServer) -> None:
 def test_each_client_has_a_cap_on_reserved_suggestions(server: RunningServer) -> None:
     status, body = server.request("POST", "/activelearning/fps", {"count": 1000, "client_id": "greedy"})
     assert status == 422 and "suggestion_cap" in body["detail"]
-    status, first = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "ann"})
-    assert status == 200 and len(first["suggestions"]) == 4
-    status, second = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "bob"})
-    keys = lambda ans: {(s["id"], s["slice"]) for s in ans["suggestions"]}  # noqa: E731
-    assert status == 200 and len(second["suggestions"]) == 4 and not keys(first) & keys(second)
+    try:
+        status, first = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "ann"})
+        assert status == 200 and len(first["suggestions"]) == 4
+        status, second = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "bob"})
+        keys = lambda ans: {(s["id"], s["slice"]) for s in ans["suggestions"]}  # noqa: E731
+        assert status == 200 and len(second["suggestions"]) == 4 and not keys(first) & keys(second)
+    finally:  # the server is shared by the module's other tests: leave no slice reserved
+        for client in ("ann", "bob"):
+            server.request("DELETE", f"/activelearning/pending?client_id={client}")
 
 
-def test_a_client_gives_back_its_suggestions_and_another_gets_them(server: RunningServer) -> None:
+def test_a_client_gives_back_its_suggestions_and_another_gets_them(own_server: RunningServer) -> None:
+    # A server of its own: on the module's server, a study another test uploads can join the map while the
+    # fillers below take the pool, and then "late" is offered its new slices.
+    server = own_server
     keys = lambda ans: {(s["id"], s["slice"]) for s in ans["suggestions"]}  # noqa: E731
     release = lambda client: server.request("DELETE", f"/activelearning/pending?client_id={client}")  # noqa: E731
     status, mine = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "leaver"})
@@ -305,7 +312,7 @@ def test_a_client_gives_back_its_suggestions_and_another_gets_them(server: Runni
         assert release("leaver")[1]["released"] == []  # nothing left to give back; not an error
         status, late = server.request("POST", "/activelearning/fps", {"count": 4, "client_id": "late"})
         assert status == 200 and keys(late) == keys(mine)  # offered now, not when the reservations expire
-    finally:  # the server is shared by the module's other tests: leave no slice reserved
+    finally:
         for client in (*fillers, "late", "leaver"):
             release(client)
     status, body = server.request("DELETE", "/activelearning/pending?client_id=" + "c" * 500)
