@@ -81,9 +81,12 @@ def test_files_of_processes_that_died_are_removed(trained: tuple[SliceCache, Pat
     mine = folder / "w-1-3.npy"                # pid 1 runs: another process's file being written is kept
     for path in [*left, mine]:
         path.write_bytes(b"x")
-    map_from_checkpoint(cache, checkpoint, perplexity=5.0, random_state=0, stream_bytes=0)
-    assert sorted(folder.iterdir()) == [mine]
-    mine.unlink()
+    try:
+        map_from_checkpoint(cache, checkpoint, perplexity=5.0, random_state=0, stream_bytes=0)
+        assert sorted(folder.iterdir()) == [mine]
+    finally:  # the cache is the module's: leave its embeddings folder as it was
+        for path in [*left, mine]:
+            path.unlink(missing_ok=True)
 
 
 def test_publishing_writes_the_arrays_without_copying_them_in_memory(tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ def _node_slice(node, world) -> int:
 def test_the_red_view_shows_the_slice_the_server_means(lab, mrml: MrmlApp, tmp_path: Path) -> None:
     server, studies, kinds = lab
     logic = _logic(mrml, server, tmp_path, "geometry", batch_size=N_SLICES * len(kinds))
+    _clear_labels(logic)  # every slice must be suggestible, even after a test that failed before its own cleanup
     cfg = SliceConfig(resolution=int(CONF["resolution"]))
     red = mrml.slice_logics["Red"]
     checked: dict[str, set[int]] = {}
