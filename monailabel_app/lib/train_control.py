@@ -73,7 +73,15 @@ class TrainControl:
                     for name in models[:1]}  # one trainer at a time, as a second would be refused anyway
 
     def stop(self) -> dict[str, Any]:
-        """Stop the running training: MONAI Label's own subprocess, else the lock's holder."""
+        """Stop the running training: MONAI Label's own subprocess, else the lock's holder.
+
+        A training submitted a moment ago may not have its subprocess yet (MONAI Label spawns it from a
+        worker thread); the stop waits for it rather than answer that nothing runs and let it start.
+        """
+        deadline = time.monotonic() + STOP_GRACE_S
+        while not processes("train") and time.monotonic() < deadline and any(
+                t.get("status") == "SUBMITTED" for t in async_tasks("train")):
+            time.sleep(0.05)
         if processes("train"):
             task = train_endpoint.stop() or {}
             deadline = time.monotonic() + STOP_GRACE_S
