@@ -352,7 +352,7 @@ def test_label_writes_survive_kill_9_with_8_writers(own_server: RunningServer) -
             body = {"image": image, "slice": 4 * (w // 3) + k % 4, "class": ("normal", "lesion")[k % 2],
                     "user": str(k)}
             try:
-                resp = session.put(server.url + "/slicelabels/", json=body, timeout=10)
+                resp = session.put(server.url + "/slicelabels/", json=body, timeout=60)
             except requests.RequestException:
                 return
             if resp.status_code == 200:

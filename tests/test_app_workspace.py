@@ -188,7 +188,18 @@ def test_status_and_stop_flag(tmp_path: Path) -> None:
         ws.write_status(TrainingStatus(state="bogus"))
 
 
-def test_pending_suggestions_per_client_with_expiry() -> None:
+def test_pending_suggestions_per_client_with_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ss_stylegan.workspace as workspace_module
+
+    class Clock:  # the test's own clock for the module: a slow machine cannot make a reservation lapse early
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return now[0]
+
+    now = [1000.0]
+    monkeypatch.setattr(workspace_module, "time", Clock())
     pending = PendingSuggestions(ttl_s=0.2)
     pending.reserve("alice", [("a", 1), ("a", 2)])
     pending.reserve("bob", [("a", 3)])
@@ -197,7 +208,9 @@ def test_pending_suggestions_per_client_with_expiry() -> None:
     assert pending.reserved() == {("a", 3), ("a", 4)}
     pending.release(("a", 3))
     assert pending.reserved() == {("a", 4)}
-    time.sleep(0.25)
+    now[0] += 0.19
+    assert pending.reserved() == {("a", 4)}
+    now[0] += 0.02
     assert pending.reserved() == set()
 
 

@@ -56,9 +56,9 @@ pytestmark = pytest.mark.server
 
 N_SLICES, SIZE = 6, 32
 # the geometry test takes every slice at once (a cap above the default of 32 per user) and gives them back at
-# its end; reservations last long enough (60 s) that one never lapses in the middle of a test
+# its end; reservations last long enough (5 minutes) that one never lapses in the middle of a test on a slow machine
 CONF = {"preset": "tiny", "resolution": "32", "kimg": "0.1", "batch_size": "8", "perplexity": "5",
-        "suggestion_ttl": "60", "suggestion_cap": "1000"}
+        "suggestion_ttl": "300", "suggestion_cap": "1000"}
 TRAIN_TIMEOUT_S = 300.0
 
 
