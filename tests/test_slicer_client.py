@@ -381,7 +381,8 @@ def test_stop_training(lab) -> None:
     session.start_training()
     # at once, as a user who clicks Stop right after Start: MONAI Label may not have spawned the training
     # process yet, and the stop must still end the training that was submitted
-    stopped = lab.client.stop_training()
+    session.stop_training()
+    stopped = lab.client.training_status()
     assert stopped.get("status") == "STOPPED", stopped
     deadline = time.monotonic() + 300
     while not session.training_finished():
