@@ -11,9 +11,17 @@ After each run every acknowledged label is read back (``GET /slicelabels/``); a 
 Runs alternate between the checkouts (``--rounds``) so that background load on a shared machine hits them
 alike. Prints writes per second and median / p95 / p99 latency in milliseconds.
 
+``--open-labels N`` also times how long each checkout's store takes to open a folder of N labels (its
+start-up replay), in a process of its own: for a checkout whose store is the SQLite database, a database of
+N rows, and the first open of a folder of the journal store (the one-time migration); for one whose store is
+the journal, N labels in per-image snapshots, and N labels in the journal alone (a server killed before any
+compaction). The folders are written directly in each format, 1,000 labels per image.
+
 Usage::
 
-    .venv/bin/python benchmarks/bench_label_writes.py --repo ../main --repo . --writers 8 --writes 1600
+    git worktree add /tmp/before <commit>      # the store before a change, beside this checkout
+    .venv/bin/python benchmarks/bench_label_writes.py --repo /tmp/before --repo . --writers 8 --writes 1600 \
+        --open-labels 1000000
 
 Speed is measured here, never asserted in tests.
 """
@@ -24,6 +32,7 @@ import argparse
 import http.client
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -89,14 +98,67 @@ def run_pattern(server: RunningServer, pattern: str, writers: int, writes: int, 
     }
 
 
+_OPEN = r"""
+import json, os, sqlite3, sys, time
+sys.path.insert(0, os.path.join(sys.argv[1], "lib"))
+import ss_stylegan.labels as labels
+folder, n = sys.argv[2], int(sys.argv[3])
+def record(k):
+    return {"image": f"img{k // 1000:05d}", "slice": k % 1000, "class": ("normal", "lesion")[k % 2], "user": "bench",
+            "timestamp": "2026-12-07T10:00:00+0000"}
+def snapshots(dest):
+    os.makedirs(dest)
+    for start in range(0, n, 1000):
+        recs = [record(k) for k in range(start, min(n, start + 1000))]
+        with open(os.path.join(dest, recs[0]["image"] + ".json"), "w") as fh:
+            json.dump(recs, fh, indent=1)
+def journal(dest):
+    os.makedirs(dest)
+    with open(os.path.join(dest, ".journal.jsonl"), "w") as fh:
+        for k in range(n):
+            fh.write(json.dumps({"op": "set", "record": record(k)}, separators=(",", ":")) + "\n")
+def timed(dest):
+    t0 = time.perf_counter()
+    store = labels.SliceLabelStore(dest, ["normal", "lesion"], lambda image: 1000)
+    seconds = time.perf_counter() - t0
+    assert len(store) == n, len(store)
+    return seconds
+out = {}
+if hasattr(labels, "DATABASE"):
+    snapshots(os.path.join(folder, "migrate"))
+    out["first open of a journal-store folder (migration)"] = timed(os.path.join(folder, "migrate"))
+    out["open of the database"] = timed(os.path.join(folder, "migrate"))
+else:
+    snapshots(os.path.join(folder, "snap"))
+    out["open of per-image snapshots"] = timed(os.path.join(folder, "snap"))
+    journal(os.path.join(folder, "journal"))
+    out["open of the journal alone (replay)"] = timed(os.path.join(folder, "journal"))
+print(json.dumps(out))
+"""
+
+
+def time_open(repo: Path, n_labels: int) -> dict[str, float]:
+    """Seconds for ``repo``'s label store to open folders of ``n_labels`` labels (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bench-open-") as tmp:
+        proc = subprocess.run([sys.executable, "-c", _OPEN, str(repo), tmp, str(n_labels)], capture_output=True,
+                              text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", action="append", type=Path, help="checkout to serve (repeatable)")
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--writes", type=int, default=1600, help="labels written per run, over all writers")
     parser.add_argument("--rounds", type=int, default=2, help="runs per pattern and checkout, alternating")
+    parser.add_argument("--open-labels", type=int, default=0,
+                        help="also time opening a store of this many labels (e.g. 1000000)")
     args = parser.parse_args(argv)
     repos = [p.resolve() for p in (args.repo or [Path(__file__).resolve().parent.parent])]
+    if args.open_labels:
+        for repo in repos:
+            for what, seconds in time_open(repo, args.open_labels).items():
+                print(f"{args.open_labels} labels, {what}, {repo}: {seconds:.2f} s", flush=True)
     n_studies = max(args.writers, 1)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
@@ -120,12 +182,12 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for server in servers:
                 server.stop()
-    print(f"\n{args.writers} writers, {args.writes} writes per run, best of {args.rounds} runs "
+    print(f"\n{args.writers} writers, {args.writes} writes per run, median of {args.rounds} runs "
           "(writes/s; median, p95, p99 ms; failed and lost summed over runs):")
     for (repo, pattern), runs in results.items():
-        best = max(runs, key=lambda r: r["writes_per_s"])
-        print(f"  {pattern:9s} {repo}: {best['writes_per_s']:.0f} writes/s, median {best['median_ms']:.1f}, "
-              f"p95 {best['p95_ms']:.1f}, p99 {best['p99_ms']:.1f}; failed {sum(r['failed'] for r in runs):.0f}, "
+        mid = {k: statistics.median(r[k] for r in runs) for k in ("writes_per_s", "median_ms", "p95_ms", "p99_ms")}
+        print(f"  {pattern:9s} {repo}: {mid['writes_per_s']:.0f} writes/s, median {mid['median_ms']:.1f}, "
+              f"p95 {mid['p95_ms']:.1f}, p99 {mid['p99_ms']:.1f}; failed {sum(r['failed'] for r in runs):.0f}, "
               f"lost {sum(r['lost'] for r in runs):.0f}")
 
 

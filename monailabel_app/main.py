@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from monailabel.config import settings as monai_settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -42,7 +43,7 @@ import lib.uploads  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.configs.settings import AppSettings
 from lib.datastore import AtomicLocalDatastore, datastore_extensions, set_aside_unreadable
-from lib.errors import hide_paths, redacted
+from lib.errors import hide_paths, redact, redacted, status_of, storage_answer
 from lib.guards import build_guards
 from lib.guards_tasks import build_task_guards
 from lib.handlers import Handlers
@@ -157,7 +158,11 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
 
 def install(app: FastAPI, *routers: APIRouter) -> None:
-    """Put the routes of ``routers`` (in order) ahead of MONAI Label's, so their paths take precedence."""
+    """Put the routes of ``routers`` (in order) ahead of MONAI Label's, so their paths take precedence, and
+    answer a file-system error of any route (MONAI Label's own too) with the app's JSON error: 507 when the
+    disk is full, else 503 (:func:`lib.errors.storage_answer`), instead of a plain-text 500."""
+    app.add_exception_handler(OSError, _storage_fault)
+    app.middleware_stack = None  # the running server builds its middleware again, with the handler, at once
     before = len(app.router.routes)
     for router in routers:
         app.include_router(router)
@@ -165,3 +170,11 @@ def install(app: FastAPI, *routers: APIRouter) -> None:
     del app.router.routes[before:]
     app.router.routes[0:0] = added
     app.openapi_schema = None
+
+
+async def _storage_fault(request: Request, err: Exception) -> JSONResponse:
+    status = status_of(err)  # a domain error that is an OSError (ProtectedError, StorageError) keeps its row
+    if status is not None:
+        return JSONResponse({"detail": redact(str(err))}, status_code=status)
+    status, message = storage_answer(err)  # type: ignore[arg-type]
+    return JSONResponse({"detail": message}, status_code=status)

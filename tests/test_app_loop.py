@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -234,10 +235,10 @@ def test_two_clients_labelling_at_once_both_kept(server: RunningServer) -> None:
     assert results == [200] * len(jobs)
     labels = server.get_json("/slicelabels/")["labels"]
     assert {(r["image"], r["slice"], r["class"]) for r in labels} == {j[:3] for j in jobs}
-    journal = (server.studies / "labels" / "slice_class" / ".journal.jsonl").read_text(encoding="utf-8")
-    written = {(e["record"]["image"], e["record"]["slice"]) for e in map(json.loads, journal.splitlines())
-               if e["op"] == "set"}
-    assert {j[:2] for j in jobs} <= written  # every acknowledged write is in the journal on disk
+    database = server.studies / "labels" / "slice_class" / ".labels.sqlite"
+    with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True) as db:
+        written = set(db.execute("SELECT image, slice FROM labels").fetchall())
+    assert {j[:2] for j in jobs} <= written  # every acknowledged write is in the store of record on disk
     image_info = server.get_json("/datastore/image/info?image=study_01")
     assert image_info["slice_class"] == {"lesion": 6}
 

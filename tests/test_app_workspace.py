@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from ss_stylegan.labels import (
 )
 from ss_stylegan.validation import FieldError
 from ss_stylegan.workspace import (
+    DamagedVersionError,
     MapVersion,
     PendingSuggestions,
     ReservationLimitError,
@@ -49,7 +52,8 @@ def test_label_store_round_trip_and_csv(tmp_path: Path) -> None:
     assert [(r["image"], r["slice"], r["class"], r["user"]) for r in rows] == [("a", "3", "normal", "bob"),
                                                                              ("b", "0", "lesion", "")]
     assert reopened.remove("b", 0) and not reopened.remove("b", 0)
-    assert len(_store(tmp_path)) == 1 and not (tmp_path / "b.json").exists()  # reopening folds the journal in
+    assert reopened.exports.flush() and not (tmp_path / "b.json").exists()  # the export follows the database
+    assert len(_store(tmp_path)) == 1
 
 
 @pytest.mark.parametrize(
@@ -77,9 +81,10 @@ def test_label_store_concurrent_writers_keep_every_label(tmp_path: Path) -> None
         t.start()
     for t in threads:
         t.join()
-    assert len((tmp_path / ".journal.jsonl").read_text(encoding="utf-8").splitlines()) == 10  # one line each
-    assert len(_store(tmp_path)) == 10  # reopening folds the journal into the image's file
-    assert len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10
+    with sqlite3.connect(tmp_path / ".labels.sqlite") as db:  # every one in the store of record
+        assert db.execute("SELECT COUNT(*) FROM labels WHERE image = 'a'").fetchone() == (10,)
+    assert len(_store(tmp_path)) == 10
+    assert store.exports.flush() and len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10
 
 
 def test_parse_classes() -> None:
@@ -112,7 +117,7 @@ def test_slice_map_save_load_extend(tmp_path: Path) -> None:
     bigger = loaded.extended(["c"], [4], np.zeros((1, 3)), np.ones((1, 8)), np.ones((1, 2)), depths={"c": 5})
     assert len(bigger) == 4 and bigger.image_set() == {"a", "b", "c"} and bigger.depths["c"] == 5
     loaded.version.map_path.write_bytes(b"truncated")
-    with pytest.raises(WorkspaceError, match="retrain"):
+    with pytest.raises(DamagedVersionError, match="slice_map.npz cannot be read"):
         ws.load_map()
 
 
@@ -156,8 +161,14 @@ def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_pa
     # a pointer naming a folder without a complete map (damaged by hand): readers use the previous one
     second.map_meta_path.unlink()
     assert ws.load_map().model_version == "v1" and ws.current_version() == update
+    # a damaged pointer: rebuilt from the newest complete version on disk, and said so
     ws.pointer_path.write_text("{", encoding="utf-8")
-    assert ws.current_version() is None and not ws.has_map()
+    assert ws.current_version() == update and ws.load_map().model_version == "v1"
+    assert "current.json is unreadable" in ws.problems[-1] and f"serving {update.name} instead" in ws.problems[-1]
+    assert json.loads(ws.pointer_path.read_text(encoding="utf-8"))["current"] == f"maps/{update.name}"
+    shutil.rmtree(update.folder)  # and with no complete version left: none
+    ws.pointer_path.write_text("{", encoding="utf-8")
+    assert ws.current_version() is None and not ws.has_map() and not ws.pointer_path.exists()
 
 
 def test_a_version_is_written_once(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The slice label store's journal, flags, CSV and class checks (``ss_stylegan.labels``), on real files.
+"""The slice label store (``ss_stylegan.labels``) on real files: durability, migration, exports, flags, CSV.
 
-The kill test runs writers in a child process that is killed with SIGKILL mid-stream: every label the child
-reported as stored (after ``set`` returned) must be there when the folder is opened again.
+The kill tests run writers in a child process killed with SIGKILL, mid-stream or at a chosen step of a write:
+every label the child reported as stored (after ``set`` returned) must be there when the folder is opened
+again. The full-disk test (a real small file system) is in ``test_storage_faults.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ss_stylegan.atomic import StorageFullError
 from ss_stylegan.data.fingerprint import Fingerprint, Stamp
 from ss_stylegan.labels import (
     OrphanedLabelsError,
@@ -41,7 +44,7 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path: Path) -> None:
         import sys, threading
         sys.path.insert(0, {LIB!r})
         from ss_stylegan.labels import SliceLabelStore
-        store = SliceLabelStore(sys.argv[1], ["normal", "lesion"], lambda image: 50, compact_every=100)
+        store = SliceLabelStore(sys.argv[1], ["normal", "lesion"], lambda image: 50)
         lock = threading.Lock()
         def write(w):
             for k in range(100000):
@@ -58,7 +61,7 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
     n_lines = 0
-    while n_lines < 1500 and time.monotonic() < deadline:  # kill it mid-stream, journal rotated a few times
+    while n_lines < 1500 and time.monotonic() < deadline:  # kill it mid-stream, exports being written
         image, s, k = proc.stdout.readline().split()
         acknowledged[(image, int(s))] = int(k)
         n_lines += 1
@@ -73,54 +76,133 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path: Path) -> None:
     stored = {(r["image"], r["slice"]): int(r["user"]) for r in reopened.records()}
     # the stored write is the last acknowledged one or a later one (stored, killed before it was reported)
     lost = {key: k for key, k in acknowledged.items() if stored.get(key, -1) < k}
-    assert not lost, f"{len(lost)} acknowledged labels lost or changed, e.g. {list(lost.items())[:3]}"
-    assert not list(tmp_path.glob(".journal-*")) and (tmp_path / ".journal.jsonl").stat().st_size == 0
+    assert n_lines == 1500 and not lost, f"{len(lost)} acknowledged labels lost or changed, e.g. {list(lost.items())[:3]}"
+    assert reopened.exports.flush() and _exports(tmp_path) == _by_image(reopened)  # exports follow the database
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_journal_lines_cut_by_a_crash_are_skipped(tmp_path: Path) -> None:
+_STEP_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    from ss_stylegan.labels import SliceLabelStore
+    store = SliceLabelStore(sys.argv[2], ["normal", "lesion"], lambda image: 50)
+    for k in range(5):
+        store.set("a", k, "normal", "before")
+    print("acknowledged", flush=True)
+    step = sys.argv[3]
+    def trace(statement):
+        if statement.startswith(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+    store._conn.set_trace_callback(trace)
+    store.set("a", 9, "lesion", "in flight")
+""")
+
+
+@pytest.mark.parametrize("step", ["BEGIN", "INSERT", "COMMIT"])
+def test_kill_9_between_the_steps_of_a_write(tmp_path: Path, step: str) -> None:
+    """A writer killed as it begins the transaction, after its insert, or as it commits: the store opens,
+    every acknowledged label is there, and the label in flight is stored whole or not at all."""
+    proc = subprocess.run([sys.executable, "-c", _STEP_KILLER, LIB, str(tmp_path), step], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.strip() == "acknowledged", proc.stderr
+    keys = _store(tmp_path).labelled_keys()
+    assert {("a", k) for k in range(5)} <= set(keys)
+    assert set(keys) - {("a", k) for k in range(5)} <= {("a", 9)}
+    assert keys.get(("a", 9), "lesion") == "lesion"
+
+
+def _exports(folder: Path) -> dict[str, list[dict[str, object]]]:
+    return {p.name[:-5]: json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")}
+
+
+def _by_image(store: SliceLabelStore) -> dict[str, list[dict[str, object]]]:
+    return {image: store.records(image) for image in store.images()}
+
+
+def test_exports_are_the_records_of_each_image(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    store.set("a", 1, "normal")
-    with open(tmp_path / ".journal.jsonl", "a", encoding="utf-8") as fh:
-        fh.write('{"op": "set", "record": {"image": "a", "sli')  # a write killed half-way, never acknowledged
-    reopened = _store(tmp_path)
-    assert reopened.labelled_keys() == {("a", 1): "normal"}
-
-
-def test_compaction_folds_the_journal_into_image_files(tmp_path: Path) -> None:
-    store = _store(tmp_path, compact_every=10)
     for k in range(25):
         store.set(f"img{k % 3}", k, "lesion")
     store.remove("img0", 0)
-    store.wait_compaction()
-    assert list(tmp_path.glob("img*.json")), "a background compaction ran after 10 changes"
-    store.compact()
-    snapshots = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("img*.json")}
-    assert set(snapshots) == {"img0.json", "img1.json", "img2.json"}
-    assert sum(len(v) for v in snapshots.values()) == 24 and not list(tmp_path.glob(".journal-*"))
+    store.remove("img1", 1)
+    for k in (4, 7, 10, 13, 16, 19, 22):
+        store.remove("img1", k)
+    assert store.exports.flush()
+    assert _exports(tmp_path) == _by_image(store) and set(_exports(tmp_path)) == {"img0", "img2"}
     assert _store(tmp_path).labelled_keys() == store.labelled_keys()
+
+
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy_labels"
+"""A label folder written by the journal store this project used before the database (per-image snapshots and
+a journal), damaged as a full disk and a crash left such folders: a torn append with the next label appended
+onto it, a line of bytes that are not UTF-8, and a last line cut off."""
+LEGACY_KEYS = {("study_00", 3): "lesion", ("study_00", 6): "normal", ("study_00", 9): "lesion",
+               ("study_01", 1): "normal", ("study_01", 4): "normal", ("study_01", 7): "lesion",
+               ("study_01", 10): "normal", ("study_02", 2): "normal", ("study_02", 5): "lesion",
+               ("study_02", 8): "normal", ("study_02", 11): "lesion", ("study_03", 5): "lesion",
+               ("study_03", 6): "normal"}
+
+
+def test_a_folder_of_the_journal_store_migrates_losing_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "labels"
+    shutil.copytree(LEGACY, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    reader = _store(folder, writable=False)  # a training subprocess before the server's first start
+    assert reader.labelled_keys() == LEGACY_KEYS
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # reading changed nothing
+
+    store = _store(folder)
+    assert store.labelled_keys() == LEGACY_KEYS  # the label appended onto a torn one (study_03 6) kept
+    assert store.get("study_00", 3)["study"]["sha256"] == "ab" * 32  # records keep their study fingerprint
+    assert [line.split(":")[0] for line in store.skipped] == [".journal.jsonl line 6"] * 1 + \
+        [".journal.jsonl line 7", ".journal.jsonl line 8"]
+    assert "kept the 1 complete entry" in store.skipped[0] and "not UTF-8" in store.skipped[1]
+    assert (folder / ".journal.jsonl.migrated").read_bytes() == before[".journal.jsonl"]
+    assert not (folder / ".journal.jsonl").exists() and (folder / ".labels.sqlite").exists()
+    store.set("study_03", 7, "lesion", "after")
+    assert store.exports.flush() and _exports(folder) == _by_image(store)
+    again = _store(folder)
+    assert again.labelled_keys() == {**LEGACY_KEYS, ("study_03", 7): "lesion"} and again.skipped == []
+
+
+def test_a_damaged_database_is_set_aside_and_rebuilt_from_the_exports(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for k in range(6):
+        store.set("a", k, "lesion")
+    store.close()
+    (tmp_path / ".labels.sqlite").write_bytes(b"this is not a database" * 100)
+    reopened = _store(tmp_path)
+    assert reopened.labelled_keys() == {("a", k): "lesion" for k in range(6)}
+    assert "damaged" in reopened.skipped[0] and list(tmp_path.glob(".labels.sqlite.damaged-*"))
+    reopened.set("a", 7, "normal")
+    assert len(_store(tmp_path)) == 7
 
 
 def test_read_only_store_never_writes(tmp_path: Path) -> None:
     writer = _store(tmp_path)
     writer.set("a", 2, "lesion")
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    assert writer.exports.flush()
+    # the -shm file is SQLite's shared memory (readers take a slot in it), not data
+    before = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()
+                    if not p.name.endswith("-shm"))
     reader = _store(tmp_path, writable=False)
     assert reader.labelled_keys() == {("a", 2): "lesion"}
     with pytest.raises(RuntimeError, match="read-only"):
         reader.set("a", 3, "normal")
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+    assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()
+                  if not p.name.endswith("-shm")) == before
 
 
-def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = os.fdatasync
+def test_concurrent_writers_share_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    groups: list[int] = []
+    real = SliceLabelStore._commit
 
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        time.sleep(0.01)  # a slow disk: writers queue behind the fsync in flight
-        real(fd)
+    def slow_commit(self: SliceLabelStore, group: list) -> None:  # type: ignore[type-arg]
+        groups.append(len(group))
+        time.sleep(0.01)  # a slow disk: writers queue behind the transaction in flight
+        real(self, group)
 
-    monkeypatch.setattr(os, "fdatasync", counting)
+    monkeypatch.setattr(SliceLabelStore, "_commit", slow_commit)
     store = _store(tmp_path)
     threads = [threading.Thread(target=lambda w=w: [store.set(f"i{w}", k, "normal") for k in range(10)])
                for w in range(8)]
@@ -128,7 +210,26 @@ def test_concurrent_writers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.Mon
         t.start()
     for t in threads:
         t.join()
-    assert len(store) == 80 and len(calls) < 60, len(calls)  # one fsync per write would be 80
+    assert len(store) == 80 and sum(groups) == 80 and len(groups) < 60, groups  # one each would be 80
+    assert len(_store(tmp_path)) == 80
+
+
+def test_a_failed_transaction_stores_and_applies_nothing(tmp_path: Path) -> None:
+    """SQLite's own page limit makes the database full (SQLITE_FULL, as a full disk does): the write is
+    refused with StorageFullError, nothing of it is in memory or on disk, and the next write works."""
+    store = _store(tmp_path)
+    store.set("a", 0, "normal")
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageFullError, match="disk holding the slice labels is full: the label was not stored"):
+        for k in range(1, 500):
+            store.set(f"img{k}", k % 50, "lesion", "x" * 100 + str(k))
+    full = store.labelled_keys()
+    assert _store(tmp_path, writable=False).labelled_keys() == full  # memory and disk agree
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    store.set("b", 1, "lesion")
+    assert _store(tmp_path).labelled_keys() == {**full, ("b", 1): "lesion"}
+    assert store.faults.failing() == {}
 
 
 def test_classes_that_would_orphan_labels_refuse_to_open(tmp_path: Path) -> None:

@@ -6,37 +6,40 @@ written before it existed), so a label whose study changed later is flagged inst
 
 Storage (one folder, e.g. MONAI Label's ``<studies>/labels/slice_class/``):
 
-- ``<image_id>.json``: every record of one image (a *snapshot*), written atomically;
-- ``.journal.jsonl``: every change since the snapshots were written, one JSON line per change, appended
-  and made durable by a *group commit*: a write returns once an ``fdatasync`` that covers its line has
-  finished, and one ``fdatasync`` covers every line appended before it started, so concurrent writers
-  share it instead of queueing behind one fsync each;
-- ``.journal-<n>.jsonl``: a journal being folded into the snapshots by a background thread (every
-  ``compact_every`` changes). It is deleted only after the snapshots it changed are durable.
+- ``.labels.sqlite``: the store of record, an SQLite database in WAL mode with ``synchronous=FULL``: a write
+  returns once its transaction is committed, and a committed transaction survives a crash or a power loss.
+  Concurrent writers share one transaction (a *group commit*), so they share its fsync instead of queueing
+  behind one each. A full disk is a clean ``SQLITE_FULL``: the transaction is rolled back, nothing of it is
+  stored, and its writers get :class:`~ss_stylegan.atomic.StorageFullError`.
+- ``<image_id>.json``: every record of one image, an *export* for MONAI Label written from the database
+  shortly after each change (:class:`~ss_stylegan.labelling.label_files.LabelExports`).
 
-Loading reads the snapshots, then replays the journals in order (replaying is idempotent). A store opened
-for writing (one process: the server) then folds them in and appends to a fresh journal; other processes
-(MONAI Label's training and batch subprocesses) open it read-only and never change a file. A server killed
-at any moment (``kill -9``) loses no acknowledged label; a journal line cut off by a crash mid-write was
-never acknowledged and is skipped.
+A folder written before the database (per-image snapshots plus ``.journal*.jsonl``) is moved into it the
+first time a server opens it for writing, losing nothing; damaged journal lines are skipped and reported
+(:attr:`SliceLabelStore.skipped`). A damaged database is set aside and rebuilt from the per-image files.
+The server is the one process that writes; other processes (MONAI Label's training and batch subprocesses)
+open the store read-only and never change a file.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ss_stylegan.atomic import atomic_write_text, fsync_dir
+from ss_stylegan.atomic import FaultEpisodes, StorageError, StorageFullError, fsync_dir, is_disk_full
 from ss_stylegan.data.fingerprint import Fingerprint
+from ss_stylegan.labelling.label_files import LabelExports, Labels, legacy_journals, read_label_files
 from ss_stylegan.validation import identifier, inside, integer, text
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ("image", "slice", "class", "user", "timestamp")
 MAX_USER_CHARS = 128
 MAX_CLASS_CHARS = 64
-JOURNAL = ".journal.jsonl"
+DATABASE = ".labels.sqlite"
+WAL_PAGES = 64  # pages of the database's write-ahead log before it is checkpointed into the database
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -137,6 +141,29 @@ def flag_of(record: dict[str, Any], state: StudyState) -> str | None:
     return None
 
 
+def _storage_error(err: sqlite3.Error, n_changes: int) -> StorageError:
+    """The error a writer gets when its group's transaction failed (nothing of it was stored)."""
+    what = f"the label was not stored (nor {n_changes - 1} other change(s) committed with it)" if n_changes > 1 \
+        else "the label was not stored"
+    if is_disk_full(err):
+        return StorageFullError(errno.ENOSPC, f"the disk holding the slice labels is full: {what}. Free some space "
+                                              "on it and send the label again")
+    return StorageError(errno.EIO, f"the slice label database could not be written ({err}): {what}. Check the "
+                                   "disk holding the labels and send the label again")
+
+
+class _Change:
+    """One label change waiting for its transaction (see :meth:`SliceLabelStore._submit`)."""
+
+    __slots__ = ("op", "image", "slice", "record", "existed", "done", "error")
+
+    def __init__(self, op: str, image: str, slice_index: int, record: dict[str, Any] | None = None) -> None:
+        self.op, self.image, self.slice, self.record = op, image, slice_index, record
+        self.existed = False
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class SliceLabelStore:
     """Thread-safe store of slice class labels (see the module docstring for the files).
 
@@ -146,7 +173,6 @@ class SliceLabelStore:
         n_slices: callable giving the number of slices of an image id, or None for an unknown image;
             it may raise :class:`UnreadableImageError`. Used to refuse unknown images and slice indices
             out of range.
-        compact_every: journal lines after which the journal is folded into the snapshots.
         writable: open for writing now (else read-only until :meth:`open_for_writing`).
 
     Raises:
@@ -154,108 +180,210 @@ class SliceLabelStore:
     """
 
     def __init__(self, folder: str | Path, classes: list[str], n_slices: Callable[[str], int | None],
-                 compact_every: int = 2000, writable: bool = True) -> None:
+                 writable: bool = True) -> None:
         self.folder = Path(folder)
         self.classes = list(classes)
         self.n_slices = n_slices
-        self.compact_every = int(compact_every)
-        self._lock = threading.RLock()          # labels in memory + journal appends
-        self._sync_lock = threading.Lock()      # one fdatasync at a time (the group commit)
-        self._compacting = threading.Lock()     # one compaction at a time
-        self._labels: dict[str, dict[int, dict[str, Any]]] = {}
-        self._dirty: set[str] = set()           # images changed since the last rotation
-        self._written = 0                       # journal lines appended
-        self._synced = 0                        # journal lines known durable
-        self._since_rotation = 0
-        self._compactor: threading.Thread | None = None
+        self.db_path = self.folder / DATABASE
+        self._lock = threading.RLock()          # the labels in memory
+        self._db_lock = threading.Lock()        # the connection; held by the writer committing a group
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Change] = []
+        self._labels: Labels = {}
+        self._conn: sqlite3.Connection | None = None
         self.version = 0                        # bumped at every change (for caches of derived data)
-        self._fd: int | None = None
+        self.skipped: list[str] = []            # what opening skipped or repaired, for /info/
+        self.faults = FaultEpisodes(log)
+        self.exports = LabelExports(self.folder, self.records, self.faults)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._load(writing=False)
+        self._load_read_only()
         self._check_classes()
         if writable:
             self.open_for_writing()
 
-    def open_for_writing(self) -> None:
-        """Fold the journals left by an earlier run into the snapshots and start a fresh journal. Only one
-        process may write a label folder (the server); calling this again does nothing."""
-        with self._sync_lock, self._lock:
-            if self._fd is not None:
-                return
-            self._labels.clear()
-            self._dirty.clear()
-            journals = self._load(writing=True)
-            if journals:
-                self._write_snapshots({img: self._labels.get(img, {}) for img in self._dirty})
-                for journal in journals:
-                    journal.unlink()
-                fsync_dir(self.folder)
-            self._dirty.clear()
-            self._fd = self._open_journal()
-
     # -- persistence ------------------------------------------------------------------------------
-    def _path(self, image_id: str) -> Path:
-        return inside(self.folder, f"{image_id}.json", field="image")
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a committed label survives a crash or a power loss
+            # a short write-ahead log, cut back after each checkpoint: on a nearly full disk the log itself
+            # must not be what fills it (SQLite's defaults let it grow to 4 MiB and keep that size)
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")
+            conn.execute("CREATE TABLE IF NOT EXISTS labels (image TEXT NOT NULL, slice INTEGER NOT NULL, "
+                         "record TEXT NOT NULL, PRIMARY KEY (image, slice)) WITHOUT ROWID")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _journals(self) -> list[Path]:
-        """Rotated journals in order, then the current one (those that exist)."""
-        rotated = sorted(self.folder.glob(".journal-*.jsonl"))
-        current = self.folder / JOURNAL
-        return rotated + ([current] if current.exists() else [])
+    @staticmethod
+    def _read_db(conn: sqlite3.Connection) -> Labels:
+        labels: Labels = {}
+        for image, slice_index, record in conn.execute("SELECT image, slice, record FROM labels"):
+            labels.setdefault(image, {})[int(slice_index)] = json.loads(record)
+        return labels
 
-    def _load(self, writing: bool) -> list[Path]:
-        """Read the snapshots and replay the journals into memory; return the journals read. A journal that
-        disappears meanwhile (folded in by the writing process) means the snapshots changed: read again.
-        An unreadable snapshot is moved aside when ``writing`` (else only reported)."""
-        for _ in range(5):
-            self._labels.clear()
-            self._dirty.clear()
-            journals = self._journals()
-            for path in sorted(self.folder.glob("*.json")):
-                image_id = path.name[: -len(".json")]
+    def _load_read_only(self) -> None:
+        """Read every label without changing a file: from the database when there is one, else from the
+        files of a folder written before it (see :mod:`~ss_stylegan.labelling.label_files`)."""
+        if self.db_path.exists():
+            try:
+                conn = sqlite3.connect(f"{self.db_path.as_uri()}?mode=ro", uri=True, timeout=30.0)
                 try:
-                    records = json.loads(path.read_text(encoding="utf-8"))
-                    self._labels[image_id] = {int(r["slice"]): dict(r) for r in records}
-                except FileNotFoundError:
-                    continue
-                except (ValueError, KeyError, TypeError) as err:
-                    if not writing:
-                        log.error("label file %s is unreadable (%s); ignored", path, err)
-                        continue
-                    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-                    os.replace(path, aside)
-                    log.error("label file %s is unreadable (%s); moved it to %s", path, err, aside.name)
-            try:
-                for journal in journals:
-                    self._replay(journal)
-            except FileNotFoundError:
-                continue
-            if self._journals() != journals:  # a compaction started meanwhile
-                continue
-            return journals
-        raise OSError(f"the labels in {self.folder} kept changing while they were read; try again")
+                    migrated = conn.execute("SELECT value FROM meta WHERE key = 'migrated'").fetchone()
+                    if migrated is not None:
+                        self._labels = self._read_db(conn)
+                        return
+                finally:
+                    conn.close()
+            except sqlite3.Error as err:
+                log.error("the label database %s cannot be read (%s); reading the label files", self.db_path, err)
+        self._labels, self.skipped = read_label_files(self.folder)
 
-    def _replay(self, journal: Path) -> None:
-        for line_no, line in enumerate(journal.read_text(encoding="utf-8").splitlines(), 1):
+    def open_for_writing(self) -> None:
+        """Open the database for writing: create it, or move the labels of a folder written before it into it
+        (once, losing nothing), or set a damaged one aside and rebuild it from the label files. Only one
+        process may write a label folder (the server); calling this again does nothing."""
+        with self._db_lock:
+            if self._conn is not None:
+                return
+            notes: list[str] = []
             try:
-                self._apply(json.loads(line))
-            except (ValueError, KeyError, TypeError) as err:
-                log.warning("%s line %d is incomplete (%s): a write cut off by a crash, never acknowledged; "
-                            "skipped", journal.name, line_no, err)
+                conn = self._open_or_migrate(notes)
+            except sqlite3.DatabaseError as err:  # not a database, malformed: keep it for inspection
+                if is_disk_full(err):
+                    raise StorageFullError(errno.ENOSPC, f"cannot open the label database {self.db_path}: the "
+                                                         "disk is full; free some space and start again") from err
+                aside = self.db_path.with_name(f"{DATABASE}.damaged-{int(time.time())}")
+                for suffix in ("", "-wal", "-shm"):
+                    source = Path(f"{self.db_path}{suffix}")
+                    if source.exists():
+                        os.replace(source, Path(f"{aside}{suffix}"))
+                notes.append(f"{DATABASE}: damaged ({err}); moved to {aside.name} and rebuilt from the "
+                                    "per-image label files (labels of the last seconds before the damage may "
+                                    "be missing: check them)")
+                log.error("the label database %s is damaged (%s); moved it to %s and rebuilt it from the label "
+                          "files", self.db_path, err, aside.name)
+                conn = self._open_or_migrate(notes)
+            labels = self._read_db(conn)
+            self.skipped = notes
+            with self._lock:
+                self._labels = labels
+                self.version += 1
+            self._conn = conn
+        self._check_classes()
+        self.exports.changed(set(labels))
+        self.exports.remove_stale(set(labels))
 
-    def _apply(self, entry: dict[str, Any]) -> None:
-        if entry["op"] == "set":
-            record = dict(entry["record"])
-            image = str(record["image"])
-            self._labels.setdefault(image, {})[int(record["slice"])] = record
-        elif entry["op"] == "remove":
-            image = str(entry["image"])
-            self._labels.get(image, {}).pop(int(entry["slice"]), None)
-            if not self._labels.get(image, True):
-                del self._labels[image]
-        else:
-            raise ValueError(f"unknown journal operation {entry['op']!r}")
-        self._dirty.add(image)
+    def _open_or_migrate(self, notes: list[str]) -> sqlite3.Connection:
+        """A writable connection to a database that holds every label of the folder; what a migration
+        skipped is added to ``notes``."""
+        conn = self._connect()
+        try:
+            if conn.execute("SELECT value FROM meta WHERE key = 'migrated'").fetchone() is None:
+                notes += self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> list[str]:
+        """Copy the labels of the folder's files into the database in one transaction, then set the old
+        journals aside (renamed ``*.migrated``: kept, never read again); return what was skipped."""
+        labels, skipped = read_label_files(self.folder, set_aside=True)
+        for line in skipped:
+            log.warning("labels in %s: skipped %s", self.folder, line)
+        rows = [(image, s, json.dumps(r, separators=(",", ":"))) for image, recs in labels.items()
+                for s, r in recs.items()]
+        journals = legacy_journals(self.folder)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO labels (image, slice, record) VALUES (?, ?, ?)", rows)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated', ?)",
+                         (json.dumps({"time": time.time(), "labels": len(rows),
+                                      "journals": [p.name for p in journals], "skipped": skipped}),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for journal in journals:
+            os.replace(journal, journal.with_name(journal.name + ".migrated"))
+        fsync_dir(self.folder)
+        if rows or journals:
+            log.warning("moved %d slice label(s) of %s into the label database %s", len(rows), self.folder,
+                        self.db_path.name)
+        return skipped
+
+    def close(self) -> None:
+        """Write the exports and close the database (tests and tools; a server just stops)."""
+        self.exports.flush()
+        with self._db_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _submit(self, change: _Change) -> _Change:
+        """Make ``change`` durable, together with every change other threads queued meanwhile (a group
+        commit: one transaction and one fsync serve them all), then apply it in memory. On failure nothing of
+        the group is stored or applied, and each of its writers gets the error."""
+        if self._conn is None:
+            raise RuntimeError(f"the labels in {self.folder} are open read-only in this process")
+        with self._queue_lock:
+            self._queue.append(change)
+        with self._db_lock:
+            if not change.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit(group)
+        if change.error is not None:
+            raise change.error
+        return change
+
+    def _commit(self, group: list[_Change]) -> None:
+        conn = self._conn
+        assert conn is not None
+        what = f"storing slice labels in {self.db_path}"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for c in group:
+                if c.op == "set":
+                    conn.execute("INSERT OR REPLACE INTO labels (image, slice, record) VALUES (?, ?, ?)",
+                                 (c.image, c.slice, json.dumps(c.record, separators=(",", ":"))))
+                else:
+                    c.existed = conn.execute("DELETE FROM labels WHERE image = ? AND slice = ?",
+                                             (c.image, c.slice)).rowcount > 0
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self.faults.failed(what, err)
+            if is_disk_full(err):  # give the log's space back to the database, so that space freed elsewhere
+                try:               # is enough to write again
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+            error = _storage_error(err, len(group))
+            for c in group:
+                c.error, c.done = error, True
+            return
+        self.faults.recovered(what)
+        with self._lock:
+            for c in group:
+                if c.op == "set":
+                    self._labels.setdefault(c.image, {})[c.slice] = c.record  # type: ignore[assignment]
+                else:
+                    self._labels.get(c.image, {}).pop(c.slice, None)
+                    if not self._labels.get(c.image, True):
+                        del self._labels[c.image]
+                self.version += 1
+        for c in group:
+            c.done = True
+        self.exports.changed({c.image for c in group})
 
     def _check_classes(self) -> None:
         orphans = [r for recs in self._labels.values() for r in recs.values() if r.get("class") not in self.classes]
@@ -275,93 +403,6 @@ class SliceLabelStore:
             "or start once with the old classes, export the labels (GET /slicelabels/export.csv) and remove or "
             "relabel the affected slices (DELETE or PUT /slicelabels/) before changing the classes"
         )
-
-    def _open_journal(self) -> int:
-        path = self.folder / JOURNAL
-        created = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if created:
-            fsync_dir(self.folder)
-        return fd
-
-    def _append(self, entry: dict[str, Any]) -> int:
-        """Append one change to the journal (caller holds ``_lock``); return its sequence number."""
-        if self._fd is None:
-            raise RuntimeError(f"the labels in {self.folder} are open read-only in this process")
-        data = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._written += 1
-        self._since_rotation += 1
-        return self._written
-
-    def _commit(self, seq: int) -> None:
-        """Return once journal line ``seq`` is durable (group commit: one fdatasync serves many writers)."""
-        with self._sync_lock:
-            if self._synced >= seq:
-                return
-            with self._lock:
-                target, fd = self._written, self._fd
-            os.fdatasync(fd)
-            self._synced = target
-        if self._since_rotation >= self.compact_every:
-            self._start_compaction()
-
-    def _start_compaction(self) -> None:
-        """Rotate the journal and fold it into the snapshots in a background thread."""
-        if not self._compacting.acquire(blocking=False):
-            return
-        try:
-            with self._sync_lock, self._lock:
-                os.fdatasync(self._fd)
-                self._synced = self._written
-                os.close(self._fd)
-                rotated = self.folder / f".journal-{time.time_ns():020d}.jsonl"
-                os.replace(self.folder / JOURNAL, rotated)
-                self._fd = self._open_journal()
-                snapshot = {img: {s: dict(r) for s, r in self._labels.get(img, {}).items()} for img in self._dirty}
-                self._dirty.clear()
-                self._since_rotation = 0
-        except BaseException:
-            self._compacting.release()
-            raise
-        self._compactor = threading.Thread(target=self._compact, args=(snapshot, rotated),
-                                           name="slice-labels-compaction", daemon=True)
-        self._compactor.start()
-
-    def _compact(self, snapshot: dict[str, dict[int, dict[str, Any]]], rotated: Path) -> None:
-        try:
-            self._write_snapshots(snapshot)
-            rotated.unlink()
-            fsync_dir(self.folder)
-        except Exception:  # the rotated journal stays and is replayed at the next start
-            log.exception("folding %s into the label snapshots failed; it is kept and replayed at start-up",
-                          rotated.name)
-        finally:
-            self._compacting.release()
-
-    def compact(self, timeout_s: float = 30.0) -> None:
-        """Fold every change so far into the image files now (waits for a compaction already running)."""
-        self.wait_compaction(timeout_s)
-        with self._compacting:  # the running one has released it
-            pass
-        self._start_compaction()
-        self.wait_compaction(timeout_s)
-
-    def wait_compaction(self, timeout_s: float = 30.0) -> None:
-        """Wait for a running background compaction (tests and tools)."""
-        thread = self._compactor
-        if thread is not None:
-            thread.join(timeout_s)
-
-    def _write_snapshots(self, snapshot: dict[str, dict[int, dict[str, Any]]]) -> None:
-        for image_id, recs in snapshot.items():
-            path = self._path(image_id)
-            if recs:
-                atomic_write_text(path, json.dumps([recs[s] for s in sorted(recs)], indent=1))
-            elif path.exists():
-                path.unlink()
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self, image_id: Any, slice_index: Any, class_name: Any = None, user: Any = "") -> None:
@@ -390,6 +431,9 @@ class SliceLabelStore:
 
         Args:
             study: the study file's fingerprint now, so a later change of the file flags the label.
+
+        Raises:
+            StorageFullError: the disk is full; nothing was stored (StorageError: another write failure).
         """
         self.validate(image_id, slice_index, class_name, user)
         record: dict[str, Any] = {
@@ -401,12 +445,7 @@ class SliceLabelStore:
         }
         if study is not None:
             record["study"] = study.to_dict()
-        with self._lock:
-            seq = self._append({"op": "set", "record": record})
-            self.version += 1
-            self._labels.setdefault(image_id, {})[slice_index] = record
-            self._dirty.add(image_id)
-        self._commit(seq)
+        self._submit(_Change("set", image_id, int(slice_index), record))
         log.info("label %s[%d] = %s by %s", image_id, slice_index, class_name, user)
         return dict(record)
 
@@ -415,14 +454,7 @@ class SliceLabelStore:
         with self._lock:
             if int(slice_index) not in self._labels.get(image_id, {}):
                 return False
-            seq = self._append({"op": "remove", "image": image_id, "slice": int(slice_index)})
-            del self._labels[image_id][int(slice_index)]
-            if not self._labels[image_id]:
-                del self._labels[image_id]
-            self._dirty.add(image_id)
-            self.version += 1
-        self._commit(seq)
-        return True
+        return self._submit(_Change("remove", image_id, int(slice_index))).existed
 
     def get(self, image_id: str, slice_index: int) -> dict[str, Any] | None:
         with self._lock:

@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from ss_stylegan import devices
-from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.atomic import append_line, atomic_write_bytes, atomic_write_text
 from ss_stylegan.checkpoint import (
     CheckpointError,
     checkpoint_name,
@@ -323,7 +323,13 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in path.read_bytes().split(b"\n"):  # a line torn by a crash or a full disk is dropped
+            try:
+                if json.loads(line.decode("utf-8"))["step"] <= step:
+                    kept.append(line.decode("utf-8"))
+            except (ValueError, KeyError, TypeError):
+                continue
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _save(self, elapsed: float) -> Path:
@@ -549,8 +555,7 @@ class Trainer:
             eta = max(0.0, min(eta, budget - elapsed))
         record = {"step": self.step, "images_seen": self.images_seen, "kimg": self.images_seen / 1000,
                   **losses, "time": round(elapsed, 3), "images_per_second": round(rate, 2)}
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.out / "metrics.jsonl", json.dumps(record))
         bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in losses.items() if k.startswith("loss/")})
         logger.debug("step %d: %s", self.step, record)
         if progress is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from ss_stylegan.atomic import StorageError, StorageFullError, is_disk_full
 from ss_stylegan.config import ConfigError
 from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError  # noqa: F401
@@ -48,6 +49,8 @@ class NotUsedError(RuntimeError):
 
 
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (StorageFullError, 507),           # a full disk: nothing was stored
+    (StorageError, 503),               # another failed write that matters: nothing was stored
     (UploadTooLargeError, 413),
     (UploadError, 422),
     (FieldError, 422),                 # includes PathEscapeError
@@ -122,6 +125,16 @@ def status_of(err: BaseException) -> int | None:
     return None
 
 
+def storage_answer(err: OSError) -> tuple[int, str]:
+    """``(status, message)`` for a file-system error no table row caught (e.g. on one of MONAI Label's own
+    routes): 507 when the disk is full, else 503; the message says that the request was not completed."""
+    if is_disk_full(err):
+        return 507, redact(f"the server's disk is full ({err}); the request was not completed and nothing of it "
+                           "was stored. Free some space and send it again")
+    return 503, redact(f"the server could not read or write a file ({err}); the request was not completed. "
+                       "Check the server's disks and send it again")
+
+
 @contextmanager
 def http_errors() -> Iterator[None]:
     """Turn domain errors raised in the block into HTTP answers (see :data:`STATUS`)."""
@@ -133,6 +146,9 @@ def http_errors() -> Iterator[None]:
         raise
     except Exception as err:
         status = status_of(err)
-        if status is None:
-            raise
-        raise HTTPException(status_code=status, detail=redact(str(err))) from err
+        if status is not None:
+            raise HTTPException(status_code=status, detail=redact(str(err))) from err
+        if isinstance(err, OSError):
+            status, message = storage_answer(err)
+            raise HTTPException(status_code=status, detail=message) from err
+        raise

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ss_stylegan.atomic import FaultEpisodes
+
 log = logging.getLogger(__name__)
+MIRROR = "mirroring slice label counts into datastore_v2.json"
 
 # label counts are written at most this often (a burst of labels: one rewrite); a reader of the datastore's
 # listing or image info flushes them first. Each rewrite of datastore_v2.json costs the server CPU at a million
@@ -47,6 +50,7 @@ class LabelCountMirror:
         self._busy = False
         self._urgent = False  # a reader waits (flush): write without gathering
         self._thread: threading.Thread | None = None
+        self.faults = FaultEpisodes(log)
 
     def changed(self, image_id: str) -> None:
         with self._cond:
@@ -79,6 +83,9 @@ class LabelCountMirror:
                 self._busy = True
             try:
                 self._write(batch)
+                self.faults.recovered(MIRROR)
+            except OSError as err:  # a full disk: logged once, retried with the next change
+                self.faults.failed(MIRROR, err)
             except Exception:  # the mirror is informative only; the label store is the record
                 log.exception("could not mirror label counts of %d image(s) into the datastore", len(batch))
             finally:
