@@ -47,6 +47,7 @@ import re
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +63,19 @@ from ss_stylegan.training_lock import TrainingLock
 log = logging.getLogger(__name__)
 
 STATES = ("untrained", "training", "ready", "failed")
+MAP_ARRAYS = ("image_ids", "slices", "positions", "w", "xy")
 
 
 class WorkspaceError(RuntimeError):
     """The workspace on disk is missing a part or is unreadable; the message says which."""
+
+
+class DamagedVersionError(WorkspaceError):
+    """A published version's map cannot be read (truncated, garbled); ``version`` is the damaged one."""
+
+    def __init__(self, message: str, version: MapVersion) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class StaleVersionError(WorkspaceError):
@@ -351,6 +361,9 @@ class Workspace:
         self._activated: set[Path] = set()  # folders of new_version() blocks made current by activate()
         # (pointer file's stat key, current version, its arrays file): map_stamp() without re-reading the pointer
         self._pointed: tuple[tuple[int, ...], MapVersion, Path] | None = None
+        self.problems: list[str] = []  # damage found and repaired (see repair), for /info/
+        self._publish_rlock = threading.RLock()
+        self._publish_depth = 0
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -408,13 +421,24 @@ class Workspace:
     # -- published versions -----------------------------------------------------------------------------
     @contextmanager
     def publish_lock(self) -> Iterator[None]:
-        """Hold ``publish.lock`` (``flock``, across processes and threads) for the duration of the block."""
-        fd = os.open(self.root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        """Hold ``publish.lock`` (``flock``, across processes and threads) for the duration of the block;
+        re-entrant in one thread (an activation may repair a damaged pointer)."""
+        with self._publish_rlock:
+            if self._publish_depth:
+                self._publish_depth += 1
+                try:
+                    yield
+                finally:
+                    self._publish_depth -= 1
+                return
+            fd = os.open(self.root / "publish.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._publish_depth = 1
+                yield
+            finally:
+                self._publish_depth = 0
+                os.close(fd)  # releases the lock
 
     @contextmanager
     def new_version(self, model_version: str) -> Iterator[MapVersion]:
@@ -450,14 +474,20 @@ class Workspace:
         return dest
 
     def _read_pointer(self) -> dict[str, Any] | None:
+        pointer, _ = self._pointer_or_problem()
+        return pointer
+
+    def _pointer_or_problem(self) -> tuple[dict[str, Any] | None, str | None]:
+        """``(pointer, None)``; ``(None, None)`` when there is no pointer; ``(None, why)`` when it is damaged."""
         try:
-            data = json.loads(self.pointer_path.read_text(encoding="utf-8"))
+            data = json.loads(self.pointer_path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, ValueError) as err:
-            log.error("unreadable %s: %s", self.pointer_path, err)
-            return None
-        return data if isinstance(data, dict) else None
+            return None, f"{self.pointer_path.name} is unreadable ({err})"
+        if not isinstance(data, dict) or not isinstance(data.get("current"), str):
+            return None, f"{self.pointer_path.name} names no version ({str(data)[:80]!r})"
+        return data, None
 
     def _version_at(self, relative: Any) -> MapVersion | None:
         if not isinstance(relative, str) or not relative:
@@ -471,10 +501,13 @@ class Workspace:
 
     def current_version(self) -> MapVersion | None:
         """The version readers should use: the pointer's current one, else its previous one when the
-        current folder has no complete map; None before any."""
-        pointer = self._read_pointer()
+        current folder has no complete map; None before any. A damaged pointer, or a missing one while
+        complete versions exist, is rebuilt from the versions on disk (:meth:`repair`)."""
+        pointer, problem = self._pointer_or_problem()
         if pointer is None:
-            return None
+            if problem is None and all(_being_built(v.folder) for v in self.complete_versions()):
+                return None  # before the first publish (or during it)
+            return self.repair(problem or f"{self.pointer_path.name} is missing")
         for key in ("current", "previous"):
             version = self._version_at(pointer.get(key))
             if version is not None and version.is_complete():
@@ -506,13 +539,7 @@ class Workspace:
                     f"{version.name} updates {parent.name}, but {old.name if old else 'no version'} is current now")
             previous = old.folder if old is not None and old.folder.resolve() != version.folder.resolve() \
                 else None
-            pointer = {
-                "current": os.path.relpath(version.folder, self.root),
-                "previous": os.path.relpath(previous, self.root) if previous is not None else None,
-                "model_version": json.loads(version.map_meta_path.read_text(encoding="utf-8"))["model_version"],
-                "published": time.time(),
-            }
-            atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1))
+            pointer = self._write_pointer(version, previous)
             self._activated.add(version.folder.resolve())
             keep = {version.folder.resolve()} | ({previous.resolve()} if previous is not None else set())
             for folder in sorted(self.maps_dir.iterdir()) if self.maps_dir.is_dir() else ():
@@ -552,6 +579,84 @@ class Workspace:
             self.save_map(slice_map, version)
             self.activate(version, parent=parent)
         return version
+
+    # -- damage ------------------------------------------------------------------------------------------
+    def complete_versions(self) -> list[MapVersion]:
+        """Every version folder with a complete map, newest first."""
+        if not self.maps_dir.is_dir():
+            return []
+        found = [MapVersion.in_folder(f.resolve()) for f in self.maps_dir.iterdir() if f.is_dir()]
+        return sorted((v for v in found if v.is_complete()), key=lambda v: v.name, reverse=True)
+
+    @staticmethod
+    def unreadable(version: MapVersion) -> str | None:
+        """Why ``version``'s map cannot be read (None when its metadata and its arrays' directory read); cheap:
+        the arrays themselves are not read."""
+        try:
+            meta = json.loads(version.map_meta_path.read_bytes().decode("utf-8"))
+            int(meta["n_slices"])
+            str(meta["model_version"])
+        except Exception as err:  # noqa: BLE001 -- any damage of the file's bytes
+            return f"{version.map_meta_path.name} is unreadable ({type(err).__name__}: {err})"
+        try:
+            with zipfile.ZipFile(version.map_path) as archive:
+                names = set(archive.namelist())
+        except Exception as err:  # noqa: BLE001
+            return f"{version.map_path.name} is unreadable ({type(err).__name__}: {err})"
+        missing = {f"{k}.npy" for k in MAP_ARRAYS} - names
+        return f"{version.map_path.name} lacks {sorted(missing)}" if missing else None
+
+    def repair(self, why: str, damaged: MapVersion | None = None) -> MapVersion | None:
+        """Make the newest readable version current, after the pointer was found damaged or missing or the
+        version it names (``damaged``) unreadable; return it (None when no version is readable).
+
+        ``damaged`` is moved to ``damaged/<name>`` (kept for inspection, never served). What was done is added
+        to :attr:`problems`, for ``/info/``. Runs under ``publish.lock``: when another process repaired or
+        published meanwhile, its pointer is kept.
+        """
+        with self.publish_lock():
+            pointer, problem = self._pointer_or_problem()
+            named = self._version_at(pointer.get("current")) if pointer is not None else None
+            if pointer is not None and (damaged is None or (
+                    named is not None and named.folder != damaged.folder and named.is_complete())):
+                return self._pointed_version(pointer)  # repaired or published by someone else meanwhile
+            if damaged is not None and damaged.folder.exists():
+                dest = self.root / "damaged" / damaged.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(damaged.folder, dest)
+                why += f"; moved {damaged.name} to damaged/{damaged.name}"
+            for version in self.complete_versions():
+                reason = self.unreadable(version) if not _being_built(version.folder) else "being built"
+                if reason is None:
+                    self._write_pointer(version, None, rebuilt=why)
+                    self.problems.append(f"{why}; serving {version.name} instead")
+                    log.error("%s; made %s current", why, version.name)
+                    return version
+                if reason != "being built":
+                    why += f"; skipped {version.name}: {reason}"
+            self.problems.append(f"{why}; no readable map version is left: retrain (POST /train/ss_stylegan)")
+            log.error("%s; no readable map version is left", why)
+            if problem is not None or damaged is not None:
+                self.pointer_path.unlink(missing_ok=True)
+            return None
+
+    def _pointed_version(self, pointer: dict[str, Any]) -> MapVersion | None:
+        for key in ("current", "previous"):
+            version = self._version_at(pointer.get(key))
+            if version is not None and version.is_complete():
+                return version
+        return None
+
+    def _write_pointer(self, version: MapVersion, previous: Path | None, **extra: Any) -> dict[str, Any]:
+        pointer = {
+            "current": os.path.relpath(version.folder, self.root),
+            "previous": os.path.relpath(previous, self.root) if previous is not None else None,
+            "model_version": json.loads(version.map_meta_path.read_text(encoding="utf-8"))["model_version"],
+            "published": time.time(),
+            **extra,
+        }
+        atomic_write_text(self.pointer_path, json.dumps(pointer, indent=1))
+        return pointer
 
     # -- stop flag ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -665,23 +770,22 @@ class Workspace:
         if version is None or not version.is_complete():
             raise WorkspaceError(f"no slice map in {self.root}: train the model first")
         try:
-            meta = json.loads(version.map_meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(version.map_meta_path.read_bytes().decode("utf-8"))
             with np.load(version.map_path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in ("image_ids", "slices", "positions", "w", "xy")}
+                arrays = {k: data[k] for k in MAP_ARRAYS}
             slice_map = SliceMap(**arrays, model_version=str(meta["model_version"]),
                                  errors=dict(meta.get("errors", {})),
                                  depths={k: int(v) for k, v in meta.get("depths", {}).items()},
                                  fingerprints=dict(meta.get("fingerprints", {})), version=version,
                                  training=dict(meta.get("training") or {}),
                                  slice_cfg=dict(meta.get("slice_cfg") or {}))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise WorkspaceError(
-                f"unreadable slice map in {version.folder}: {err}; retrain to rebuild it") from err
+        except Exception as err:  # noqa: BLE001 -- any damage of the files' bytes (BadZipFile, EOFError, zlib ...)
+            raise DamagedVersionError(
+                f"{version.name}/{version.map_path.name} cannot be read ({type(err).__name__}: {err})", version) from err
         if len(slice_map) != int(meta["n_slices"]):
-            raise WorkspaceError(
-                f"slice map in {version.folder} has {len(slice_map)} rows but its metadata says "
-                f"{meta['n_slices']}; retrain to rebuild it"
-            )
+            raise DamagedVersionError(
+                f"slice map in {version.folder.name} has {len(slice_map)} rows but its metadata says "
+                f"{meta['n_slices']}", version)
         return slice_map
 
 
@@ -700,6 +804,21 @@ def _link_tree(source: Path, dest: Path) -> None:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
+
+
+def _being_built(folder: Path) -> bool:
+    """Whether a process holds the folder's lock (it is being built in a ``new_version`` block)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _remove_unless_building(folder: Path) -> None:

@@ -76,6 +76,8 @@ def info_block(status: ServiceStatus, settings: AppSettings) -> dict[str, Any]:
         "errors": status.errors,
         "embedding": status.embedding,
         "ignored_files": status.ignored_files,
+        "problems": status.problems,
+        "storage": status.storage,
         "settings": {
             "resolution": settings.slice_cfg.resolution,
             "window": settings.slice_cfg.window,

@@ -49,7 +49,9 @@ class Handlers:
     def info(self) -> dict[str, Any]:
         """``GET /info/``'s ``ss_stylegan`` block."""
         self.service.sync()
-        return answers.info_block(self.service.status(), self.settings)
+        block = answers.info_block(self.service.status(), self.settings)
+        block["problems"] += [f"{what} is failing: {err}" for what, err in self.mirror.faults.failing().items()]
+        return block
 
     def suggest(self, strategy: str, body: dict[str, Any], owner: Callable[[str], str] | None = None
                 ) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labelling.placement import MapEmbedder
 from ss_stylegan.labelling.studies import StudyIndex
-from ss_stylegan.workspace import SliceMap, StaleVersionError, Workspace, WorkspaceError
+from ss_stylegan.workspace import DamagedVersionError, SliceMap, StaleVersionError, Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,31 @@ class LiveSliceMap:
             self._current, self.problem = (None, None), ""
             return None
         previous = self._current[1]
-        try:
-            slice_map = self.workspace.load_map()
-            self.problem = ""
+        slice_map: SliceMap | None = previous
+        self.problem = ""
+        repaired = False
+        for _ in range(8):  # each damaged version found is moved aside, so this ends
+            try:
+                slice_map = self.workspace.load_map()
+            except DamagedVersionError as err:
+                log.error("%s", err)
+                repaired = True
+                if self.workspace.repair(str(err), damaged=err.version) is None:
+                    slice_map = None
+                    break
+                continue
+            except WorkspaceError as err:
+                self.problem = str(err)
+                log.error("%s; still using the previous slice map", err)
+                slice_map = previous
+                break
             log.info("slice map loaded: %d slices, model %s", len(slice_map), slice_map.model_version)
             by_id = self.studies.by_id()
             for image_id, recorded in slice_map.fingerprints.items():
                 if image_id in by_id:  # known content hashes: a later check needs no re-hash
                     self.fingerprints.remember(by_id[image_id].path, Fingerprint.from_dict(recorded))
-        except WorkspaceError as err:
-            self.problem = str(err)
-            log.error("%s; still using the previous slice map", err)
-            slice_map = previous
-        self._current = (stamp, slice_map)
+            break
+        self._current = (self.workspace.map_stamp() if repaired else stamp, slice_map)
         return slice_map
 
     def is_stale(self, image_id: str, slice_map: SliceMap | None = None) -> bool:

@@ -113,3 +113,5 @@ class ServiceStatus:
     errors: dict[str, str]
     embedding: list[str]
     ignored_files: list[str]
+    problems: list[str] = dataclasses.field(default_factory=list)
+    storage: dict[str, Any] = dataclasses.field(default_factory=dict)

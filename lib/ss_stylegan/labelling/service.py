@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ss_stylegan.atomic import free_space
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
@@ -48,6 +49,8 @@ from ss_stylegan.selection import RandomSelector, derive_seed
 from ss_stylegan.validation import FieldError, identifier, integer, text
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
 
+LOW_SPACE_BYTES = 1 << 30
+"""Below this much free space on the disk of the studies folder or the workspace, ``/info/`` warns."""
 LABEL_TAG = "slice_class"
 """Where the labels live: ``<studies>/labels/slice_class`` (MONAI Label's label-tag layout)."""
 STRATEGIES = ("fps", "random")
@@ -393,10 +396,21 @@ class LabellingService:
         elif status.state == "training":
             state = "untrained"
             message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
+        elif status.state == "ready" or self.workspace.problems:
+            state = "untrained"
+            why = "the published versions are damaged (see problems)" if self.workspace.problems \
+                else "the published map is missing from the workspace"
+            message = (f"no readable slice map: {why}; retrain with POST /train/ss_stylegan, which resumes from "
+                       "the last checkpoint")
         else:
             state, message = "untrained", status.message or "not trained yet: POST /train/ss_stylegan"
         if self.maps.problem:
             message += f"; the published map could not be loaded ({self.maps.problem}), the previous one is in use"
+        problems = list(self.workspace.problems) + ([self.maps.problem] if self.maps.problem else [])
+        problems += [f"slice labels: skipped {line}" for line in self.labels.skipped]
+        problems += [f"{what} is failing: {err}" for what, err in self.labels.faults.failing().items()]
+        if problems and state == "ready":
+            message += f"; {len(problems)} problem(s) found (see problems)"
         errors = dict(slice_map.errors) if slice_map is not None else {}
         errors.update(self.maps.failed)
         live = None
@@ -410,5 +424,20 @@ class LabellingService:
             changed=sorted(self.maps.changed),
             model_version=slice_map.model_version if slice_map is not None else None,
             map=live, progress=status.progress, errors=errors, embedding=sorted(self.maps.embedding),
-            ignored_files=self.studies.ignored_files(),
+            ignored_files=self.studies.ignored_files(), problems=problems, storage=self.storage(),
         )
+
+    def storage(self) -> dict[str, Any]:
+        """Free space of the studies folder and of the workspace, each with a warning below
+        :data:`LOW_SPACE_BYTES` (labels, uploads and maps need room to be stored)."""
+        out: dict[str, Any] = {}
+        for name, folder in (("studies", self.folder), ("workspace", self.workspace.root)):
+            space = free_space(folder)
+            if space is None:
+                out[name] = {"warning": f"the free space of the {name} folder cannot be read"}
+                continue
+            out[name] = dict(space)
+            if space["free_bytes"] < LOW_SPACE_BYTES:
+                out[name]["warning"] = (f"only {space['free_bytes'] / 2**20:.0f} MiB free on the disk of the {name} "
+                                        "folder: labels, uploads and new maps are refused when it is full")
+        return out
