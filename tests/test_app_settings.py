@@ -85,11 +85,22 @@ def test_values_parsed_into_typed_settings(tmp_path: Path) -> None:
         ({"suggestion_cap": "0"}, "suggestion_cap must be >= 1"),
         ({"max_upload_mb": "-5"}, "max_upload_mb must be a whole number >= 1"),
         ({"max_upload_voxels": "many"}, "max_upload_voxels must be a int"),
+        ({"background_class": "tumour"}, r"background_class must be one of the classes \['normal', 'lesion'\]"),
+        ({"study_min_slices": "0"}, "study_min_slices must be >= 1"),
+        ({"study_min_score": "2"}, "study_min_score must be between 0 and 1"),
     ],
 )
 def test_invalid_values_are_clear_errors(tmp_path: Path, conf: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         AppSettings.from_conf(conf, tmp_path)
+
+
+def test_study_rule_settings(tmp_path: Path) -> None:
+    rule = AppSettings.from_conf({}, tmp_path).labelling().rule()
+    assert (rule.background, rule.min_slices, rule.min_score) == ("normal", 1, 0.6)  # the measured defaults
+    rule = AppSettings.from_conf({"classes": "clear,infection", "background_class": "clear", "study_min_slices": "3",
+                                  "study_min_score": "0.8"}, tmp_path).labelling().rule()
+    assert (rule.background, rule.min_slices, rule.min_score) == ("clear", 3, 0.8)
 
 
 def test_security_settings(tmp_path: Path) -> None:

@@ -65,6 +65,12 @@ def test_pca_path_on_npz(tmp_path: Path) -> None:
     # scans differ by class only through the lesion, so the nearest slice of another scan has the right class
     assert 0.7 < result["unseen_reference"]["pixel_pca"] <= 1.0   # chance: 0.5
     assert "## Reference for the unseen-scan scope" in (out / "results.md").read_text(encoding="utf-8")
+    # study level: every (repeat, method, k) scored per scan by the majority and each runs rule
+    study = [r for r in result["study_summary"] if (r["method"], r["k"], r["scope"]) == ("pixel_pca + fps", 8,
+                                                                                         "all_scans")]
+    assert {r["rule"] for r in study} >= {"majority", "runs >= 1, score >= 0.6"} and len(study) == 26
+    assert all(r["repeats"] == 2 and 0.0 <= r["balanced_accuracy"] <= 1.0 for r in study)
+    assert "Best runs rule for pixel_pca + fps" in (out / "studies.md").read_text(encoding="utf-8")
 
 
 def test_the_first_fps_pick_can_be_chosen(tmp_path: Path) -> None:

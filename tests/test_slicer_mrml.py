@@ -49,7 +49,7 @@ from ss_stylegan.data.synthetic import synthetic_volume
 MODULE_DIR = Path(__file__).resolve().parent.parent / "slicer_module" / "SSStyleGANLabel"
 sys.path.insert(0, str(MODULE_DIR))
 
-from SSStyleGANLabelLib import ServerError, SSGLClient, StudyFiles  # noqa: E402
+from SSStyleGANLabelLib import ServerError, SessionError, SSGLClient, StudyFiles  # noqa: E402
 from SSStyleGANLabelLogic import SSStyleGANLabelLogic  # noqa: E402
 
 pytestmark = pytest.mark.server
@@ -369,3 +369,23 @@ def test_the_logic_file_imports_without_qt(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "SSStyleGANLabelLogic"
+
+
+def test_a_click_on_a_finding_shows_its_peak_slice(lab, mrml: MrmlApp, tmp_path: Path) -> None:
+    """The findings table lists each run of a finding; a click on a row shows the run's peak slice."""
+    server, _, _ = lab
+    logic = _logic(mrml, server, tmp_path, "findings")
+    _clear_labels(logic)
+    session = logic.requireSession()
+    for k in range(N_SLICES):  # every slice labelled: the map's 1-NN answers each with its own label
+        session.label("nrrd_lps", k, "lesion" if k in (2, 3) else "normal")
+    logic.goTo("nrrd_lps", 0)
+    result = logic.classifyCurrent()
+    assert result.positive == ("lesion",) and result.study_summary.startswith("lesion in slices 2")
+    rows = logic.findingRows(result)
+    assert [row[:2] for row in rows] == [("lesion (positive)", "2\u20133 (2)")]
+    peak = result.runs()[0].peak_slice
+    assert logic.goToRun(result, 0).slice == peak in (2, 3)
+    assert logic.sliceShownIn() == ("nrrd_lps", peak)
+    with pytest.raises(SessionError, match="no row 1"):
+        logic.goToRun(result, 1)

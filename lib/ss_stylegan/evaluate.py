@@ -34,6 +34,7 @@ import numpy as np
 from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.diagnostics import cross_group_nn_accuracy
+from ss_stylegan.evaluation.studies import score_studies, studies_markdown, summarise_studies
 from ss_stylegan.metrics import classification_report
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.recipes import RECIPES, get_recipe
@@ -304,6 +305,16 @@ def score_selection(
     return out
 
 
+def score_studies_of(points: np.ndarray, data: Dataset, labelled: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Study-level rates of every rule (:mod:`ss_stylegan.evaluation.studies`) when ``labelled`` are labelled:
+    every slice is classified (1-NN in ``points``; a labelled slice answers its own label), then each scan."""
+    clf = NearestNeighbourClassifier().fit(points[labelled], data.labels[labelled])
+    pred = clf.predict(points)
+    scores = np.zeros((points.shape[0], len(data.classes)))
+    scores[:, clf.classes_] = pred.scores
+    return score_studies(pred.labels.astype(np.int64), scores, data.labels, data.groups, labelled, data.classes)
+
+
 def run_protocol(
     data: Dataset,
     embedders: Sequence[Embedder],
@@ -324,6 +335,7 @@ def run_protocol(
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
     n_classes = len(data.classes)
     records: list[dict[str, Any]] = []
+    study_records: list[dict[str, Any]] = []
     first_maps: dict[str, np.ndarray] = {}
     first_picks: dict[str, dict[str, np.ndarray]] = {}
     timings: dict[str, list[float]] = {}
@@ -350,10 +362,14 @@ def run_protocol(
                     for scope, report in scored.items():
                         records.append({"repeat": repeat, "embedding": emb.name, "selector": sel_name,
                                         "method": f"{emb.name} + {sel_name}", "k": k, "scope": scope, **report})
+                    for scope, rules in score_studies_of(points, data, order[:k]).items():
+                        study_records += [{"repeat": repeat, "method": f"{emb.name} + {sel_name}", "k": k,
+                                           "scope": scope, "rule": name, **rates} for name, rates in rules.items()]
             log.info("repeat %d/%d: %s done", repeat + 1, repeats, emb.name)
     # what the unseen-scan scope gives with every other scan labelled: each slice answered by the nearest
     # slice of another scan in the map (a reference for how far above chance that scope can go)
     return {"records": records, "summary": summarise(records), "paired": paired_differences(records),
+            "study_records": study_records, "study_summary": summarise_studies(study_records),
             "unseen_reference": {name: float(np.mean(v)) for name, v in references.items()},
             "maps": first_maps, "picks": first_picks,
             "timings": {k: [round(v, 2) for v in vals] for k, vals in timings.items()}}
@@ -616,10 +632,13 @@ def write_outputs(result: dict[str, Any], data: Dataset, meta: dict[str, Any], o
 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "summary": result["summary"], "paired": result.get("paired", []),
+               "study_summary": result.get("study_summary", []),
                "unseen_reference": result.get("unseen_reference", {}),
                "timings": result["timings"], "records": result["records"]}
     paths = {"json": atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=1)),
              "md": atomic_write_text(out / "results.md", markdown_report(result, meta))}
+    if result.get("study_summary"):
+        paths["studies"] = atomic_write_text(out / "studies.md", studies_markdown(result["study_summary"]))
     kmax = max(r["k"] for r in result["summary"])
     paths["maps"] = plot_maps(result["maps"], data.labels, data.classes, result["picks"], out / "tsne_maps.png",
                               title=f"t-SNE maps (repeat 0), coloured by true class; {kmax} picks marked")

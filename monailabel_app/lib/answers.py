@@ -6,8 +6,10 @@ dataclasses (:mod:`ss_stylegan.labelling.results`), these functions name the fie
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from ss_stylegan.labelling.findings import Finding
 from ss_stylegan.labelling.results import MapPoints, ServiceStatus, StudyClassification, Suggestions
 
 from lib.configs.settings import AppSettings
@@ -38,6 +40,10 @@ def classification(result: StudyClassification) -> dict[str, Any]:
             "position": list(s.position), "world": list(s.world),
         } for s in result.slices],
         "summary": result.summary,
+        "findings": [finding(f) for f in result.findings],
+        "positive": result.positive,
+        "study_summary": result.study_summary,
+        "study_rule": dataclasses.asdict(result.rule) if result.rule is not None else None,
         "volume_class": result.volume_class,
         "n_slices": result.n_slices,
         "labelled_classes": result.labelled_classes,
@@ -47,6 +53,14 @@ def classification(result: StudyClassification) -> dict[str, Any]:
     answer["image"] = result.image
     answer["model_version"] = result.model_version
     return answer
+
+
+def finding(f: Finding) -> dict[str, Any]:
+    """One class's finding in a study: positive or not, its slices, and its runs of adjacent slices."""
+    return {"class": f.class_name, "positive": f.positive, "n_slices": f.n_slices,
+            "runs": [{"first_slice": r.first_slice, "last_slice": r.last_slice, "n_slices": r.n_slices,
+                      "z_mm": list(r.z_mm) if r.z_mm is not None else None, "peak_score": r.peak_score,
+                      "peak_slice": r.peak_slice} for r in f.runs]}
 
 
 def map_points(points: MapPoints) -> dict[str, Any]:

@@ -96,9 +96,14 @@ class Handlers:
         self.service.sync()
         return {"labels": self.service.label_records(image)}
 
-    def labels_csv(self) -> str:
-        """``GET /slicelabels/export.csv``."""
-        return self.service.labels.to_csv()
+    def export_csv(self, per: str) -> tuple[str, str]:
+        """``GET /slicelabels/export.csv[?per=slice|study]``: ``(CSV text, file name)``."""
+        if per == "slice":
+            return self.service.labels.to_csv(), "slice_labels.csv"
+        if per != "study":
+            raise FieldError("per", f"must be 'slice' (every label) or 'study' (every study's findings), got {per!r}")
+        self.service.sync()
+        return self.service.studies_csv(), "study_findings.csv"
 
     def map_points(self) -> dict[str, Any]:
         """``GET /slicemap/``."""

@@ -69,10 +69,13 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
         with http_errors():
             return redacted(handlers.labels(image))
 
-    @router.get("/slicelabels/export.csv", tags=["SliceLabels"], summary="All slice labels as CSV")
-    def export_csv(user: User = Depends(RBAC(READ))) -> PlainTextResponse:
-        return PlainTextResponse(handlers.labels_csv(), media_type="text/csv",
-                                 headers={"Content-Disposition": 'attachment; filename="slice_labels.csv"'})
+    @router.get("/slicelabels/export.csv", tags=["SliceLabels"],
+                summary="All slice labels as CSV; ?per=study: every study's findings (runs, positive) as CSV")
+    def export_csv(user: User = Depends(RBAC(READ)), per: str = "slice") -> PlainTextResponse:
+        with http_errors():
+            text, name = handlers.export_csv(per)
+        return PlainTextResponse(text, media_type="text/csv",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @router.get("/slicemap/", tags=["SliceLabels"], summary="Every embedded slice in the 2-D map")
     def slice_map(user: User = Depends(RBAC(READ))) -> dict[str, Any]:

@@ -122,6 +122,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._mapScene = None
         self._mapFilter = None
         self._predictionsImage = None  # the study whose slices fill the predictions table
+        self._findings = None  # the classification whose runs fill the findings table
         self._trainingTimer = None
 
     def setup(self) -> None:
@@ -142,6 +143,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.removeLabelButton.connect("clicked(bool)", self.onRemoveLabel)
         self.ui.labelledTableWidget.connect("cellDoubleClicked(int,int)", self.onLabelledRowDoubleClicked)
         self.ui.predictionsTableWidget.connect("cellDoubleClicked(int,int)", self.onPredictionRowDoubleClicked)
+        self.ui.findingsTableWidget.connect("cellClicked(int,int)", self.onFindingRowClicked)
         self.ui.refreshMapButton.connect("clicked(bool)", self.onRefreshMap)
         self.ui.colourByComboBox.connect("currentIndexChanged(int)", lambda _index: self.drawMap())
         self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
@@ -305,6 +307,14 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.goTo(table.item(row, 0).text(), int(table.item(row, 1).text()))
             self.showCurrent()
 
+    def onFindingRowClicked(self, row: int, column: int) -> None:
+        """A click on a run of a finding shows its peak slice."""
+        if self._findings is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show that slice.", waitCursor=True):
+            self.logic.goToRun(self._findings, row)
+            self.showCurrent()
+
     def onPredictionRowDoubleClicked(self, row: int, column: int) -> None:
         if self._predictionsImage is None:
             return
@@ -409,7 +419,13 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 for column, value in enumerate((str(pred.slice), pred.class_name, f"{pred.score:.2f}", neighbour)):
                     table.setItem(row, column, qt.QTableWidgetItem(value))
             counts = ", ".join(f"{name}: {n}" for name, n in result.summary.items())
-            self.ui.volumeSummaryLabel.text = f"{result.image}: {result.volume_class or 'no volume class'} ({counts})"
+            self.ui.volumeSummaryLabel.text = f"{result.image}: {result.study_summary or result.volume_class} ({counts})"
+            self._findings = result
+            rows = self.logic.findingRows(result)
+            self.ui.findingsTableWidget.setRowCount(len(rows))
+            for row, values in enumerate(rows):
+                for column, value in enumerate(values):
+                    self.ui.findingsTableWidget.setItem(row, column, qt.QTableWidgetItem(value))
             self.onSliceMoved()
             self.drawMap()
 

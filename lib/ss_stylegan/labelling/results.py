@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from ss_stylegan.config import SliceConfig
+from ss_stylegan.labelling.findings import Finding, StudyRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,8 @@ class LabellingConfig:
         random_state: seed of the first FPS pick and of random suggestions.
         suggestion_ttl_s: seconds a suggested slice stays reserved for its client.
         suggestion_cap: most reservations one owner may hold.
+        study_rule: when a study is positive for a class (None: the first class is the background, and the
+            defaults of :class:`~ss_stylegan.labelling.findings.StudyRule`).
     """
 
     classes: tuple[str, ...]
@@ -27,6 +30,10 @@ class LabellingConfig:
     random_state: int = 0
     suggestion_ttl_s: float = 600.0
     suggestion_cap: int = 32
+    study_rule: StudyRule | None = None
+
+    def rule(self) -> StudyRule:
+        return self.study_rule if self.study_rule is not None else StudyRule.of(self.classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +75,11 @@ class SliceClass:
 
 @dataclasses.dataclass(frozen=True)
 class StudyClassification:
-    """Every embedded slice of a study classified, and the study's class (the normal class when no slice
-    is predicted as another class, else the other class with the most slices)."""
+    """Every embedded slice of a study classified, and where each finding is: for each class other than the
+    background, its slices in runs and whether the study is positive for it (several classes can be).
+
+    ``volume_class`` is kept for clients that read one class: the background when the study is positive for no
+    class, else the positive class with the most slices; ``positive`` lists them all."""
 
     image: str | None
     model_version: str
@@ -79,6 +89,10 @@ class StudyClassification:
     n_slices: int | None
     labelled_classes: list[str]
     warning: str | None = None
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    positive: list[str] = dataclasses.field(default_factory=list)
+    study_summary: str = ""
+    rule: StudyRule | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,8 @@ app maps to HTTP status codes in one table.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import zipfile
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
 from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
 from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError
+from ss_stylegan.labelling.findings import positive_classes, study_findings, summary_text
 from ss_stylegan.labelling.flags import LabelFlags
 from ss_stylegan.labelling.indexes import MapIndexes
 from ss_stylegan.labelling.live_map import LiveSliceMap
@@ -44,11 +47,13 @@ from ss_stylegan.labelling.results import (
     Suggestions,
 )
 from ss_stylegan.labelling.studies import StudyIndex
-from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError
+from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError, csv_cell
 from ss_stylegan.selection import RandomSelector, derive_seed
 from ss_stylegan.validation import FieldError, identifier, integer, text
 from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
 
+STUDY_CSV_FIELDS = ("image", "class", "positive", "n_slices", "runs", "z_mm", "peak_score", "peak_slice",
+                    "study_summary", "error")
 LOW_SPACE_BYTES = 1 << 30
 """Below this much free space on the disk of the studies folder or the workspace, ``/info/`` warns."""
 LABEL_TAG = "slice_class"
@@ -254,15 +259,20 @@ class LabellingService:
                 distance=float(pred.distance[i]), position=(float(xy[i, 0]), float(xy[i, 1])),
                 world=tuple(float(v) for v in positions[i]),  # type: ignore[arg-type]
             ))
-        counts = {c: n for c, n in summary.items() if c != self.config.classes[0]}
-        abnormal = max(counts, key=lambda c: counts[c]) if any(counts.values()) else None
+        rule = self.config.rule()
+        per_class = {str(c): pred.scores[:, i] for i, c in enumerate(classes)}
+        findings = study_findings(slices, [o.label for o in out], per_class, self.config.classes, rule,
+                                  z=positions[:, 2] if len(positions) else None)
+        positive = positive_classes(findings)
+        volume_class = max(positive, key=lambda c: summary.get(c, 0)) if positive else rule.background
         warning = None
         if len(classes) < 2:
             warning = (f"only class {classes[0]!r} is labelled, so every slice gets it; label slices of "
                        "the other classes for a meaningful classification")
         return StudyClassification(image=image, model_version=slice_map.model_version, slices=out, summary=summary,
-                                   volume_class=abnormal or self.config.classes[0], n_slices=n_slices,
-                                   labelled_classes=[str(c) for c in classes], warning=warning)
+                                   volume_class=volume_class, n_slices=n_slices,
+                                   labelled_classes=[str(c) for c in classes], warning=warning, findings=findings,
+                                   positive=positive, study_summary=summary_text(findings, rule), rule=rule)
 
     def classify_image(self, image_id: Any) -> StudyClassification:
         """Classify every embedded slice of a study in the folder (a file or DICOM series folder). Never waits
@@ -318,6 +328,37 @@ class LabellingService:
                                  "check the intensity window (--conf window) or the file")
         _, xy = self.maps.embedder.embed_and_place(study.images, slice_map)
         return self._classify(slice_map, None, xy, study.slices, study.positions, study.n_slices)
+
+    def studies_csv(self) -> str:
+        """Every study of the map classified: one CSV row per study and class other than the background, with
+        the fields of the study answer's ``findings`` (runs as ``first-last`` joined by ``;``). A study that
+        cannot be classified now gets one row with ``error``.
+
+        Raises:
+            NotReadyError: no map or no label yet.
+        """
+        slice_map = self.require_map()
+        self.indexes.require_labels(slice_map, self.labels.version, self.labels.labelled_keys, self.flags.flags(),
+                                    self.maps.removed_rows(slice_map))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(STUDY_CSV_FIELDS)
+        removed = set(slice_map.image_ids[self.maps.removed_rows(slice_map)].tolist())
+        for image_id in sorted(slice_map.image_set() - removed):
+            try:
+                result = self.classify_image(image_id)
+            except (NotReadyError, UnreadableImageError, NotFoundError) as err:
+                writer.writerow([csv_cell(image_id), "", "", "", "", "", "", "", "", csv_cell(str(err))])
+                continue
+            for f in result.findings:
+                peak = max(f.runs, key=lambda r: r.peak_score) if f.runs else None
+                writer.writerow([
+                    csv_cell(image_id), csv_cell(f.class_name), f.positive, f.n_slices,
+                    ";".join(f"{r.first_slice}-{r.last_slice}" for r in f.runs),
+                    ";".join(f"{r.z_mm[0]:.1f}..{r.z_mm[1]:.1f}" for r in f.runs if r.z_mm is not None),
+                    f"{peak.peak_score:.4f}" if peak else "", peak.peak_slice if peak else "",
+                    csv_cell(result.study_summary), ""])
+        return buf.getvalue()
 
     def points(self) -> MapPoints:
         """Every embedded slice of a study in the folder, with its map position, world position, label and

@@ -9,6 +9,8 @@ to start instead of failing later.
 | key | default | meaning |
 | --- | --- | --- |
 | classes | normal,lesion | slice class names (at least two) |
+| background_class | (first class) | the class that is no finding: a study's answer reports every other class |
+| study_min_slices, study_min_score | 1, 0.6 | a study is positive for a class when a run of adjacent slices predicted as it reaches this many slices, counting slices with at least this score (docs/evaluation/study_level.md) |
 | resolution | auto | model resolution (32, 64, 128, 256); ``auto``: the device's recipe (32 on a CPU, 128 on a GPU) |
 | window | auto | intensity window: auto, lung, abdomen, brain, bone, soft_tissue, mediastinum, percentile, or C:W |
 | preset | auto | model size: ``default`` (StyleGAN2-like, GPU), ``small`` (CPU servers), ``tiny`` (smoke runs); ``auto``: the recipe's (``default`` on a GPU, ``small`` on a CPU) |
@@ -38,6 +40,9 @@ from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.devices import resolve_device
+from ss_stylegan.labelling.findings import DEFAULT_MIN_SCORE as MIN_SCORE
+from ss_stylegan.labelling.findings import DEFAULT_MIN_SLICES as MIN_SLICES
+from ss_stylegan.labelling.findings import StudyRule
 from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labels import LabelError, parse_classes
 from ss_stylegan.launcher import parse_gpus
@@ -46,7 +51,7 @@ from ss_stylegan.uploads import UploadLimits
 from ss_stylegan.validation import integer, number, only_keys, text
 
 KNOWN_KEYS = (
-    "classes", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",
+    "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",
     "device", "perplexity",
     "random_state", "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb",
     "max_upload_unpacked_mb", "max_upload_voxels", "workspace", "gpus",
@@ -73,6 +78,7 @@ class AppSettings:
     upload_limits: UploadLimits
     workspace: Path
     gpus: list[int] | None = None  # GPU ids to train on, one process each; None: one device
+    study_rule: StudyRule | None = None  # when a study is positive for a class; None: the defaults
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], studies: str | Path) -> AppSettings:
@@ -89,6 +95,11 @@ class AppSettings:
             classes = parse_classes(conf.get("classes", "normal,lesion"))
         except LabelError as err:
             raise ConfigError(f"--conf classes: {err}") from err
+        try:
+            rule = StudyRule.of(classes, conf.get("background_class"), _int(conf, "study_min_slices", MIN_SLICES),
+                                _float(conf, "study_min_score", MIN_SCORE))
+        except ValueError as err:
+            raise ConfigError(f"--conf {err}") from err
         device = resolve_device(conf.get("device", "auto"))
         # Defaults that depend on the device come from the library's recipe for it (the one the evaluation
         # measures): a CPU server trains the small network for half an hour, a GPU the full one.
@@ -129,27 +140,16 @@ class AppSettings:
         if gpus and train_cfg.batch_size % len(gpus):
             raise ConfigError(f"--conf batch_size {train_cfg.batch_size} is split over {len(gpus)} GPUs "
                               f"(--conf gpus): use a multiple of {len(gpus)}")
-        return cls(
-            classes=classes,
-            slice_cfg=slice_cfg,
-            model_cfg=model_cfg,
-            train_cfg=train_cfg,
-            preset=preset,
-            device=device,
-            perplexity=perplexity,
-            random_state=_int(conf, "random_state", 0),
-            suggestion_ttl_s=ttl,
-            suggestion_cap=cap,
-            upload_limits=limits,
-            workspace=workspace,
-            gpus=gpus,
-        )
+        return cls(classes=classes, slice_cfg=slice_cfg, model_cfg=model_cfg, train_cfg=train_cfg, preset=preset,
+                   device=device, perplexity=perplexity, random_state=_int(conf, "random_state", 0),
+                   suggestion_ttl_s=ttl, suggestion_cap=cap, upload_limits=limits, workspace=workspace, gpus=gpus,
+                   study_rule=rule)
 
     def labelling(self) -> LabellingConfig:
         """What the labelling service needs of these settings."""
         return LabellingConfig(classes=tuple(self.classes), slice_cfg=self.slice_cfg, device=self.device,
                                random_state=self.random_state, suggestion_ttl_s=self.suggestion_ttl_s,
-                               suggestion_cap=self.suggestion_cap)
+                               suggestion_cap=self.suggestion_cap, study_rule=self.study_rule)
 
 
 def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:

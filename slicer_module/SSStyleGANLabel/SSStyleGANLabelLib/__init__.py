@@ -17,7 +17,8 @@ from .errors import (
     SSGLError,
 )
 from .mapview import MapPoints, MapScene, render_png
-from .records import Classification, ModelState, Neighbour, SliceLabel, SlicePrediction, Suggestion
+from .records import (Classification, Finding, FindingRun, ModelState, Neighbour, SliceLabel, SlicePrediction,
+                      Suggestion)
 from .session import CurrentSlice, LabelSession, class_shortcuts
 from .studies import StudyFiles
 
@@ -26,6 +27,8 @@ __all__ = [
     "Classification",
     "ClientConfigError",
     "CurrentSlice",
+    "Finding",
+    "FindingRun",
     "LabelSession",
     "MapPoints",
     "MapScene",

@@ -249,20 +249,74 @@ class SlicePrediction:
 
 
 @dataclasses.dataclass(frozen=True)
+class FindingRun:
+    """Adjacent slices of a study predicted as one class (``findings[].runs[]`` of a classification)."""
+
+    class_name: str
+    first_slice: int
+    last_slice: int
+    n_slices: int
+    z_mm: tuple[float, float] | None
+    peak_score: float
+    peak_slice: int
+
+    @property
+    def slices_text(self) -> str:
+        if self.first_slice == self.last_slice:
+            return str(self.first_slice)
+        return f"{self.first_slice}\u2013{self.last_slice}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One class other than the background in one study: positive or not, its slices and its runs."""
+
+    class_name: str
+    positive: bool
+    n_slices: int
+    runs: tuple[FindingRun, ...]
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> Finding:
+        name = str(_field(payload, "class", "finding"))
+        runs = tuple(FindingRun(
+            class_name=name, first_slice=int(_field(r, "first_slice", "run")),
+            last_slice=int(_field(r, "last_slice", "run")), n_slices=int(_field(r, "n_slices", "run")),
+            z_mm=tuple(float(v) for v in r["z_mm"]) if r.get("z_mm") else None,  # type: ignore[arg-type]
+            peak_score=float(_field(r, "peak_score", "run")), peak_slice=int(_field(r, "peak_slice", "run")),
+        ) for r in payload.get("runs") or ())
+        return cls(class_name=name, positive=bool(payload.get("positive")), n_slices=int(payload.get("n_slices") or 0),
+                   runs=runs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Classification:
-    """Per-slice classes of one study and the volume summary (``POST /infer/classify``).
+    """Per-slice classes of one study and where each finding is (``POST /infer/classify``).
 
     Attributes:
         image: the image id classified (or the uploaded file's name for a study outside the datastore).
         slices: one prediction per classified slice, in slice order.
         summary: number of slices per class.
-        volume_class: the study-level class the server derives from the slices (None when it gives none).
+        volume_class: the one class the server reports for the study (None when it gives none); ``positive``
+            lists every class the study is positive for.
+        findings: each class other than the background, with its runs of adjacent slices.
+        positive: the classes the study is positive for (none: a negative study).
+        study_summary: the server's one line, e.g. "lesion in slices 39–48 (10 slices)".
     """
 
     image: str
     slices: tuple[SlicePrediction, ...]
     summary: Mapping[str, int]
     volume_class: str | None
+    findings: tuple[Finding, ...] = ()
+    positive: tuple[str, ...] = ()
+    study_summary: str = ""
+
+    def runs(self) -> list[FindingRun]:
+        """Every run of every finding, positive findings first, then by first slice."""
+        positive = set(self.positive)
+        return sorted((r for f in self.findings for r in f.runs),
+                      key=lambda r: (r.class_name not in positive, r.first_slice))
 
     def class_of(self, slice_index: int) -> str | None:
         """The predicted class of one slice, or None when that slice was not classified (e.g. empty)."""
@@ -292,4 +346,7 @@ class Classification:
             slices=slices,
             summary=summary,
             volume_class=None if volume_class is None else str(volume_class),
+            findings=tuple(Finding.from_json(f) for f in payload.get("findings") or ()),
+            positive=tuple(str(c) for c in payload.get("positive") or ()),
+            study_summary=str(payload.get("study_summary") or ""),
         )

@@ -293,6 +293,25 @@ class SSStyleGANLabelLogic:
         self.storePredictions(result, session.state.model_version if session.state else None)
         return result
 
+    @staticmethod
+    def findingRows(result: Classification) -> List[Tuple[str, str, str, str]]:
+        """The rows of the findings table: class (marked when the study is positive for it), slices, world z
+        range and peak, one per run of adjacent slices, in the order of :meth:`Classification.runs`."""
+        rows = []
+        for run in result.runs():
+            mark = " (positive)" if run.class_name in result.positive else ""
+            z = f"{run.z_mm[0]:.1f} to {run.z_mm[1]:.1f}" if run.z_mm is not None else ""
+            rows.append((f"{run.class_name}{mark}", f"{run.slices_text} ({run.n_slices})", z,
+                         f"slice {run.peak_slice}, score {run.peak_score:.2f}"))
+        return rows
+
+    def goToRun(self, result: Classification, row: int) -> CurrentSlice:
+        """Show the peak slice of the run in row ``row`` of :meth:`findingRows`."""
+        runs = result.runs()
+        if not 0 <= row < len(runs):
+            raise SessionError(f"the study has {len(runs)} run(s) of findings; there is no row {row}")
+        return self.goTo(result.image, runs[row].peak_slice)
+
     def exportCsv(self, path: str) -> str:
         session = self.requireSession()
         if session.map is None:
