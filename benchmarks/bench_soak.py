@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--annotators", type=int, default=8)
     parser.add_argument("--slices", type=int, default=24, help="slices per study")
     parser.add_argument("--publish-minutes", type=float, default=3.0)
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the server process (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args(argv)
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         studies, spare = Path(tmp) / "studies", Path(tmp) / "spare"
         make_synthetic_datastore(studies, n_studies=args.annotators, n_slices=args.slices, size=48, random_state=0)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                 "train_minutes": str(args.minutes), "publish_minutes": str(args.publish_minutes),
                 "checkpoint_interval": "200", "perplexity": "10"}
         tally, samples, stop = Tally(), [], threading.Event()
-        with start_server(studies, conf, log_path=Path(tmp) / "server.log") as server:
+        with start_server(studies, conf, log_path=Path(tmp) / "server.log", env=server_env or None) as server:
             status, answer = server.request("POST", "/train/ss_stylegan", {})
             print(f"training started: {status} {str(answer)[:120]}", flush=True)
             threads = [threading.Thread(target=annotator, args=(server, tally, i, args.slices, stop))
