@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ss_stylegan.evaluation.grid import ALL_CLASSIFIERS, FEATURE_SELECTIONS, MAP_SELECTIONS, method_name
+
 from ss_stylegan.evaluate import (
     EvaluationError,
     FixedEmbedder,
@@ -40,6 +42,11 @@ def _synthetic(n_groups: int = 16, per_group: int = 6, res: int = 32, seed: int 
             "classes": np.array(["normal", "lesion"])}
 
 
+def grid_methods(embedding: str) -> set[str]:
+    """Every pipeline the evaluation's grid scores for one embedding."""
+    return {method_name(embedding, sel, clf) for sel in MAP_SELECTIONS + FEATURE_SELECTIONS for clf in ALL_CLASSIFIERS}
+
+
 def _check_outputs(out: Path, methods: set[str]) -> dict:
     for name in ("results.md", "results.json", "tsne_maps.png", "label_efficiency_unseen_groups.png",
                  "label_efficiency_all_unlabelled.png"):
@@ -56,12 +63,18 @@ def test_pca_path_on_npz(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--no-gan", "--k", "4", "8",
                  "--repeats", "2", "--pca-components", "10", "--perplexity", "10", "--tsne-iter", "200"]) == 0
-    result = _check_outputs(out, {"pixel_pca + fps", "pixel_pca + random"})
+    result = _check_outputs(out, grid_methods("pixel_pca"))
     fps8 = next(r for r in result["summary"]
                 if (r["method"], r["k"], r["scope"]) == ("pixel_pca + fps", 8, "all_unlabelled"))
     assert fps8["repeats"] == 2 and fps8["n_scored_mean"] == 96 - 8
     assert fps8["accuracy_mean"] > 0.9   # the lesion is a large, easy pixel-space signal
-    assert len(result["records"]) == 2 * 2 * 2 * 2   # repeats x selectors x k x scopes
+    # repeats x k x scopes x (the paper's 2 pipelines + 3 classifiers on each of fps / random
+    # + 4 classifiers on each of the 3 selections in the whole embedding)
+    assert len(result["records"]) == 2 * 2 * 2 * (2 + 2 * 3 + 3 * 4)
+    best = result["paired_best"]
+    assert best and {r["baseline"] for r in best} == {best[0]["baseline"]}
+    assert best[0]["baseline"].startswith("pixel_pca + ") and "own best pipeline" in \
+        (out / "results.md").read_text(encoding="utf-8")
     # scans differ by class only through the lesion, so the nearest slice of another scan has the right class
     assert 0.7 < result["unseen_reference"]["pixel_pca"] <= 1.0   # chance: 0.5
     assert "## Reference for the unseen-scan scope" in (out / "results.md").read_text(encoding="utf-8")
@@ -163,8 +176,8 @@ def test_gan_path_tiny(tmp_path: Path) -> None:
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--k", "4", "8", "--repeats", "2",
                  "--model-config", model, "--steps", "12", "--batch-size", "8", "--perplexity", "10",
                  "--tsne-iter", "200"]) == 0
-    result = _check_outputs(out, {"ss_stylegan + fps", "ss_stylegan + random",
-                                  "pixel_pca + fps", "pixel_pca + random"})
+    result = _check_outputs(out, grid_methods("ss_stylegan") | grid_methods("pixel_pca") | grid_methods("combined"))
+    assert result["meta"]["embeddings"]["combined"] == {"of": ["ss_stylegan", "pixel_pca"], "each": "standardised"}
     info = result["meta"]["embeddings"]["ss_stylegan"]
     assert info["retrained_per_repeat"] is False and len(info["train_seconds"]) == 1
     emb = np.load(out / "embeddings_repeat0.npz")["embeddings"]
@@ -204,11 +217,11 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
     assert [s["model_version"] for s in partial] == [s["model_version"] for s in stages[:2]]
     assert [[r["accuracy_mean"] for r in s["summary"]] for s in partial] == \
         [[r["accuracy_mean"] for r in s["summary"]] for s in stages[:2]]
-    for st in stages:   # each stage: both selectors, both k, both scopes
+    for st in stages:   # each stage: every pipeline of the grid, both k, both scopes
         assert {(r["method"], r["k"], r["scope"]) for r in st["summary"]} == {
-            (f"ss_stylegan + {sel}", k, scope) for sel in ("fps", "random") for k in (4, 8)
+            (method, k, scope) for method in grid_methods("ss_stylegan") for k in (4, 8)
             for scope in ("all_unlabelled", "unseen_groups")}
-    assert {r["method"] for r in anytime["baseline"]} == {"pixel_pca + fps", "pixel_pca + random"}
+    assert {r["method"] for r in anytime["baseline"]} == grid_methods("pixel_pca")
     # the final stage is the main run's own result (same seeds), so the two agree exactly
     main_rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["summary"]
     final = {(r["method"], r["k"], r["scope"]): r["accuracy_mean"] for r in stages[-1]["summary"]}
@@ -219,7 +232,7 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
     # every stage is compared with pixel PCA + FPS repeat by repeat, and the chance level is shown
     for st in stages:
         assert {(r["method"], r["k"], r["scope"]) for r in st["paired"]} == {
-            (f"ss_stylegan + {sel}", k, scope) for sel in ("fps", "random") for k in (4, 8)
+            (method, k, scope) for method in grid_methods("ss_stylegan") for k in (4, 8)
             for scope in ("all_unlabelled", "unseen_groups")}
         # (a repeat whose picks leave no unseen scan has no score there, so fewer repeats are compared)
         assert all(1 <= r["repeats"] <= 2 and 0 <= r["wins"] <= r["repeats"] for r in st["paired"])

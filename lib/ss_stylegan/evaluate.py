@@ -34,11 +34,13 @@ import numpy as np
 from ss_stylegan.atomic import atomic_write_text
 from ss_stylegan.classification import NearestNeighbourClassifier
 from ss_stylegan.diagnostics import cross_group_nn_accuracy
+from ss_stylegan.evaluation.grid import MAP_SELECTIONS, method_name, predictions, selections
 from ss_stylegan.evaluation.studies import score_studies, studies_markdown, summarise_studies
 from ss_stylegan.metrics import classification_report
 from ss_stylegan.projection import TSNEProjector
 from ss_stylegan.recipes import RECIPES, get_recipe
-from ss_stylegan.selection import STARTS, FarthestPointSelector, RandomSelector, Selector
+from ss_stylegan.selection import STARTS
+from ss_stylegan.strategies import FEATURES, prepare_features
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,20 @@ def model_diagnostics(model: Any) -> dict[str, float]:
             "w_recovery_raw": round(w_recovery_error(model, 512, device=device, use_ema=False), 4)}
 
 
+class CombinedEmbedder:
+    """Two embeddings side by side, each standardised (W next to pixel PCA)."""
+
+    def __init__(self, first: Embedder, second: Embedder, name: str = "combined") -> None:
+        self.first, self.second, self.name = first, second, name
+
+    def embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
+        return np.concatenate([prepare_features(self.first.embed(images, repeat)),
+                               prepare_features(self.second.embed(images, repeat))], axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"of": [self.first.name, self.second.name], "each": "standardised"}
+
+
 class FixedEmbedder:
     """Embeddings already in memory (e.g. one training stage's W)."""
 
@@ -284,16 +300,29 @@ def _log_progress(p: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- protocol
+def map_predictions(points: np.ndarray, labels: np.ndarray, labelled: np.ndarray,
+                    n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's classifier: 1-NN in the 2-D map; ``(class index [N], scores [N, C])`` of every point."""
+    clf = NearestNeighbourClassifier().fit(points[labelled], labels[labelled])
+    pred = clf.predict(points)
+    scores = np.zeros((points.shape[0], n_classes))
+    scores[:, clf.classes_] = pred.scores  # columns for classes without a label stay 0
+    return pred.labels.astype(np.int64), scores
+
+
 def score_selection(
     points: np.ndarray, labels: np.ndarray, groups: np.ndarray, labelled: np.ndarray, n_classes: int
 ) -> dict[str, dict[str, Any]]:
     """Label ``labelled`` indices, 1-NN the rest in ``points``, score both scopes."""
-    clf = NearestNeighbourClassifier().fit(points[labelled], labels[labelled])
-    unlabelled = np.setdiff1d(np.arange(points.shape[0]), labelled)
-    pred = clf.predict(points[unlabelled])
-    scores = np.zeros((unlabelled.size, n_classes))
-    scores[:, clf.classes_] = pred.scores  # columns for classes without a label stay 0
-    y_pred = pred.labels.astype(np.int64)
+    return score_predictions(*map_predictions(points, labels, labelled, n_classes), labels, groups, labelled,
+                             n_classes)
+
+
+def score_predictions(y_all: np.ndarray, scores_all: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                      labelled: np.ndarray, n_classes: int) -> dict[str, dict[str, Any]]:
+    """Score predictions of every point on the unlabelled ones, both scopes."""
+    unlabelled = np.setdiff1d(np.arange(labels.shape[0]), labelled)
+    y_pred, scores = y_all[unlabelled], scores_all[unlabelled]
     unseen = ~np.isin(groups[unlabelled], groups[labelled])
     # chance level of each scope: always answer the class most common among the k labels (ties: lowest index)
     majority = int(np.argmax(np.bincount(labels[labelled], minlength=n_classes)))
@@ -305,14 +334,6 @@ def score_selection(
     return out
 
 
-def score_studies_of(points: np.ndarray, data: Dataset, labelled: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Study-level rates of every rule (:mod:`ss_stylegan.evaluation.studies`) when ``labelled`` are labelled:
-    every slice is classified (1-NN in ``points``; a labelled slice answers its own label), then each scan."""
-    clf = NearestNeighbourClassifier().fit(points[labelled], data.labels[labelled])
-    pred = clf.predict(points)
-    scores = np.zeros((points.shape[0], len(data.classes)))
-    scores[:, clf.classes_] = pred.scores
-    return score_studies(pred.labels.astype(np.int64), scores, data.labels, data.groups, labelled, data.classes)
 
 
 def run_protocol(
@@ -323,8 +344,14 @@ def run_protocol(
     seed: int = 0,
     tsne_params: dict[str, Any] | None = None,
     fps_start: str = "random",
+    grid: bool = True,
+    features_kind: str = "standardised",
 ) -> dict[str, Any]:
-    """Run every (embedding, selector, k, repeat) combination; returns records, maps and picks.
+    """Run every (embedding, selection, classifier, k, repeat) combination; returns records, maps and picks.
+
+    With ``grid`` (the default), every selection and classifier of :mod:`ss_stylegan.evaluation.grid` in the
+    embedding's features (``features_kind``: standardised or whitened) beside the paper's pipeline; without, the
+    paper's pipeline and random selection only.
 
     ``fps_start`` is FPS's first pick (:data:`ss_stylegan.selection.STARTS`): ``random`` (the paper's protocol,
     drawn from each repeat's seed), ``central`` (the server's default) or ``farthest``."""
@@ -350,29 +377,46 @@ def run_protocol(
             timings.setdefault(f"{emb.name}_tsne_s", []).append(time.perf_counter() - t1)
             timings.setdefault(f"{emb.name}_embed_s", []).append(t1 - t0)
             references.setdefault(emb.name, []).append(cross_group_nn_accuracy(points, data.labels, data.groups))
-            selectors: dict[str, Selector] = {"fps": FarthestPointSelector(start=fps_start, random_state=rs),
-                                              "random": RandomSelector(random_state=rs)}
-            for sel_name, selector in selectors.items():
-                order = np.array([p.index for p in selector.select(points, count=ks[-1])])
-                if repeat == 0:
+            features = prepare_features(W, features_kind) if grid else W
+            for sel_name, k, labelled in selections(points, features, ks, n_classes, rs, fps_start, grid):
+                if repeat == 0 and k == ks[-1]:
                     first_maps[emb.name] = points
-                    first_picks.setdefault(emb.name, {})[sel_name] = order
-                for k in ks:
-                    scored = score_selection(points, data.labels, data.groups, order[:k], n_classes)
+                    first_picks.setdefault(emb.name, {})[sel_name] = labelled
+                for clf_name, y_all, scores_all in predictions(points, features, data.labels, labelled, n_classes,
+                                                               rs, grid, map_predictions):
+                    method = method_name(emb.name, sel_name, clf_name)
+                    scored = score_predictions(y_all, scores_all, data.labels, data.groups, labelled, n_classes)
                     for scope, report in scored.items():
                         records.append({"repeat": repeat, "embedding": emb.name, "selector": sel_name,
-                                        "method": f"{emb.name} + {sel_name}", "k": k, "scope": scope, **report})
-                    for scope, rules in score_studies_of(points, data, order[:k]).items():
-                        study_records += [{"repeat": repeat, "method": f"{emb.name} + {sel_name}", "k": k,
-                                           "scope": scope, "rule": name, **rates} for name, rates in rules.items()]
+                                        "classifier": clf_name, "method": method, "k": k, "scope": scope, **report})
+                    if clf_name == "nn_map" and sel_name in MAP_SELECTIONS:  # the study level: the paper's pipelines
+                        study = score_studies(y_all, scores_all, data.labels, data.groups, labelled, data.classes)
+                        study_records += [{"repeat": repeat, "method": method, "k": k, "scope": scope, "rule": name,
+                                           **rates} for scope, rules in study.items() for name, rates in rules.items()]
             log.info("repeat %d/%d: %s done", repeat + 1, repeats, emb.name)
     # what the unseen-scan scope gives with every other scan labelled: each slice answered by the nearest
     # slice of another scan in the map (a reference for how far above chance that scope can go)
     return {"records": records, "summary": summarise(records), "paired": paired_differences(records),
+            "paired_best": paired_vs_best_baseline(records),
             "study_records": study_records, "study_summary": summarise_studies(study_records),
             "unseen_reference": {name: float(np.mean(v)) for name, v in references.items()},
             "maps": first_maps, "picks": first_picks,
             "timings": {k: [round(v, 2) for v in vals] for k, vals in timings.items()}}
+
+
+def best_pipeline(records: list[dict[str, Any]], embedding: str, metric: str = "accuracy") -> str | None:
+    """The method of ``embedding`` with the best mean ``metric`` over every k and both scopes (None: none)."""
+    means: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("embedding") == embedding and not math.isnan(r[metric]):
+            means.setdefault(r["method"], []).append(r[metric])
+    return max(sorted(means), key=lambda m: float(np.mean(means[m]))) if means else None
+
+
+def paired_vs_best_baseline(records: list[dict[str, Any]], embedding: str = "pixel_pca") -> list[dict[str, Any]]:
+    """Every method minus pixel PCA *with its own best pipeline*, paired by repeat (see :func:`paired_differences`)."""
+    best = best_pipeline(records, embedding)
+    return paired_differences(records, baseline_method=best) if best is not None else []
 
 
 def paired_differences(records: list[dict[str, Any]], baseline: Sequence[dict[str, Any]] | None = None,
@@ -436,9 +480,11 @@ class AnytimeRecorder:
     """
 
     def __init__(self, data: Dataset, name: str, ks: Sequence[int], repeats: int, seed: int,
-                 tsne_params: dict[str, Any] | None, out: Path | None = None, fps_start: str = "random") -> None:
+                 tsne_params: dict[str, Any] | None, out: Path | None = None, fps_start: str = "random",
+                 grid: bool = True, features_kind: str = "standardised") -> None:
         self.data, self.name, self.ks, self.repeats, self.seed = data, name, list(ks), repeats, seed
         self.tsne_params, self.fps_start = dict(tsne_params or {}), fps_start
+        self.grid, self.features_kind = grid, features_kind
         self.stages: list[dict[str, Any]] = []
         self._records: list[list[dict[str, Any]]] = []   # per stage, for the paired comparison at the end
         # every stage so far, rewritten (atomically) after each one: a long run cut short keeps its stages
@@ -446,7 +492,7 @@ class AnytimeRecorder:
 
     def __call__(self, W: np.ndarray, milestone: Any, model_diag: dict[str, float] | None = None) -> None:
         result = run_protocol(self.data, [FixedEmbedder(self.name, W)], self.ks, self.repeats, self.seed,
-                              self.tsne_params, self.fps_start)
+                              self.tsne_params, self.fps_start, self.grid, self.features_kind)
         diag = {**self._diagnostics(W, model_diag), "map_unseen_reference": result["unseen_reference"][self.name]}
         self._add(milestone.step, milestone.images_seen, milestone.elapsed, milestone.model_version, False,
                   result["summary"], diag)
@@ -484,10 +530,10 @@ class AnytimeRecorder:
             self._add(t["steps"], t["images_seen"], t["train_seconds"], gan.model_versions[-1], True,
                       result["summary"], diag)
             self._records.append([r for r in result["records"] if r["embedding"] == self.name])
-        baseline_records = [r for r in result["records"] if r["embedding"] != self.name]
+        baseline_records = [r for r in result["records"] if r["embedding"] == baseline.name]
         for stage, records in zip(self.stages, self._records):
             stage["paired"] = paired_differences(records, baseline_records)
-        rows = [r for r in result["summary"] if not r["method"].startswith(self.name + " + ")]
+        rows = [r for r in result["summary"] if r["method"].startswith(baseline.name + " + ")]
         diag = embedding_diagnostics(baseline.embed(self.data.images, 0), self.data.labels, self.data.groups)
         diag["map_unseen_reference"] = result["unseen_reference"].get(baseline.name, math.nan)
         return {"embedding": self.name, "stages": self.stages, "baseline": rows,
@@ -602,6 +648,13 @@ def markdown_report(result: dict[str, Any], meta: dict[str, Any]) -> str:
             lines.append("")
         paired = result.get("paired") or []
         lines += _paired_section(paired, ks, [(m, m) for m in sorted({r["method"] for r in paired})], scope)
+    best_rows = result.get("paired_best") or []
+    if best_rows:
+        lines += ["# Against pixel PCA with its own best pipeline", "",
+                  f"Pixel PCA's best pipeline (mean accuracy over every k and both scopes): "
+                  f"**{best_rows[0]['baseline']}**; every other method minus it, repeat by repeat.", ""]
+        for scope in SCOPES:
+            lines += _paired_section(best_rows, ks, [(m, m) for m in sorted({r["method"] for r in best_rows})], scope)
     if result.get("unseen_reference"):
         lines += ["## Reference for the unseen-scan scope", "",
                   "Accuracy of 1-NN in the map when every slice is answered by the nearest slice of *another* scan, "
@@ -632,6 +685,7 @@ def write_outputs(result: dict[str, Any], data: Dataset, meta: dict[str, Any], o
 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "summary": result["summary"], "paired": result.get("paired", []),
+               "paired_best": result.get("paired_best", []),
                "study_summary": result.get("study_summary", []),
                "unseen_reference": result.get("unseen_reference", {}),
                "timings": result["timings"], "records": result["records"]}
@@ -687,6 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps-start", default="random", choices=STARTS,
                    help="FPS's first pick: random (the paper's protocol; each repeat's seed), central (the slice "
                         "nearest the map's centre, the server's default) or farthest (the one farthest from it)")
+    p.add_argument("--no-grid", action="store_true",
+                   help="only the paper's pipeline (FPS / random in the map, 1-NN in the map), not the grid of "
+                        "selections and classifiers in the whole embedding")
+    p.add_argument("--features", default="standardised", choices=FEATURES,
+                   help="how the whole embedding is prepared for the grid's selections and classifiers")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -738,21 +797,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.no_gan:
         model_cfg, train_cfg = gan_configs(args, int(data.images.shape[1]))
         if train_cfg.milestone_minutes or train_cfg.milestone_kimg:
-            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne, out, args.fps_start)
+            anytime = AnytimeRecorder(data, "ss_stylegan", args.k, args.repeats, args.seed, tsne, out, args.fps_start,
+                                      not args.no_grid, args.features)
         gan = GANEmbedder(model_cfg, train_cfg, out, args.device, args.retrain_per_repeat,
                           Path(args.model_dir) if args.model_dir else None, on_stage=anytime)
         embedders.append(gan)
-    embedders.append(PixelPCAEmbedder(args.pca_components, args.seed))
+    pixels = PixelPCAEmbedder(args.pca_components, args.seed)
+    embedders.append(pixels)
+    if len(embedders) == 2 and not args.no_grid:  # W next to pixel PCA, each standardised
+        embedders.append(CombinedEmbedder(embedders[0], embedders[1]))
     start = time.perf_counter()
-    result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne, args.fps_start)
+    result = run_protocol(data, embedders, args.k, args.repeats, args.seed, tsne, args.fps_start,
+                          grid=not args.no_grid, features_kind=args.features)
     meta = {"data": dataset_meta(data), "ks": sorted(set(args.k)), "repeats": args.repeats, "seed": args.seed,
-            "fps_start": args.fps_start,
+            "fps_start": args.fps_start, "grid": not args.no_grid, "features": args.features,
             "recipe": args.recipe, "tsne": tsne, "embeddings": {e.name: e.describe() for e in embedders},
             "wall_seconds": round(time.perf_counter() - start, 1), "argv": list(argv) if argv is not None else sys.argv[1:]}
     paths = write_outputs(result, data, meta, out)
     print(markdown_report(result, meta))
     if anytime is not None and gan is not None:
-        paths.update(write_anytime(anytime.finish(gan, result, embedders[-1]), meta, out))
+        paths.update(write_anytime(anytime.finish(gan, result, pixels), meta, out))
         print(Path(paths["anytime_md"]).read_text(encoding="utf-8"))
     print("wrote", ", ".join(str(p) for p in paths.values()))
     return 0
