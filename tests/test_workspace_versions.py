@@ -201,3 +201,45 @@ def test_map_stamp_reads_the_pointer_only_when_it_changes(tmp_path: Path, monkey
     for folder in ws.maps_dir.iterdir():
         shutil.rmtree(folder)
     assert reader.map_stamp() is None
+
+
+def _publish_and_die(root: str, step: str) -> None:
+    """A training process killed with SIGKILL at one step of a publish (the test's second process)."""
+    import signal
+
+    import ss_stylegan.workspace as workspace
+
+    def die(*_: object, **__: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_write = workspace.atomic_write_text
+    if step == "folder made":
+        workspace.Workspace.save_map = die  # type: ignore[method-assign]
+    elif step == "arrays written":
+        workspace.atomic_write_text = lambda path, text: die() if str(path).endswith("slice_map.json") \
+            else real_write(path, text)
+    elif step == "map complete":
+        workspace.Workspace.activate = die  # type: ignore[method-assign]
+    elif step == "pointer switched":
+        workspace._remove_unless_building = die
+    _publish(Workspace(root), "m2", ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("step", ["folder made", "arrays written", "map complete", "pointer switched"])
+def test_kill_9_between_the_steps_of_a_publish(tmp_path: Path, step: str) -> None:
+    """A publish killed at any step leaves a workspace that serves a complete version (the old one, or the new
+    one once the pointer switched), reports no damage, and is tidied by the next publish."""
+    ws = Workspace(tmp_path / "ws")
+    first = _publish(ws, "m1", ["a", "b"])
+    third = _publish(ws, "m0", ["a"])  # two versions on disk: the current one and the one it replaced
+    process = multiprocessing.get_context("spawn").Process(target=_publish_and_die, args=(str(ws.root), step))
+    process.start()
+    process.join(60)
+    assert process.exitcode == -9
+    reader = Workspace(ws.root)  # a server starting now
+    served = reader.load_map()
+    assert served.model_version == ("m2" if step == "pointer switched" else "m0") and reader.problems == []
+    assert first.folder.exists() or step == "pointer switched"
+    after = _publish(reader, "m3", ["a"])
+    assert _folders(reader) == {after.folder, reader.current_version().folder} | (
+        {third.folder} if step != "pointer switched" else {served.version.folder})
