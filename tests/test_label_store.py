@@ -24,6 +24,7 @@ import pytest
 
 from ss_stylegan.atomic import StorageFullError
 from ss_stylegan.data.fingerprint import Fingerprint, Stamp
+from ss_stylegan.labelling.batches import BatchWriter
 from ss_stylegan.labels import (
     OrphanedLabelsError,
     SliceLabelStore,
@@ -267,3 +268,30 @@ def test_flags_say_why_a_label_no_longer_fits() -> None:
     assert "no longer in the studies folder" in flag_of(record, StudyState(exists=False))
     legacy = {"image": "a", "slice": 1, "class": "normal"}  # written before fingerprints: judged by range only
     assert flag_of(legacy, StudyState(exists=True, n_slices=10, fingerprint=changed)) is None
+
+
+def test_a_batch_that_cannot_be_written_is_tried_again() -> None:
+    """The exports' and the label-count mirror's background writer: a reader does not wait for a batch that keeps
+    failing (a full disk), and the batch is written once it can be."""
+
+    class Flaky(BatchWriter):
+        def __init__(self) -> None:
+            super().__init__("flaky", delay_s=0.0, retry_s=0.05)
+            self.failing = True
+            self.written: list[str] = []
+
+        def _write(self, batch: set[str]) -> set[str]:
+            if self.failing:
+                return set(batch)
+            self.written += sorted(batch)
+            return set()
+
+    writer = Flaky()
+    writer.changed("a", "b")
+    t0 = time.monotonic()
+    assert not writer.flush(timeout_s=20.0) and time.monotonic() - t0 < 10.0
+    writer.failing = False
+    deadline = time.monotonic() + 20.0
+    while writer.written != ["a", "b"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.written == ["a", "b"] and writer.flush()

@@ -281,7 +281,7 @@ class SliceLabelStore:
                 self.version += 1
             self._conn = conn
         self._check_classes()
-        self.exports.changed(set(labels))
+        self.exports.changed(*labels)
         self.exports.remove_stale(set(labels))
 
     def _open_or_migrate(self, notes: list[str]) -> sqlite3.Connection:
@@ -389,7 +389,7 @@ class SliceLabelStore:
                 self.version += 1
         for c in group:
             c.done = True
-        self.exports.changed({c.image for c in group})
+        self.exports.changed(*{c.image for c in group})
 
     def _check_classes(self) -> None:
         orphans = [r for recs in self._labels.values() for r in recs.values() if r.get("class") not in self.classes]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ss_stylegan.atomic import FaultEpisodes, atomic_write_text
+from ss_stylegan.labelling.batches import BatchWriter
 from ss_stylegan.validation import inside
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _apply(entry: dict[str, Any], labels: Labels) -> None:
         raise ValueError(f"unknown journal operation {entry['op']!r}")
 
 
-class LabelExports:
+class LabelExports(BatchWriter):
     """Writes ``<image_id>.json`` of every changed image in a background thread, shortly after the change.
 
     A failed write (a full disk) is retried every ``EXPORT_RETRY_S``; the database stays the record.
@@ -142,59 +142,14 @@ class LabelExports:
 
     def __init__(self, folder: Path, records_of: Callable[[str], list[dict[str, Any]]],
                  faults: FaultEpisodes) -> None:
+        super().__init__("slice-label-exports", EXPORT_DELAY_S, EXPORT_RETRY_S)
         self.folder = folder
         self.records_of = records_of
         self.faults = faults
-        self._cond = threading.Condition()
-        self._pending: set[str] = set()
-        self._busy = False
-        self._urgent = False
-        self._thread: threading.Thread | None = None
-
-    def changed(self, image_ids: set[str] | list[str]) -> None:
-        with self._cond:
-            self._pending.update(image_ids)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="slice-label-exports", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every change so far is written; return whether it was (False: a write keeps failing)."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._urgent = True
-            self._cond.notify_all()
-            while (self._pending or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-                self._urgent = True
-            return not (self._pending or self._busy)
 
     def remove_stale(self, labelled: set[str]) -> None:
         """Delete the export of every image that has no label now (e.g. removed while the server was down)."""
-        stale = {p.name[: -len(".json")] for p in self.folder.glob("*.json")} - labelled
-        if stale:
-            self.changed(stale)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    if not self._cond.wait(timeout=30.0):
-                        self._thread = None
-                        return
-                deadline = time.monotonic() + EXPORT_DELAY_S
-                while not self._urgent and time.monotonic() < deadline:
-                    self._cond.wait(timeout=deadline - time.monotonic())
-                batch, self._pending, self._urgent = self._pending, set(), False
-                self._busy = True
-            failed = self._write(batch)
-            with self._cond:
-                self._busy = False
-                self._pending |= failed
-                self._cond.notify_all()
-                if failed and not self._urgent:
-                    self._cond.wait(timeout=EXPORT_RETRY_S)
+        self.changed(*({p.name[: -len(".json")] for p in self.folder.glob("*.json")} - labelled))
 
     def _write(self, batch: set[str]) -> set[str]:
         """Write the files of ``batch``; return the image ids whose file could not be written."""
