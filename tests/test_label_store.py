@@ -295,3 +295,25 @@ def test_a_batch_that_cannot_be_written_is_tried_again() -> None:
     while writer.written != ["a", "b"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert writer.written == ["a", "b"] and writer.flush()
+
+
+@pytest.mark.parametrize("damage", ["garbage appended", "cut short"])
+def test_a_damaged_write_ahead_log_opens_with_every_label_committed_before_it(tmp_path: Path, damage: str) -> None:
+    """The database's write-ahead log after a kill, then damaged on disk: the store opens and keeps every label
+    whose frames are whole (SQLite checks each frame's checksum and stops at the first bad one)."""
+    proc = subprocess.run([sys.executable, "-c", _STEP_KILLER, LIB, str(tmp_path), "COMMIT"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    wal = tmp_path / ".labels.sqlite-wal"
+    data = wal.read_bytes()
+    assert len(data) > 4096  # the five acknowledged labels are still in the log, not yet in the database
+    if damage == "garbage appended":
+        wal.write_bytes(data + b"\xff\x00 not a frame " * 300)
+        expected = {("a", k) for k in range(5)}
+    else:
+        wal.write_bytes(data[: len(data) - 100])  # the last frame cut: the last transaction is lost with it
+        expected = {("a", k) for k in range(4)}
+    store = _store(tmp_path)
+    assert expected <= set(store.labelled_keys()) <= {("a", k) for k in range(5)}
+    store.set("a", 7, "lesion")
+    assert ("a", 7) in _store(tmp_path).labelled_keys()
