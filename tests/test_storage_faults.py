@@ -182,12 +182,15 @@ def test_a_full_disk_over_http_is_a_json_507_and_loses_nothing(tmp_path: Path) -
                     acknowledged.append(("study_01", k))
                     continue
                 assert status == 507, answer
-                assert "disk holding the slice labels is full" in answer["detail"] and "not stored" in answer["detail"]
+                assert answer["detail"].startswith("the disk holding the slice labels is full: the label was not "
+                                                   "stored"), answer
                 refused.append(("study_01", k))
             assert len(refused) >= 5, f"a full disk refused {len(refused)} label(s)"
             info = server.get_json("/info/")["ss_stylegan"]
             assert any("storing slice labels" in p and "is failing" in p for p in info["problems"]), info["problems"]
-            assert info["storage"]["studies"]["free_bytes"] >= 0 and "workspace" in info["storage"]
+            assert info["storage"]["labels"]["total_bytes"] == 1 << 20  # the labels' own (small) disk
+            assert "only 0 MiB free on the disk of the labels folder" in info["storage"]["labels"]["warning"]
+            assert info["storage"]["studies"]["free_bytes"] > 0 and "workspace" in info["storage"]
             os.truncate(filler, 0)
             for k in range(4, 8):
                 status, answer = server.request("PUT", "/slicelabels/", {"image": "study_00", "slice": k,

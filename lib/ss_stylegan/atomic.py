@@ -116,6 +116,9 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 class StorageError(OSError):
     """A write that matters failed; nothing of it was stored. The message says what failed and what to do."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28] " prefix
+        return self.strerror or super().__str__()
+
 
 class StorageFullError(StorageError):
     """A write failed because the disk (or the user's quota) is full; nothing of it was stored."""

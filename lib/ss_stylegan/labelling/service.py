@@ -469,10 +469,11 @@ class LabellingService:
         )
 
     def storage(self) -> dict[str, Any]:
-        """Free space of the studies folder and of the workspace, each with a warning below
-        :data:`LOW_SPACE_BYTES` (labels, uploads and maps need room to be stored)."""
+        """Free space of the studies folder, the labels folder and the workspace (each may be a disk of its own),
+        each with a warning below :data:`LOW_SPACE_BYTES` (labels, uploads and maps need room to be stored)."""
         out: dict[str, Any] = {}
-        for name, folder in (("studies", self.folder), ("workspace", self.workspace.root)):
+        for name, folder in (("studies", self.folder), ("labels", self.labels.folder),
+                             ("workspace", self.workspace.root)):
             space = free_space(folder)
             if space is None:
                 out[name] = {"warning": f"the free space of the {name} folder cannot be read"}
