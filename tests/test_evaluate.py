@@ -185,14 +185,15 @@ def test_gan_path_tiny(tmp_path: Path) -> None:
     # the saved embeddings can be reused without training
     out2 = tmp_path / "out2"
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out2), "--k", "4", "8", "--repeats", "1",
-                 "--embeddings", str(out / "embeddings_repeat0.npz"), "--perplexity", "10"]) == 0
+                 "--embeddings", str(out / "embeddings_repeat0.npz"), "--perplexity", "10", "--no-grid"]) == 0
     assert json.loads((out2 / "results.json").read_text(encoding="utf-8"))["meta"]["embeddings"]["ss_stylegan"]["kind"].startswith(
         "precomputed")
     # a trained model reused with --model-dir is described by how it was trained, not by this run's flags
     out3 = tmp_path / "out3"
     assert main(["--data", str(tmp_path / "data.npz"), "--out", str(out3), "--k", "4", "8", "--repeats", "1",
                  "--model-config", model, "--model-dir", str(out / "gan"), "--train-config", '{"seed": 5}',
-                 "--perplexity", "10", "--tsne-iter", "200"]) == 0
+                 "--perplexity", "10", "--tsne-iter", "200", "--no-grid"]) == 0
+    assert json.loads((out3 / "results.json").read_text(encoding="utf-8"))["meta"]["grid"] is False
     reused = json.loads((out3 / "results.json").read_text(encoding="utf-8"))["meta"]["embeddings"]["ss_stylegan"]
     assert reused["model_dir"] == str(out / "gan") and reused["train"]["seed"] == 0
     assert reused["train"]["batch_size"] == 8 and reused["model_versions"] == info["model_versions"]
