@@ -334,8 +334,6 @@ def score_predictions(y_all: np.ndarray, scores_all: np.ndarray, labels: np.ndar
     return out
 
 
-
-
 def run_protocol(
     data: Dataset,
     embedders: Sequence[Embedder],

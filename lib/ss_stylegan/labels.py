@@ -40,7 +40,7 @@ from typing import Any
 from ss_stylegan.atomic import FaultEpisodes, StorageError, StorageFullError, fsync_dir, is_disk_full
 from ss_stylegan.data.fingerprint import Fingerprint
 from ss_stylegan.labelling.label_files import LabelExports, Labels, legacy_journals, read_label_files
-from ss_stylegan.validation import identifier, inside, integer, text
+from ss_stylegan.validation import identifier, integer, text
 
 log = logging.getLogger(__name__)
 

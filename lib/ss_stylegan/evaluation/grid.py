@@ -10,7 +10,7 @@ the others are ``<embedding> + <selection> + <classifier>`` (``nn_map`` for 1-NN
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,9 +51,14 @@ def selections(points: np.ndarray, features: np.ndarray, ks: Sequence[int], n_cl
             yield "typiclust", k, np.asarray(TypiClustSelector(random_state=seed).select(features, k), dtype=np.int64)
 
 
+MapClassifier = Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
 def predictions(points: np.ndarray, features: np.ndarray, labels: np.ndarray, labelled: np.ndarray,
-                n_classes: int, seed: int, grid: bool, map_classifier) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:  # noqa: ANN001
-    """``(classifier, class index [N], scores [N, C])`` of every point for each classifier."""
+                n_classes: int, seed: int, grid: bool, map_classifier: MapClassifier
+                ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(classifier, class index [N], scores [N, C])`` of every point for each classifier; ``map_classifier``
+    is the paper's 1-NN in the map (``(points, labels, labelled, n_classes) -> (classes, scores)``)."""
     yield ("nn_map", *map_classifier(points, labels, labelled, n_classes))
     if grid:
         for name in CLASSIFIERS:
