@@ -28,8 +28,8 @@ CHILD = r"""
 import json, sys, threading, time
 import numpy as np, torch
 from ss_stylegan.config import ModelConfig
-from ss_stylegan.embedding import embed_to_file
-from ss_stylegan.networks import SSStyleGAN
+from ss_stylegan.model.embedding import embed_to_file
+from ss_stylegan.model.networks import SSStyleGAN
 
 def status(key):
     for line in open("/proc/self/status"):

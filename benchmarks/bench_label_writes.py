@@ -101,7 +101,10 @@ def run_pattern(server: RunningServer, pattern: str, writers: int, writes: int, 
 _OPEN = r"""
 import json, os, sqlite3, sys, time
 sys.path.insert(0, os.path.join(sys.argv[1], "lib"))
-import ss_stylegan.labels as labels
+try:
+    import ss_stylegan.labelling.label_store as labels
+except ImportError:  # a checkout from before the library was split into subpackages
+    import ss_stylegan.labels as labels
 folder, n = sys.argv[2], int(sys.argv[3])
 def record(k):
     return {"image": f"img{k // 1000:05d}", "slice": k % 1000, "class": ("normal", "lesion")[k % 2], "user": "bench",

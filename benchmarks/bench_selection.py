@@ -28,9 +28,9 @@ from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ss_stylegan.classification import NearestNeighbourClassifier  # noqa: E402
-from ss_stylegan.projection import MAX_FIT_POINTS, TSNEProjector  # noqa: E402
-from ss_stylegan.selection import FarthestPointSelector, FarthestPointState  # noqa: E402
+from ss_stylegan.classification.nearest import NearestNeighbourClassifier
+from ss_stylegan.maps.projection import MAX_FIT_POINTS, TSNEProjector
+from ss_stylegan.selection.fps import FarthestPointSelector, FarthestPointState
 
 MAP_DIM = 128   # w_dim of the CPU recipe's network
 PARTS = ("fps", "knn", "tsne", "map", "load")

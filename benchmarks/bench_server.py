@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from server_harness import RunningServer, start_server  # noqa: E402
 
 from ss_stylegan.data.fingerprint import FingerprintCache  # noqa: E402
-from ss_stylegan.workspace import SliceMap, TrainingStatus, Workspace  # noqa: E402
+from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.workspace import TrainingStatus, Workspace
 
 SLICES_PER_STUDY = 300
 W_DIM = 32

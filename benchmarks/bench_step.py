@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ss_stylegan.config import TrainConfig
-from ss_stylegan.recipes import model_preset
-from ss_stylegan.training import Trainer
+from ss_stylegan.training.recipes import model_preset
+from ss_stylegan.training.loop import Trainer
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+cl", "threads=1")
 

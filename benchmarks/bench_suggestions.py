@@ -2,13 +2,13 @@
 
 The library objects are timed directly in threads (no HTTP), as a server holds them:
 
-- ``fps``: :class:`~ss_stylegan.fps_index.SuggestionIndex`. 20 slices are labelled; each of 16 client
+- ``fps``: :class:`~ss_stylegan.selection.incremental.SuggestionIndex`. 20 slices are labelled; each of 16 client
   threads asks for one suggestion at a time, and every request replaces that client's earlier reservation
   (the server's rule), so each request releases one centre and adds one. A lock shared with the
-  reservation table covers select + reserve, as in the server: a :class:`~ss_stylegan.fps_index.FairLock`
+  reservation table covers select + reserve, as in the server: a :class:`~ss_stylegan.labelling.fair_lock.FairLock`
   (first come, first served), and for comparison Python's ``threading.Lock``. Latency includes the wait
   for that lock; "in lock" is the time a request holds it (the service time a queue of 16 multiplies).
-- ``classify``: :class:`~ss_stylegan.classification.NearestLabelIndex` over ``--labelled`` labelled
+- ``classify``: :class:`~ss_stylegan.classification.nearest.NearestLabelIndex` over ``--labelled`` labelled
   points (default: every point of the map), 300 query slices per request (one study), 16 threads.
 - the one-off costs: building each index for the map.
 
@@ -34,8 +34,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ss_stylegan.classification import NearestLabelIndex  # noqa: E402
-from ss_stylegan.fps_index import FairLock, SuggestionIndex  # noqa: E402
+from ss_stylegan.classification.nearest import NearestLabelIndex
+from ss_stylegan.labelling.fair_lock import FairLock
+from ss_stylegan.selection.incremental import SuggestionIndex
 
 CLIENTS = 16
 STUDY_SLICES = 300

@@ -2,7 +2,7 @@
 
 Prints, per device and resolution, the median images/s of full training steps (G step with
 reconstruction, D step with encoder NLL, EMA; the lazy R1 step, 1 in 16, is not timed) and the
-median slices/s of :func:`ss_stylegan.embedding.embed_images`. CUDA is measured when available.
+median slices/s of :func:`ss_stylegan.model.embedding.embed_images`. CUDA is measured when available.
 
     .venv/bin/python benchmarks/bench_training.py                 # CPU (and CUDA if present)
     .venv/bin/python benchmarks/bench_training.py --resolutions 64 --cpu-steps 3
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.embedding import embed_images
-from ss_stylegan.training import Trainer
+from ss_stylegan.model.embedding import embed_images
+from ss_stylegan.training.loop import Trainer
 
 
 def _sync(device: torch.device) -> None:

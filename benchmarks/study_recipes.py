@@ -93,8 +93,8 @@ def measure_rates(names: list[str], steps: int = 6) -> dict[str, float]:
     import torch
 
     from ss_stylegan.config import ModelConfig, TrainConfig
-    from ss_stylegan.recipes import get_recipe
-    from ss_stylegan.training import Trainer
+    from ss_stylegan.training.recipes import get_recipe
+    from ss_stylegan.training.loop import Trainer
 
     cpu = get_recipe("cpu")
     trainers = {}

@@ -56,8 +56,8 @@ from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
 from ss_stylegan.config import ConfigError
 from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
-from ss_stylegan.labels import OrphanedLabelsError
-from ss_stylegan.validation import identifier
+from ss_stylegan.labelling.label_values import OrphanedLabelsError
+from ss_stylegan.labelling.validation import identifier
 from ss_stylegan.workspace import Workspace
 
 log = logging.getLogger(__name__)

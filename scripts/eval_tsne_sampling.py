@@ -42,10 +42,11 @@ from scipy import ndimage
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from ss_stylegan.atomic import atomic_write_text
-from ss_stylegan.evaluate import load_dataset, score_selection
-from ss_stylegan.projection import TSNEProjector
-from ss_stylegan.selection import FarthestPointSelector
+from ss_stylegan.storage.atomic import atomic_write_text
+from ss_stylegan.evaluation.datasets import load_dataset
+from ss_stylegan.evaluation.protocol import score_selection
+from ss_stylegan.maps.projection import TSNEProjector
+from ss_stylegan.selection.fps import FarthestPointSelector
 
 log = logging.getLogger("eval_tsne_sampling")
 KS = (10, 20, 50)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.storage.atomic import atomic_write_bytes, atomic_write_text
 from ss_stylegan.data.preprocess import CT_WINDOWS, apply_window
 from ss_stylegan.data.synthetic import (
     CLASSES,

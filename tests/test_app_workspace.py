@@ -14,24 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ss_stylegan.labels import (
-    SliceLabelStore,
+from ss_stylegan.labelling.label_store import SliceLabelStore
+from ss_stylegan.labelling.label_values import (
     SliceOutOfRangeError,
     UnknownClassError,
     UnknownImageError,
     parse_classes,
 )
-from ss_stylegan.validation import FieldError
-from ss_stylegan.workspace import (
-    DamagedVersionError,
-    MapVersion,
-    PendingSuggestions,
-    ReservationLimitError,
-    SliceMap,
-    TrainingStatus,
-    Workspace,
-    WorkspaceError,
-)
+from ss_stylegan.labelling.validation import FieldError
+from ss_stylegan.maps.versions import DamagedVersionError, WorkspaceError
+from ss_stylegan.maps.slice_map import MapVersion, SliceMap
+from ss_stylegan.labelling.reservations import PendingSuggestions, ReservationLimitError
+from ss_stylegan.workspace import TrainingStatus, Workspace
 
 DEPTHS = {"a": 10, "b": 1}
 
@@ -200,7 +194,7 @@ def test_status_and_stop_flag(tmp_path: Path) -> None:
 
 
 def test_pending_suggestions_per_client_with_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ss_stylegan.workspace as workspace_module
+    import ss_stylegan.labelling.reservations as workspace_module
 
     class Clock:  # the test's own clock for the module: a slow machine cannot make a reservation lapse early
         def __getattr__(self, name: str):
@@ -255,7 +249,7 @@ def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Pat
     import os
     import stat
 
-    from ss_stylegan.atomic import atomic_write_text
+    from ss_stylegan.storage.atomic import atomic_write_text
 
     target = tmp_path / "labels.json"
     atomic_write_text(target, "old")
@@ -268,7 +262,7 @@ def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Pat
 
 
 def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
-    from ss_stylegan.atomic import atomic_write
+    from ss_stylegan.storage.atomic import atomic_write
 
     target = tmp_path / "embeddings.npz"
     target.write_bytes(b"complete old content")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ss_stylegan.checkpoint import (
+from ss_stylegan.model.checkpoint import (
     CheckpointError,
     checkpoint_version,
     latest_checkpoint,
@@ -19,7 +19,7 @@ from ss_stylegan.checkpoint import (
     save_checkpoint,
 )
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.training import train
+from ss_stylegan.training.loop import train
 
 MODEL = ModelConfig.tiny(32)
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ss_stylegan.classification import ClassificationError, NearestLabelIndex, NearestNeighbourClassifier
-from ss_stylegan.metrics import macro_auc, roc_auc
+from ss_stylegan.classification.nearest import (
+    ClassificationError,
+    NearestLabelIndex,
+    NearestNeighbourClassifier,
+)
+from ss_stylegan.evaluation.metrics import macro_auc, roc_auc
 
 
 def _blobs(n_classes: int, per: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

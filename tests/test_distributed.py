@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from ss_stylegan.checkpoint import load_checkpoint
+from ss_stylegan.model.checkpoint import load_checkpoint
 from ss_stylegan.cli import main as cli_main
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.distributed import fingerprint
-from ss_stylegan.launcher import launch
-from ss_stylegan.training import TrainingError, train
+from ss_stylegan.training.distributed import fingerprint
+from ss_stylegan.training.launcher import launch
+from ss_stylegan.training.loop import TrainingError, train
 from test_training import discs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -165,7 +165,7 @@ from pathlib import Path
 import numpy as np
 import torch.multiprocessing as mp
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan import launcher
+from ss_stylegan.training import launcher
 
 if __name__ == "__main__":
     rendezvous = Path(sys.argv[1])

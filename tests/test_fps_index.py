@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from ss_stylegan.fps_index import FairLock, SuggestionIndex
-from ss_stylegan.neighbours import DynamicNearest
-from ss_stylegan.selection import FarthestPointSelector, SelectionError
+from ss_stylegan.labelling.fair_lock import FairLock
+from ss_stylegan.selection.incremental import SuggestionIndex
+from ss_stylegan.classification.dynamic_nearest import DynamicNearest
+from ss_stylegan.selection.fps import FarthestPointSelector, SelectionError
 
 
 def _map(n: int, dim: int, seed: int) -> np.ndarray:
@@ -71,12 +72,12 @@ def test_every_way_of_measuring_blocks_gives_the_same_picks(path: str, monkeypat
     at once, in groups by number of candidates, or through the k-d tree of centres (many centres; its bounds
     for blocks whose nearest centre was removed too): each way alone gives the from-scratch picks and
     distances, with centres added and removed between the tree's rebuilds."""
-    import ss_stylegan.fps_index as fps_index
+    import ss_stylegan.selection.blocks as blocks
 
-    monkeypatch.setattr(fps_index, "_DIRECT_PAIRS", 1 << 40 if path == "direct" else 0)
-    monkeypatch.setattr(fps_index, "_UNION_PAIRS", 1 << 40 if path == "union" else 0)
-    monkeypatch.setattr(fps_index, "_TREE_CENTRES", 0 if path.startswith("tree") else 1 << 40)
-    monkeypatch.setattr(fps_index, "_TREE_REBUILD_AFTER", 3 if path == "tree rebuilt often" else 64)
+    monkeypatch.setattr(blocks, "_DIRECT_PAIRS", 1 << 40 if path == "direct" else 0)
+    monkeypatch.setattr(blocks, "_UNION_PAIRS", 1 << 40 if path == "union" else 0)
+    monkeypatch.setattr(blocks, "_TREE_CENTRES", 0 if path.startswith("tree") else 1 << 40)
+    monkeypatch.setattr(blocks, "_TREE_REBUILD_AFTER", 3 if path == "tree rebuilt often" else 64)
     X = _map(1500, 2, 11)
     rng = np.random.default_rng(11)
     index = SuggestionIndex(X, start="central", block_size=16)
@@ -92,11 +93,11 @@ def test_every_way_of_measuring_blocks_gives_the_same_picks(path: str, monkeypat
 def test_many_labelled_points_use_the_tree_and_give_the_same_picks() -> None:
     """Hundreds of labelled points (above ``_TREE_CENTRES``, with the default settings): picks, distances and
     the first pick on an index built afterwards equal the from-scratch selector while labels come and go."""
-    import ss_stylegan.fps_index as fps_index
+    import ss_stylegan.selection.blocks as blocks
 
     X = _map(6000, 2, 21)
     rng = np.random.default_rng(21)
-    labelled = set(rng.choice(len(X), fps_index._TREE_CENTRES + 200, replace=False).tolist())
+    labelled = set(rng.choice(len(X), blocks._TREE_CENTRES + 200, replace=False).tolist())
     index = SuggestionIndex(X, start="central", block_size=32)
     scratch = FarthestPointSelector(start="central")
     pending: list[int] = []
@@ -108,7 +109,7 @@ def test_many_labelled_points_use_the_tree_and_give_the_same_picks() -> None:
         assert got == scratch.select(X, labelled=sorted(labelled), pending=pending, count=3, exclude=excluded)
         labelled |= {p.index for p in got[:2]}                  # two labelled, one stays reserved
         pending = [got[2].index]
-    assert index.n_centres > fps_index._TREE_CENTRES and index._blocks.nearest_centre.n_rebuilds > 1
+    assert index.n_centres > blocks._TREE_CENTRES and index._blocks.nearest_centre.n_rebuilds > 1
     fresh = SuggestionIndex(X, start="central", block_size=32)
     assert fresh.select(labelled=sorted(labelled), count=4) == scratch.select(X, labelled=sorted(labelled), count=4)
 

@@ -1,4 +1,4 @@
-"""The slice label store (``ss_stylegan.labels``) on real files: durability, migration, exports, flags, CSV.
+"""The slice label store (``ss_stylegan.labelling.label_store``) on real files: durability, migration, exports, flags, CSV.
 
 The kill tests run writers in a child process killed with SIGKILL, mid-stream or at a chosen step of a write:
 every label the child reported as stored (after ``set`` returned) must be there when the folder is opened
@@ -22,16 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from ss_stylegan.atomic import StorageFullError
+from ss_stylegan.storage.faults import StorageFullError
 from ss_stylegan.data.fingerprint import Fingerprint, Stamp
 from ss_stylegan.labelling.batches import BatchWriter
-from ss_stylegan.labels import (
-    OrphanedLabelsError,
-    SliceLabelStore,
-    StudyState,
-    csv_cell,
-    flag_of,
-)
+from ss_stylegan.labelling.label_values import OrphanedLabelsError, csv_cell
+from ss_stylegan.labelling.label_store import SliceLabelStore
+from ss_stylegan.labelling.flags import StudyState, flag_of
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")
 
@@ -44,7 +40,7 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path: Path) -> None:
     writer = textwrap.dedent(f"""
         import sys, threading
         sys.path.insert(0, {LIB!r})
-        from ss_stylegan.labels import SliceLabelStore
+        from ss_stylegan.labelling.label_store import SliceLabelStore
         store = SliceLabelStore(sys.argv[1], ["normal", "lesion"], lambda image: 50)
         lock = threading.Lock()
         def write(w):
@@ -85,7 +81,7 @@ def test_kill_9_loses_no_acknowledged_label(tmp_path: Path) -> None:
 _STEP_KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1])
-    from ss_stylegan.labels import SliceLabelStore
+    from ss_stylegan.labelling.label_store import SliceLabelStore
     store = SliceLabelStore(sys.argv[2], ["normal", "lesion"], lambda image: 50)
     for k in range(5):
         store.set("a", k, "normal", "before")

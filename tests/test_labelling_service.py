@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ss_stylegan.classification import NearestNeighbourClassifier
+from ss_stylegan.classification.nearest import NearestNeighbourClassifier
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.labelling.errors import NotReadyError
 from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labelling.service import LabellingService
-from ss_stylegan.labels import flag_of
-from ss_stylegan.selection import FarthestPointSelector
-from ss_stylegan.workspace import SliceMap, Workspace
+from ss_stylegan.labelling.flags import flag_of
+from ss_stylegan.selection.fps import FarthestPointSelector
+from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.workspace import Workspace
 
 N_STUDIES, DEPTH = 12, 40
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ss_stylegan import metrics as m
+from ss_stylegan.evaluation import metrics as m
 
 
 def test_binary_metrics_by_hand() -> None:

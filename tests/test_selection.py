@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector, SelectionError, derive_seed
+from ss_stylegan.selection.fps import FarthestPointSelector, SelectionError
+from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.config import derive_seed
 
 
 def _clusters(n_clusters: int = 5, per: int = 40, dim: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +108,7 @@ def test_derived_seeds_are_repeatable_and_distinct_per_call() -> None:
     X, _ = _clusters()
     runs = [[RandomSelector(random_state=derive_seed(7, k)).select(X)[0].index for k in range(5)] for _ in range(2)]
     assert runs[0] == runs[1] and len(set(runs[0])) > 1
-    with pytest.raises(SelectionError, match="call"):
+    with pytest.raises(ValueError, match="seed key"):
         derive_seed(0, -1)
 
 

@@ -4,7 +4,7 @@
   stores the next ones once space returns, and after ``kill -9`` every acknowledged label is there and no
   refused one is.
 - Every atomic writer (maps, checkpoints, status, pointer, label exports, the datastore state file all go
-  through :func:`ss_stylegan.atomic.atomic_write`): a write that fails after N bytes, or on a full disk, leaves
+  through :func:`ss_stylegan.storage.atomic.atomic_write`): a write that fails after N bytes, or on a full disk, leaves
   the old file exactly as it was and no temporary file behind.
 - Over HTTP: a label refused on a full disk is a JSON 507 that says nothing was stored, ``/info/`` names the
   failing write and the free space, and after space returns and a ``kill -9`` of the server every acknowledged
@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 
 from server_harness import TINY_CONF, start_server
-from ss_stylegan.atomic import StorageFullError, append_line, atomic_write, atomic_write_text
+from ss_stylegan.storage.faults import StorageFullError
+from ss_stylegan.storage.atomic import append_line, atomic_write, atomic_write_text
 from ss_stylegan.data.synthetic import make_synthetic_datastore
-from ss_stylegan.labels import SliceLabelStore
+from ss_stylegan.labelling.label_store import SliceLabelStore
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")
@@ -82,8 +83,8 @@ def fill(disk: Path) -> Path:
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from ss_stylegan.atomic import StorageFullError
-    from ss_stylegan.labels import SliceLabelStore
+    from ss_stylegan.storage.faults import StorageFullError
+    from ss_stylegan.labelling.label_store import SliceLabelStore
     store = SliceLabelStore(sys.argv[2], ["normal", "lesion"], lambda image: 50)
     for k in range(100000):
         try:

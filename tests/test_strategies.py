@@ -1,4 +1,4 @@
-"""Selection and classification in the whole embedding (``ss_stylegan.strategies``, ``ss_stylegan.classifiers``):
+"""Selection and classification in the whole embedding (``ss_stylegan.selection``, ``ss_stylegan.classification.features``):
 behaviour on data whose answer is known (well-separated clusters), cold and warm starts, and the shapes every
 classifier answers."""
 
@@ -7,15 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ss_stylegan.classifiers import CLASSIFIERS, classify_features
-from ss_stylegan.strategies import (
-    FarthestInFeatures,
-    ProbCoverSelector,
-    TypiClustSelector,
-    prepare_features,
-    purity_radius,
-    typicality,
-)
+from ss_stylegan.classification.features import CLASSIFIERS, classify_features
+from ss_stylegan.selection.fps_features import FarthestInFeatures
+from ss_stylegan.selection.probcover import ProbCoverSelector, purity_radius
+from ss_stylegan.selection.typiclust import TypiClustSelector, typicality
+from ss_stylegan.selection.features import prepare_features
 
 
 def blobs(n_per: int = 40, centres: int = 4, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ss_stylegan.checkpoint import load_checkpoint, load_model
+from ss_stylegan.model.checkpoint import load_checkpoint, load_model
 from ss_stylegan.cli import main as cli_main
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.embedding import embed_images, reconstruction_error, w_recovery_error
-from ss_stylegan.networks import SSStyleGAN
-from ss_stylegan.training import Milestone, TrainingError, TrainProgress, train
+from ss_stylegan.model.embedding import embed_images, reconstruction_error, w_recovery_error
+from ss_stylegan.model.networks import SSStyleGAN
+from ss_stylegan.training.loop import Milestone, TrainingError, TrainProgress, train
 
 TINY = ModelConfig.tiny(32)
 
@@ -160,7 +160,7 @@ def test_cli_picks_the_cpu_sized_network_without_a_preset(tmp_path: Path, capsys
 
 
 def test_ema_generator_follows_the_half_life(tmp_path: Path) -> None:
-    from ss_stylegan.training import Trainer
+    from ss_stylegan.training.loop import Trainer
 
     cfg = TrainConfig(batch_size=4, steps=2, ema_kimg=0.01, ema_rampup=None, checkpoint_interval=100)
     trainer = Trainer(discs(8), TINY, cfg, tmp_path, torch.device("cpu"))
@@ -238,7 +238,7 @@ def test_bf16_and_channels_last_train_and_resume(tmp_path: Path) -> None:
 def test_embeddings_stream_to_a_memory_mapped_file(tmp_path: Path) -> None:
     """embed_to_file gives the same W as embed_images, reading the slices from the cache file in batches, and
     writes atomically; a slice of a memory map (whose offset is its parent's) is read correctly too."""
-    from ss_stylegan.embedding import embed_to_file, read_batches
+    from ss_stylegan.model.embedding import embed_to_file, read_batches
 
     train(discs(8), TINY, TrainConfig(batch_size=4, steps=1), tmp_path / "run", device="cpu", progress_bar=False)
     model = load_model(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""One training per workspace across processes (``ss_stylegan.training_lock``), and study fingerprints
+"""One training per workspace across processes (``ss_stylegan.training.lock``), and study fingerprints
 (``ss_stylegan.data.fingerprint``), with real processes and files."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ss_stylegan.data.fingerprint import FingerprintCache, content_hash, stamp
-from ss_stylegan.training_lock import TrainingBusyError, TrainingLock
+from ss_stylegan.training.lock import TrainingBusyError, TrainingLock
 from ss_stylegan.workspace import Workspace
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")

@@ -1,4 +1,4 @@
-"""Bounded uploads (``ss_stylegan.uploads``) on real files: size caps before anything is allocated, single-file
+"""Bounded uploads (``ss_stylegan.data.uploads``) on real files: size caps before anything is allocated, single-file
 formats only, headers naming other files refused, temporary files always removed."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from ss_stylegan import uploads
+from ss_stylegan.data import uploads
 from ss_stylegan.data.readers import read_volume
-from ss_stylegan.uploads import (
+from ss_stylegan.data.uploads import (
     UploadError,
     UploadLimits,
     UploadTooLargeError,

@@ -1,4 +1,4 @@
-"""Strict request values (``ss_stylegan.validation``): every refusal names the field and never echoes a long value."""
+"""Strict request values (``ss_stylegan.labelling.validation``): every refusal names the field and never echoes a long value."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ss_stylegan.validation import (
+from ss_stylegan.labelling.validation import (
     FieldError,
     PathEscapeError,
     identifier,

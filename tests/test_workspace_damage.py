@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from server_harness import TINY_CONF, start_server
-from ss_stylegan.workspace import MapVersion, Workspace
+from ss_stylegan.maps.slice_map import MapVersion
+from ss_stylegan.workspace import Workspace
 
 pytestmark = pytest.mark.server
 

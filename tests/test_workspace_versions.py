@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from folder_snapshot import snapshot
-from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
-from ss_stylegan.workspace import MapVersion, SliceMap, StaleVersionError, Workspace, WorkspaceError
+from ss_stylegan.storage.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.maps.slice_map import MapVersion, SliceMap
+from ss_stylegan.maps.versions import StaleVersionError, WorkspaceError
+from ss_stylegan.workspace import Workspace
 
 
 class FakeProjector:
@@ -207,21 +209,21 @@ def _publish_and_die(root: str, step: str) -> None:
     """A training process killed with SIGKILL at one step of a publish (the test's second process)."""
     import signal
 
-    import ss_stylegan.workspace as workspace
+    import ss_stylegan.maps.versions as versions
 
     def die(*_: object, **__: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    real_write = workspace.atomic_write_text
+    real_write = versions.atomic_write_text
     if step == "folder made":
-        workspace.Workspace.save_map = die  # type: ignore[method-assign]
+        versions.MapVersions.save_map = die  # type: ignore[method-assign]
     elif step == "arrays written":
-        workspace.atomic_write_text = lambda path, text: die() if str(path).endswith("slice_map.json") \
+        versions.atomic_write_text = lambda path, text: die() if str(path).endswith("slice_map.json") \
             else real_write(path, text)
     elif step == "map complete":
-        workspace.Workspace.activate = die  # type: ignore[method-assign]
+        versions.MapVersions.activate = die  # type: ignore[method-assign]
     elif step == "pointer switched":
-        workspace._remove_unless_building = die
+        versions._remove_unless_building = die
     _publish(Workspace(root), "m2", ["a", "b", "c"])
 
 

@@ -127,12 +127,12 @@ def _build_cache(studies: Path, slice_cfg: SliceConfig, cache_dir: Path):  # noq
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from ss_stylegan.atomic import atomic_write_text
     from ss_stylegan.data.cache import SliceCache
-    from ss_stylegan.devices import resolve_device
-    from ss_stylegan.distributed import context_for, env_world_size
-    from ss_stylegan.launcher import launch, parse_gpus
-    from ss_stylegan.recipes import model_preset
+    from ss_stylegan.model.devices import resolve_device
+    from ss_stylegan.storage.atomic import atomic_write_text
+    from ss_stylegan.training.distributed import context_for, env_world_size
+    from ss_stylegan.training.launcher import launch, parse_gpus
+    from ss_stylegan.training.recipes import model_preset
 
     sections = _load_sections(args.config)
     model_d = dict(sections.get("model", {}))
@@ -187,9 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from ss_stylegan.atomic import atomic_write
-    from ss_stylegan.checkpoint import load_model
-    from ss_stylegan.embedding import embed_images
+    from ss_stylegan.model.checkpoint import load_model
+    from ss_stylegan.model.embedding import embed_images
+    from ss_stylegan.storage.atomic import atomic_write
 
     model = load_model(args.model, device=args.device)
     model_dir = args.model if args.model.is_dir() else args.model.parent
@@ -218,9 +218,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from ss_stylegan.checkpoint import load_model, resolve_checkpoint
-    from ss_stylegan.devices import resolve_device
-    from ss_stylegan.pipeline import map_from_studies
+    from ss_stylegan.maps.build import map_from_studies
+    from ss_stylegan.model.checkpoint import load_model, resolve_checkpoint
+    from ss_stylegan.model.devices import resolve_device
     from ss_stylegan.workspace import Workspace
 
     if not args.studies.is_dir():
@@ -251,12 +251,12 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 for a clear, expected error)."""
-    from ss_stylegan.checkpoint import CheckpointError
     from ss_stylegan.data.cache import SliceCacheError
-    from ss_stylegan.distributed import DistributedError
-    from ss_stylegan.networks import ShapeError
-    from ss_stylegan.training import TrainingError
-    from ss_stylegan.workspace import WorkspaceError
+    from ss_stylegan.maps.versions import WorkspaceError
+    from ss_stylegan.model.checkpoint import CheckpointError
+    from ss_stylegan.model.networks import ShapeError
+    from ss_stylegan.training.distributed import DistributedError
+    from ss_stylegan.training.loop import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)

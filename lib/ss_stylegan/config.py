@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T", bound="_Settings")
 
 RESOLUTIONS = (32, 64, 128, 256)
@@ -55,7 +57,7 @@ class _Settings:
         """Raise :class:`ConfigError` when a value is out of range. Subclasses extend this."""
 
     def save(self, path: str | Path) -> None:
-        from ss_stylegan.atomic import atomic_write_text
+        from ss_stylegan.storage.atomic import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
@@ -97,7 +99,7 @@ class SliceConfig(_Settings):
 
 @dataclasses.dataclass
 class ModelConfig(_Settings):
-    """Architecture of the SS-StyleGAN networks (see :mod:`ss_stylegan.networks`).
+    """Architecture of the SS-StyleGAN networks (see :mod:`ss_stylegan.model.networks`).
 
     The defaults are StyleGAN2's (``paper256``-like, as used by the SS-StyleGAN paper) and meant for a
     GPU; :meth:`tiny` gives a model that trains on a CPU in seconds (tests, smoke runs).
@@ -162,7 +164,7 @@ class ModelConfig(_Settings):
 
 @dataclasses.dataclass
 class TrainConfig(_Settings):
-    """How SS-StyleGAN is trained (see :mod:`ss_stylegan.training` and :mod:`ss_stylegan.losses`)."""
+    """How SS-StyleGAN is trained (see :mod:`ss_stylegan.training.loop` and :mod:`ss_stylegan.model.losses`)."""
 
     batch_size: int = 32                 # images per step
     kimg: float = 500.0                  # training length in thousands of real images shown ...
@@ -236,3 +238,16 @@ class TrainConfig(_Settings):
         unknown = [p for p in self.augment.split(",") if p and p not in known]
         if unknown:
             raise ConfigError(f"augment: unknown policy {unknown}; use a comma list of {sorted(known)} or ''")
+
+
+def derive_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for the random stream ``key`` of a run seeded with ``seed``.
+
+    The one seed derivation of the project: the training seeds each step's draws with
+    ``derive_seed(seed, stream, step)``; a server draws its ``n``-th random suggestion from
+    ``derive_seed(random_state, n)``, so calls differ and a run replayed from the same seed repeats.
+    """
+    if any(int(k) != k or k < 0 for k in key):
+        raise ValueError(f"a seed key must be non-negative integers, got {key!r}")
+    sequence = np.random.SeedSequence(entropy=int(seed) & 0xFFFFFFFFFFFFFFFF, spawn_key=tuple(int(k) for k in key))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -6,10 +6,10 @@ folder, the app's label tag kept out of the generic label API, and label counts 
   file is written atomically (temp file + rename), and a file that is already unreadable is moved aside at
   start-up (``datastore_v2.json.unreadable-<time>``) so MONAI Label rebuilds it from the files on disk.
 - Every method that turns an image id or a label tag into a file name checks it first
-  (:func:`ss_stylegan.validation.identifier`, :func:`~ss_stylegan.validation.inside`): no ``..``, no
+  (:func:`ss_stylegan.labelling.validation.identifier`, :func:`~ss_stylegan.labelling.validation.inside`): no ``..``, no
   absolute path, no separator, no NUL. The HTTP routes check the same before they get here
   (:mod:`lib.guards`); this is the second line.
-- The app's slice labels (tag ``slice_class``) live in their own store (:mod:`ss_stylegan.labels`); the
+- The app's slice labels (tag ``slice_class``) live in their own store (:mod:`ss_stylegan.labelling.label_store`); the
   generic label methods refuse that tag (:class:`~lib.errors.ProtectedError`), so ``PUT`` or ``DELETE
   /datastore/label?tag=slice_class`` cannot overwrite or delete them.
 - Uploaded images are copied in atomically (a hidden temp file renamed into place), so the map never
@@ -43,9 +43,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ss_stylegan.atomic import atomic_write_text
+from ss_stylegan.storage.atomic import atomic_write_text
 from ss_stylegan.data.readers import VOLUME_SUFFIXES
-from ss_stylegan.validation import FieldError, identifier, inside
+from ss_stylegan.labelling.validation import FieldError, identifier, inside
 
 from lib.errors import ProtectedError
 

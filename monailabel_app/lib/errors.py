@@ -1,6 +1,6 @@
 """The one table from domain errors to HTTP status codes, and the scrubbing of server paths from answers.
 
-The domain errors are the library's (:mod:`ss_stylegan.labelling.errors`, :mod:`ss_stylegan.labels`, ...);
+The domain errors are the library's (:mod:`ss_stylegan.labelling.errors`, :mod:`ss_stylegan.labelling.label_store`, ...);
 the two defined here belong to the HTTP surface over MONAI Label's inherited routes.
 
 Every route of the app runs its work inside :func:`http_errors`: a library or service error becomes an
@@ -22,21 +22,22 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from ss_stylegan.atomic import StorageError, StorageFullError, is_disk_full
+from ss_stylegan.storage.faults import StorageError, StorageFullError, is_disk_full
 from ss_stylegan.config import ConfigError
 from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError  # noqa: F401
-from ss_stylegan.labels import (
+from ss_stylegan.labelling.label_values import (
     OrphanedLabelsError,
     SliceOutOfRangeError,
     UnknownClassError,
     UnknownImageError,
     UnreadableImageError,
 )
-from ss_stylegan.training_lock import TrainingBusyError
-from ss_stylegan.uploads import UploadError, UploadTooLargeError
-from ss_stylegan.validation import FieldError
-from ss_stylegan.workspace import ReservationLimitError, WorkspaceError
+from ss_stylegan.training.lock import TrainingBusyError
+from ss_stylegan.data.uploads import UploadError, UploadTooLargeError
+from ss_stylegan.labelling.validation import FieldError
+from ss_stylegan.labelling.reservations import ReservationLimitError
+from ss_stylegan.maps.versions import WorkspaceError
 
 
 class ProtectedError(PermissionError):

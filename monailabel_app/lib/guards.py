@@ -21,8 +21,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from monailabel.endpoints import datastore as datastore_endpoint
 
 from ss_stylegan.data.readers import image_id_of
-from ss_stylegan.uploads import UploadLimits, received_upload
-from ss_stylegan.validation import FieldError, identifier, json_object, text
+from ss_stylegan.data.uploads import UploadLimits, received_upload
+from ss_stylegan.labelling.validation import FieldError, identifier, json_object, text
 
 from lib.auth import ADMIN, ANNOTATE, READ, RBAC, User
 from lib.datastore import AtomicLocalDatastore

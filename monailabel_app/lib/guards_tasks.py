@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Response
 from monailabel.endpoints import batch_infer as batch_endpoint
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 
-from ss_stylegan.validation import FieldError, boolean, identifier, integer, only_keys, text
+from ss_stylegan.labelling.validation import FieldError, boolean, identifier, integer, only_keys, text
 
 from lib.auth import ADMIN, ANNOTATE, READ, TRAIN, RBAC, User
 from lib.configs.settings import parse_train_request

@@ -15,8 +15,8 @@ from typing import Any
 
 from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
-from ss_stylegan.labels import MAX_USER_CHARS
-from ss_stylegan.validation import FieldError, identifier, integer_text, only_keys, text
+from ss_stylegan.labelling.label_values import MAX_USER_CHARS
+from ss_stylegan.labelling.validation import FieldError, identifier, integer_text, only_keys, text
 
 from lib import answers
 from lib.configs.settings import AppSettings

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ss_stylegan.atomic import FaultEpisodes
+from ss_stylegan.storage.faults import FaultEpisodes
 from ss_stylegan.labelling.batches import BatchWriter
 
 log = logging.getLogger(__name__)

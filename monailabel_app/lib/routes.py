@@ -5,7 +5,7 @@ its own ``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST 
 
 Every handler takes MONAI Label's auth dependency first (``Depends(RBAC(role))``, roles in :mod:`lib.auth`),
 so with auth on a request without a token is answered 401 before anything else is read. JSON bodies are
-parsed strictly (:func:`ss_stylegan.validation.json_object`: no ``NaN``, no unknown fields) and every
+parsed strictly (:func:`ss_stylegan.labelling.validation.json_object`: no ``NaN``, no unknown fields) and every
 value is checked (booleans are not numbers, strings are bounded and printable); a bad one gets 422 naming
 the field. Errors map to status codes in one table (:mod:`lib.errors`).
 
@@ -29,8 +29,8 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
 
 from ss_stylegan.labelling.service import STRATEGIES
-from ss_stylegan.uploads import received_upload
-from ss_stylegan.validation import json_object
+from ss_stylegan.data.uploads import received_upload
+from ss_stylegan.labelling.validation import json_object
 
 from lib.auth import ANNOTATE, READ, TRAIN, RBAC, User, labeller, owner_of
 from lib.configs.settings import parse_train_request

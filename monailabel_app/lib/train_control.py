@@ -3,7 +3,7 @@
 MONAI Label knows only the training subprocess its own server process started. After ``kill -9`` of the
 server that subprocess runs on, and a restarted server neither sees it nor can stop it; MONAI Label's
 generic ``POST /train/`` would even queue another. Here the workspace's training lock
-(:class:`~ss_stylegan.training_lock.TrainingLock`, held by the training process with its PID) is the
+(:class:`~ss_stylegan.training.lock.TrainingLock`, held by the training process with its PID) is the
 authority: a start is refused with 409 while MONAI Label has a task submitted or running *or* any process
 holds the lock; the status reports a holder that MONAI Label does not know; a stop ends it (``STOP`` file,
 then SIGTERM, then SIGKILL).
@@ -21,7 +21,7 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import processes
 from monailabel.utils.async_tasks.utils import tasks as async_tasks
 
-from ss_stylegan.training_lock import TrainingBusyError
+from ss_stylegan.training.lock import TrainingBusyError
 from ss_stylegan.workspace import Workspace
 
 from lib.errors import NotFoundError

@@ -4,7 +4,7 @@ FastAPI reads a multipart body completely (into temporary files) before a handle
 in the handler comes too late for a 50 GB upload. :func:`bounded_route` makes a route class that answers
 413 at once when ``Content-Length`` is over the cap, and stops reading with 413 as soon as the bytes
 received pass it (chunked uploads). The cap is the ``max_upload_mb`` setting plus room for the multipart
-framing; the handler then checks the file itself (:func:`ss_stylegan.uploads.received_upload`).
+framing; the handler then checks the file itself (:func:`ss_stylegan.data.uploads.received_upload`).
 """
 
 from __future__ import annotations

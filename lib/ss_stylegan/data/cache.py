@@ -28,7 +28,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from ss_stylegan.atomic import atomic_write, atomic_write_text
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.preprocess import preprocess_volume
 from ss_stylegan.data.readers import (
@@ -38,6 +37,7 @@ from ss_stylegan.data.readers import (
     looks_like_dicom_file,
     read_volume,
 )
+from ss_stylegan.storage.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ss_stylegan.atomic import atomic_write_bytes, atomic_write_text
+from ss_stylegan.storage.atomic import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

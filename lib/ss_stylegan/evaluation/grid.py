@@ -2,7 +2,7 @@
 
 The paper's pipeline chooses by farthest point sampling in the 2-D t-SNE map and classifies by 1-NN in the
 map (``fps``, and ``random`` as its baseline). Beside it (issue 19), in the whole embedding (features from
-:func:`ss_stylegan.strategies.prepare_features`): selection by farthest points in the features (``fps_w``),
+:func:`ss_stylegan.selection.features.prepare_features`): selection by farthest points in the features (``fps_w``),
 TypiClust and ProbCover, and classification by label spreading, logistic regression and cosine k-NN. Every
 selection is scored with every classifier; the paper's pipelines keep their names (``<embedding> + fps``),
 the others are ``<embedding> + <selection> + <classifier>`` (``nn_map`` for 1-NN in the map).
@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ss_stylegan.classifiers import CLASSIFIERS, classify_features
-from ss_stylegan.selection import FarthestPointSelector, RandomSelector
-from ss_stylegan.strategies import FarthestInFeatures, ProbCoverSelector, TypiClustSelector
+from ss_stylegan.classification.features import CLASSIFIERS, classify_features
+from ss_stylegan.selection.fps import FarthestPointSelector
+from ss_stylegan.selection.fps_features import FarthestInFeatures
+from ss_stylegan.selection.probcover import ProbCoverSelector
+from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.selection.typiclust import TypiClustSelector
 
 MAP_SELECTIONS = ("fps", "random")
 FEATURE_SELECTIONS = ("fps_w", "typiclust", "probcover")

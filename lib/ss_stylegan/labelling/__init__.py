@@ -1,6 +1,6 @@
 """The labelling service over one studies folder: the live slice map, labels, suggestions and classification.
 
-What a server needs on top of the method (:mod:`ss_stylegan.pipeline`, :mod:`ss_stylegan.workspace`), with no
+What a server needs on top of the method (:mod:`ss_stylegan.maps.build`, :mod:`ss_stylegan.workspace`), with no
 HTTP in it, so that the MONAI Label app stays a set of adapters:
 
 - :mod:`.studies` -- :class:`StudyIndex`, the one list of the studies in the folder (files and DICOM series

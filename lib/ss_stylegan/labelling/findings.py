@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+
 import numpy as np
 
 # chosen by the study-level evaluation on IQ-OTH/NCCD (docs/evaluation/study_level.md): the best balanced

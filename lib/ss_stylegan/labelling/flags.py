@@ -1,23 +1,26 @@
 """Which stored labels no longer fit their study, judged against the studies folder and the live map.
 
-A label is *flagged* (:func:`ss_stylegan.labels.flag_of`) when its study was deleted, cannot be read, has
+A label is *flagged* (:func:`ss_stylegan.labelling.flags.flag_of`) when its study was deleted, cannot be read, has
 fewer slices now, or its file changed since the label was made. Flagged labels are listed with the reason
 and left out of suggestions and classification, never moved or dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
 from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.readers import StudyReadError, read_volume
+from ss_stylegan.labelling.label_store import SliceLabelStore
+from ss_stylegan.labelling.label_values import UnreadableImageError
 from ss_stylegan.labelling.live_map import LiveSliceMap
 from ss_stylegan.labelling.studies import StudyIndex
-from ss_stylegan.labels import SliceLabelStore, StudyState, UnreadableImageError, flag_of
-from ss_stylegan.workspace import SliceMap
+from ss_stylegan.maps.slice_map import SliceMap
 
 FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change, else at most this often
 
@@ -165,3 +168,44 @@ class LabelFlags:
         with self._relabelled_lock:
             taken, self._relabelled = self._relabelled, set()
         return taken
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyState:
+    """What the datastore holds for an image id now, to judge its labels by.
+
+    Attributes:
+        exists: the study is in the studies folder.
+        error: why it cannot be read (None when it can).
+        n_slices: its number of slices (None when unknown).
+        fingerprint: its file's fingerprint now; ``sha256`` may be None when no label needed a hash (every
+            label's recorded stamp matches the current one).
+    """
+
+    exists: bool
+    error: str | None = None
+    n_slices: int | None = None
+    fingerprint: Fingerprint | None = None
+
+    def needs_hash(self, records: Iterable[dict[str, Any]]) -> bool:
+        """Whether judging ``records`` needs the study's content hash (some recorded stamp differs)."""
+        return self.fingerprint is not None and any(
+            r.get("study") and Fingerprint.from_dict(r["study"]).stamp != self.fingerprint.stamp for r in records)
+
+
+def flag_of(record: dict[str, Any], state: StudyState) -> str | None:
+    """Why a stored label no longer fits its study (None when it does). Labels are never moved or
+    dropped because of a flag; a flagged label is left out of suggestions and classification until it
+    is stored again (confirmed) or removed."""
+    if not state.exists:
+        return "the study is no longer in the studies folder"
+    if state.error:
+        return f"the study cannot be read now: {state.error}"
+    if state.n_slices is not None and record["slice"] >= state.n_slices:
+        return f"the study now has {state.n_slices} slice(s); slice {record['slice']} no longer exists"
+    if record.get("study") and state.fingerprint is not None:
+        then, now = Fingerprint.from_dict(record["study"]), state.fingerprint
+        if then.stamp != now.stamp and then.sha256 and now.sha256 and then.sha256 != now.sha256:
+            return ("the study file changed since this slice was labelled; check the slice and store its "
+                    "label again (PUT /slicelabels/) or remove it")
+    return None

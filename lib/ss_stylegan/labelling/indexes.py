@@ -1,8 +1,8 @@
 """The per-map indexes behind suggestions and classification, changed instead of rebuilt.
 
 Farthest point sampling keeps every slice's distance to its nearest labelled or reserved slice
-(:class:`~ss_stylegan.fps_index.SuggestionIndex`), and 1-NN classification keeps a k-d tree per class
-(:class:`~ss_stylegan.classification.NearestLabelIndex`). Their answers equal those of the stateless selector
+(:class:`~ss_stylegan.selection.incremental.SuggestionIndex`), and 1-NN classification keeps a k-d tree per class
+(:class:`~ss_stylegan.classification.nearest.NearestLabelIndex`). Their answers equal those of the stateless selector
 and classifier; a new map (a training, or studies embedded into it) gets new indexes on first use. Each index
 is held through a weak reference to its map, so it never keeps a replaced map in memory.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ss_stylegan.classification import NearestLabelIndex, Prediction
-from ss_stylegan.fps_index import SuggestionIndex
+from ss_stylegan.classification.nearest import NearestLabelIndex, Prediction
 from ss_stylegan.labelling.errors import NotReadyError
-from ss_stylegan.workspace import SliceMap
+from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.selection.incremental import SuggestionIndex
 
 
 def settle_garbage_collector() -> None:

@@ -1,6 +1,6 @@
 """The label store's plain files: per-image JSON exports for MONAI Label, and the journal of the old store.
 
-The store of record is an SQLite database (:class:`~ss_stylegan.labels.SliceLabelStore`). Next to it, in
+The store of record is an SQLite database (:class:`~ss_stylegan.labelling.label_store.SliceLabelStore`). Next to it, in
 MONAI Label's label-tag folder, every labelled image has ``<image_id>.json`` (its records, sorted by slice),
 so MONAI Label and anyone browsing the folder see the labels as files. Those files are *exports*: written
 from the database by a background thread (:class:`LabelExports`) shortly after each change, never read
@@ -23,9 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ss_stylegan.atomic import FaultEpisodes, atomic_write_text
 from ss_stylegan.labelling.batches import BatchWriter
-from ss_stylegan.validation import inside
+from ss_stylegan.labelling.validation import inside
+from ss_stylegan.storage.atomic import atomic_write_text
+from ss_stylegan.storage.faults import FaultEpisodes
 
 log = logging.getLogger(__name__)
 

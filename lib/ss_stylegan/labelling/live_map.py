@@ -1,6 +1,6 @@
 """The live slice map of one datastore: the published map, kept in step with the studies folder.
 
-:class:`LiveSliceMap` serves the current :class:`~ss_stylegan.workspace.SliceMap` to request handlers and,
+:class:`LiveSliceMap` serves the current :class:`~ss_stylegan.maps.slice_map.SliceMap` to request handlers and,
 in a background thread, keeps it in step with the studies folder (never refitting the map):
 
 - studies added after training are embedded into it;
@@ -41,9 +41,11 @@ from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache
 from ss_stylegan.data.fingerprint import stamp as study_stamp
 from ss_stylegan.data.readers import StudyReadError
-from ss_stylegan.labelling.placement import MapEmbedder
 from ss_stylegan.labelling.studies import StudyIndex
-from ss_stylegan.workspace import DamagedVersionError, SliceMap, StaleVersionError, Workspace, WorkspaceError
+from ss_stylegan.maps.placement import MapEmbedder
+from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.maps.versions import DamagedVersionError, StaleVersionError, WorkspaceError
+from ss_stylegan.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

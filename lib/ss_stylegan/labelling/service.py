@@ -10,8 +10,8 @@ changed); a server makes it once at the start of each request. Every other metho
 current state or changes labels and reservations; none starts background work.
 
 Answers are typed (:mod:`ss_stylegan.labelling.results`); errors are :mod:`ss_stylegan.labelling.errors`, the
-library's own (:class:`~ss_stylegan.labels.LabelError` and subclasses,
-:class:`~ss_stylegan.validation.FieldError`, :class:`~ss_stylegan.data.readers.StudyReadError`, ...), which the
+library's own (:class:`~ss_stylegan.labelling.label_values.LabelError` and subclasses,
+:class:`~ss_stylegan.labelling.validation.FieldError`, :class:`~ss_stylegan.data.readers.StudyReadError`, ...), which the
 app maps to HTTP status codes in one table.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ss_stylegan.atomic import free_space
+from ss_stylegan.config import derive_seed
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
@@ -36,7 +36,10 @@ from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError
 from ss_stylegan.labelling.findings import positive_classes, study_findings, summary_text
 from ss_stylegan.labelling.flags import LabelFlags
 from ss_stylegan.labelling.indexes import MapIndexes
+from ss_stylegan.labelling.label_store import SliceLabelStore
+from ss_stylegan.labelling.label_values import SliceOutOfRangeError, UnreadableImageError, csv_cell
 from ss_stylegan.labelling.live_map import LiveSliceMap
+from ss_stylegan.labelling.reservations import PendingSuggestions
 from ss_stylegan.labelling.results import (
     LabellingConfig,
     MapPoints,
@@ -47,10 +50,11 @@ from ss_stylegan.labelling.results import (
     Suggestions,
 )
 from ss_stylegan.labelling.studies import StudyIndex
-from ss_stylegan.labels import SliceLabelStore, SliceOutOfRangeError, UnreadableImageError, csv_cell
-from ss_stylegan.selection import RandomSelector, derive_seed
-from ss_stylegan.validation import FieldError, identifier, integer, text
-from ss_stylegan.workspace import PendingSuggestions, SliceMap, Workspace
+from ss_stylegan.labelling.validation import FieldError, identifier, integer, text
+from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.storage.faults import free_space
+from ss_stylegan.workspace import Workspace
 
 STUDY_CSV_FIELDS = ("image", "class", "positive", "n_slices", "runs", "z_mm", "peak_score", "peak_slice",
                     "study_summary", "error")

@@ -39,16 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
-from ss_stylegan.devices import resolve_device
+from ss_stylegan.model.devices import resolve_device
 from ss_stylegan.labelling.findings import DEFAULT_MIN_SCORE as MIN_SCORE
 from ss_stylegan.labelling.findings import DEFAULT_MIN_SLICES as MIN_SLICES
 from ss_stylegan.labelling.findings import StudyRule
 from ss_stylegan.labelling.results import LabellingConfig
-from ss_stylegan.labels import LabelError, parse_classes
-from ss_stylegan.launcher import parse_gpus
-from ss_stylegan.recipes import PRESETS, get_recipe, model_preset
-from ss_stylegan.uploads import UploadLimits
-from ss_stylegan.validation import integer, number, only_keys, text
+from ss_stylegan.labelling.label_values import LabelError, parse_classes
+from ss_stylegan.training.launcher import parse_gpus
+from ss_stylegan.training.recipes import PRESETS, get_recipe, model_preset
+from ss_stylegan.data.uploads import UploadLimits
+from ss_stylegan.labelling.validation import integer, number, only_keys, text
 
 KNOWN_KEYS = (
     "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",

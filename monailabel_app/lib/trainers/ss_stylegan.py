@@ -5,14 +5,14 @@ server shows in ``GET /info/`` and ``GET /train/``:
 
 1. build (or update) the slice cache of every study in the datastore;
 2. train SS-StyleGAN on one device, or with ``--conf gpus`` on one process per GPU (``torch.distributed``:
-   this process is rank 0, see :func:`ss_stylegan.launcher.launch`), resuming from the last checkpoint
+   this process is rank 0, see :func:`ss_stylegan.training.launcher.launch`), resuming from the last checkpoint
    (with any number of GPUs); stoppable by ``DELETE /train/``, which kills this process, or by the
    workspace ``STOP`` file. The process holds the workspace's training lock
-   (:class:`~ss_stylegan.training_lock.TrainingLock`, with its PID) while it runs, so a server started
+   (:class:`~ss_stylegan.training.lock.TrainingLock`, with its PID) while it runs, so a server started
    later finds, reports and can stop it;
 3. at every milestone (every ``publish_minutes`` of training, and at the end, when kimg or the
    ``train_minutes`` budget is reached) training pauses while every slice is embedded into W with the
-   encoder of that checkpoint and the t-SNE map is fitted (:func:`ss_stylegan.pipeline.map_from_checkpoint`);
+   encoder of that checkpoint and the t-SNE map is fitted (:func:`ss_stylegan.maps.build.map_from_checkpoint`);
    checkpoint, projector and slice map are published as one new version folder made current by a single
    atomic pointer switch (:meth:`Workspace.publish`). Suggestions start with the first map and improve with
    each; labels are stored by study and slice, so they carry over. A training killed mid-publish leaves
@@ -31,12 +31,12 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ss_stylegan.checkpoint import latest_checkpoint, read_record
+from ss_stylegan.model.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.config import ConfigError, TrainConfig
-from ss_stylegan.devices import resolve_device
-from ss_stylegan.launcher import launch
-from ss_stylegan.pipeline import map_from_checkpoint, read_studies
-from ss_stylegan.training import Milestone, TrainProgress
+from ss_stylegan.model.devices import resolve_device
+from ss_stylegan.training.launcher import launch
+from ss_stylegan.maps.build import map_from_checkpoint, read_studies
+from ss_stylegan.training.loop import Milestone, TrainProgress
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
 from lib.configs.settings import TRAIN_REQUEST_KEYS, AppSettings, train_config

@@ -1,0 +1,1 @@
+"""The SS-StyleGAN model: networks, losses, augmentation, checkpoints, embedding into W, devices."""

@@ -1,0 +1,1 @@
+"""Writing to disk safely: atomic writes and appends, and storage faults (full disk, refused writes)."""
