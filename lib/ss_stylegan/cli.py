@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
+from ss_stylegan.config import ConfigError, SliceConfig
 
 logger = logging.getLogger("ss_stylegan.cli")
 
@@ -132,26 +132,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ss_stylegan.storage.atomic import atomic_write_text
     from ss_stylegan.training.distributed import context_for, env_world_size
     from ss_stylegan.training.launcher import launch, parse_gpus
-    from ss_stylegan.training.recipes import model_preset
+    from ss_stylegan.training.recipes import configs_from_recipe
 
     sections = _load_sections(args.config)
     model_d = dict(sections.get("model", {}))
     preset = "tiny" if args.tiny else args.preset
     if preset is None and not model_d:
         preset = "default" if args.gpus or resolve_device(args.device).startswith("cuda") else "small"
-    if preset is not None:
-        model_d = {**model_preset(preset, args.resolution or model_d.get("resolution", 64)).to_dict(), **model_d}
-    if args.resolution:
-        model_d["resolution"] = args.resolution
-    model_cfg = ModelConfig.from_dict(model_d)
+    train_d = {**sections.get("train", {}), "kimg": args.kimg, "steps": args.steps, "batch_size": args.batch_size,
+               "seed": args.seed, "resume": False if args.no_resume else None}
+    model_cfg, train_cfg = configs_from_recipe(None, preset=preset, model=model_d, train=train_d,
+                                               resolution=args.resolution or model_d.get("resolution", 64))
     slice_cfg = SliceConfig.from_dict({**sections.get("slice", {}), "resolution": model_cfg.resolution})
-    train_d = dict(sections.get("train", {}))
-    for flag, key in (("kimg", "kimg"), ("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            train_d[key] = getattr(args, flag)
-    if args.no_resume:
-        train_d["resume"] = False
-    train_cfg = TrainConfig.from_dict(train_d)
 
     if (args.gpus or args.nproc) and env_world_size() > 1:
         raise CLIError("--gpus / --nproc start their own processes; under torchrun leave them out")

@@ -9,6 +9,7 @@ figures into ``--out``; ``--anytime`` scores the checkpoints a training leaves o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -30,7 +31,7 @@ from ss_stylegan.evaluation.protocol import run_protocol
 from ss_stylegan.evaluation.report import markdown_report, write_outputs
 from ss_stylegan.selection.features import FEATURES
 from ss_stylegan.selection.fps import STARTS
-from ss_stylegan.training.recipes import RECIPES, get_recipe
+from ss_stylegan.training.recipes import RECIPES, configs_from_recipe, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +86,16 @@ def _json_arg(value: str | None) -> dict[str, Any]:
 
 
 def gan_configs(args: argparse.Namespace, data_resolution: int) -> tuple[Any, Any]:
-    """``(ModelConfig, TrainConfig)`` of the GAN: the recipe (if any), then JSON overrides, then flags."""
-    from ss_stylegan.config import ModelConfig, TrainConfig
-
+    """``(ModelConfig, TrainConfig)`` of the GAN: the recipe (if any), then JSON overrides, then flags. Maps
+    are scored only at the stages ``--eval-every-*`` asks for, not at the recipe's publishing interval."""
     recipe = get_recipe(args.recipe) if args.recipe else None
-    base_model = recipe.model().to_dict() if recipe else {"resolution": data_resolution}
-    model_cfg = ModelConfig.from_dict({**base_model, **_json_arg(args.model_config)})
+    if recipe is not None:
+        recipe = dataclasses.replace(recipe, train=recipe.train.replace(milestone_minutes=None, milestone_kimg=None))
     flags = {"kimg": args.kimg, "steps": args.steps, "batch_size": args.batch_size,
              "max_minutes": args.max_train_minutes, "milestone_minutes": args.eval_every_minutes,
              "milestone_kimg": args.eval_every_kimg}
-    base_train = recipe.train.to_dict() if recipe else {}
-    base_train.update(milestone_minutes=None, milestone_kimg=None)   # stages only from --eval-every-*
-    train_cfg = TrainConfig.from_dict({**base_train, **_json_arg(args.train_config),
-                                       **{k: v for k, v in flags.items() if v is not None}})
-    if args.kimg is not None and args.steps is None:
-        train_cfg = train_cfg.replace(steps=None)
-    return model_cfg, train_cfg
+    return configs_from_recipe(recipe, resolution=None if recipe else data_resolution,
+                               model=_json_arg(args.model_config), train={**_json_arg(args.train_config), **flags})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -144,7 +144,8 @@ class GANEmbedder:
     def _train_and_embed(self, images: np.ndarray, repeat: int) -> np.ndarray:
         from ss_stylegan.model.checkpoint import load_model
         from ss_stylegan.model.embedding import embed_images
-        from ss_stylegan.training.loop import Milestone, train
+        from ss_stylegan.training.loop import train
+        from ss_stylegan.training.progress import Milestone
 
         run_dir = self.model_dir or (self.out_dir / (f"gan_repeat{repeat}" if self.retrain_per_repeat else "gan"))
         if self.model_dir is None:

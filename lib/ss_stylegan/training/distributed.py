@@ -12,7 +12,7 @@ Division of labour (see ``docs/ARCHITECTURE.md``, "Distributed training"):
 * the global batch is split evenly (``batch_size / world_size`` per rank); after each optimiser's loss
   phases the gradients are averaged over the ranks with one ``all_reduce`` (and the mapping network's
   running ``w_avg`` with them), so every rank takes the same Adam step and the weights, the EMA
-  generator and ``w_avg`` stay bitwise identical (checked at every checkpoint with :func:`fingerprint`);
+  generator and ``w_avg`` stay bitwise identical (checked at every checkpoint with :func:`weights_checksum`);
 * rank 0 alone decides when to stop, log, save and pause for a milestone (a small broadcast per step on
   a gloo *control* group, which never synchronises a GPU), writes every file and runs every callback;
   the other ranks wait at a barrier of the control group, whose timeout is long enough for a milestone.
@@ -201,7 +201,7 @@ def rank_device_for(device: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
+def weights_checksum(tensors: list[torch.Tensor]) -> torch.Tensor:
     """An int64 checksum of the exact bits of ``tensors`` (order-independent integer sum, same on any device)."""
     total = torch.zeros((), dtype=torch.int64)
     for t in tensors:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ import torch.multiprocessing as mp
 
 from ss_stylegan.config import ConfigError, ModelConfig, TrainConfig
 from ss_stylegan.training.distributed import backend_for
-from ss_stylegan.training.loop import Milestone, TrainingError, TrainProgress, TrainResult, train
+from ss_stylegan.training.loop import TrainingError, train
+from ss_stylegan.training.progress import Milestone, TrainProgress, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,24 @@ def parse_gpus(value: str | int) -> list[int]:
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= count:
         raise ConfigError(f"gpus {value!r} names GPUs {ids}, but the visible GPUs are 0..{count - 1} (each once)")
     return ids
+
+
+def gpus_setting(value: str, device: str) -> list[int] | None:
+    """A server's ``gpus`` setting (``--conf gpus``): ``all``, N GPUs or GPU ids ``i,j`` (as the CLI's ``--gpus``) -> their ids, checked against
+    the visible GPUs; ``0`` -> None."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text not in ("all", "") and not all(part.isdigit() for part in text.split(",")):
+        raise ConfigError(f"--conf gpus must be 'all', a number of GPUs, GPU ids such as 0,2, or 0 for one device; "
+                          f"got {value!r}")
+    if text == "" or text.isdigit() and int(text) == 0:
+        return None
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--conf gpus {value} trains on GPUs, but the device is {device!r} (no CUDA GPU is "
+                          "visible, or --conf device cpu); leave gpus unset or 0 to train on one device")
+    try:
+        return parse_gpus(text)
+    except ConfigError as err:
+        raise ConfigError(f"--conf {err}") from err
 
 
 def launch(
@@ -121,6 +141,13 @@ def launch(
     if dist.is_initialized():
         raise TrainingError("a torch.distributed process group is already running in this process; call train()")
     threads = threads_per_process or max(1, (os.cpu_count() or 1) // nproc)
+    return _run_group(images_u8, model_cfg, train_cfg, out_dir, devices, threads, kwargs)
+
+
+def _run_group(images_u8: np.ndarray, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: str | Path,
+               devices: list[str], threads: int, kwargs: dict[str, Any]) -> TrainResult:
+    """Rank 0 here and ranks 1.. in spawned processes, one per device; the children are always reaped."""
+    nproc = len(devices)
     source = _ImageSource.of(images_u8)
     rendezvous = Path(tempfile.mkdtemp(prefix="ss_stylegan_rdzv_"))
     init_method = (rendezvous / "store").as_uri()

@@ -140,7 +140,7 @@ class TrainingLock:
         request_stop()
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
-                if not _running(holder.pid):
+                if not process_running(holder.pid):
                     return holder
                 log.warning("training process %d did not stop within %.0f s; sending %s", holder.pid, grace_s,
                             signal.Signals(sig).name)
@@ -150,14 +150,15 @@ class TrainingLock:
                     return holder
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
-                if self.holder() is None and not _running(holder.pid):
+                if self.holder() is None and not process_running(holder.pid):
                     return holder
                 time.sleep(poll_s)
         return holder
 
 
-def _running(pid: int) -> bool:
-    """Whether a process exists and has not exited (a zombie waiting for its parent has)."""
+def process_running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie waiting for its parent has); a process of another
+    user counts as running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,15 +13,10 @@ alone, so they do not depend on how the run was split into sessions or processes
 augmentation come from a forked, seeded torch RNG whose state is checkpointed. A run stopped at step k
 and resumed matches one that never stopped (bit-for-bit on CPU).
 
-Several processes (``torch.distributed``, see :mod:`ss_stylegan.training.distributed`): the global batch of
-``batch_size`` is split evenly, rank r taking the slots r, r + W, r + 2W, ... of the step's draw (so the
-discriminator's minibatch-standard-deviation groups are the same as in one process whenever the
-per-process batch is at least the group size); gradients and ``w_avg`` are averaged after each
-optimiser's phases; each rank draws its own noise and augmentation (rank 0 the single-process stream,
-rank r > 0 a stream seeded by ``(seed, r)``). The checkpoint is the same for any number of processes and
-holds every rank's RNG state: resumed with the same number of processes a run continues exactly; with
-another number it continues the same sequence of slices, latents, weights and optimiser state, and only
-the noise and augmentation draws of the ranks differ from an uninterrupted run.
+Several processes (``torch.distributed``, :mod:`ss_stylegan.training.distributed`): the global batch is split
+evenly over the ranks, gradients and ``w_avg`` are averaged after each optimiser's phases, and each rank draws
+its own noise and augmentation; a checkpoint resumes with any number of processes (docs/ARCHITECTURE.md,
+"Distributed training", has the rules).
 """
 
 from __future__ import annotations
@@ -32,7 +27,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +49,15 @@ from ss_stylegan.model.networks import ShapeError, SSStyleGAN
 from ss_stylegan.model.networks.inputs import check_slices as check_model_slices
 from ss_stylegan.model.networks.inputs import to_model_input
 from ss_stylegan.storage.atomic import append_line, atomic_write_text
-from ss_stylegan.training.distributed import DistContext, context_for, fingerprint
-from ss_stylegan.training.images import GRID_SAMPLES, _grid, _write_png
+from ss_stylegan.training.distributed import DistContext, context_for, weights_checksum
+from ss_stylegan.training.images import GRID_SAMPLES, save_grids
+from ss_stylegan.training.progress import (
+    Milestone,
+    MilestoneSchedule,
+    SessionClock,
+    TrainProgress,
+    TrainResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,56 +66,6 @@ _DATA_STREAM, _RANK_STREAM = 0, 1   # first word of the seed-sequence keys of th
 
 class TrainingError(RuntimeError):
     """Training cannot start or continue (bad data, diverged losses); the message says what to do."""
-
-
-@dataclass
-class TrainProgress:
-    """What a progress callback receives (every ``log_interval`` steps and at the end)."""
-
-    step: int
-    total_steps: int
-    images_seen: int
-    losses: dict[str, float]
-    elapsed: float                  # seconds of training so far, over all resumed sessions
-    eta_seconds: float | None       # estimated seconds to the end, None before the first measurement
-    images_per_second: float
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train`."""
-
-    out_dir: Path
-    checkpoint: Path
-    model_version: str
-    step: int
-    total_steps: int
-    images_seen: int
-    stopped: bool                   # True when should_stop() ended the run early
-    losses: dict[str, float] = field(default_factory=dict)
-    elapsed: float = 0.0            # seconds of training over all sessions (milestone callbacks not counted)
-    out_of_time: bool = False       # True when the max_minutes budget ended the run
-    world_size: int = 1             # processes that trained this session (torch.distributed)
-
-
-@dataclass
-class Milestone:
-    """A pause in training for :func:`train`'s ``on_milestone``, right after a checkpoint was written.
-
-    Milestones come every ``milestone_minutes`` of training time and/or ``milestone_kimg`` thousand images,
-    and once at the end when training finishes or its time budget runs out (``final``), but not when a
-    stop was requested. ``model`` is the live model: use it read-only, under ``torch.no_grad()``. The time a
-    callback takes is not training time, and it cannot change the training (its RNG use is isolated).
-    """
-
-    step: int
-    total_steps: int
-    images_seen: int
-    elapsed: float                  # seconds of training over all sessions
-    checkpoint: Path
-    model_version: str
-    model: SSStyleGAN
-    final: bool
 
 
 def _torch_device(device: str | torch.device | None) -> torch.device:
@@ -332,7 +283,7 @@ class Trainer:
         if self.dist is not None:
             weights = list(m.generator.parameters()) + list(m.discriminator.parameters()) + \
                 list(m.generator_ema.parameters()) + list(m.generator.buffers())
-            self.dist.check_identical(fingerprint(weights), f"the weights at step {self.step}")
+            self.dist.check_identical(weights_checksum(weights), f"the weights at step {self.step}")
         path = self.out / checkpoint_name(self.step)
         if self.is_main:
             state = {
@@ -350,17 +301,8 @@ class Trainer:
                 "rng": {**ranks[0], "ranks": ranks},
             }
             path = save_checkpoint(self.out, state, keep=self.cfg.keep_checkpoints)
-            self._save_grids()
+            save_grids(self.model, self.grid_z, to_model_input(self.images[self.grid_idx], self.device), self.out)
         return path
-
-    @torch.no_grad()
-    def _save_grids(self) -> None:
-        g = self.model.generator_ema
-        samples = g.synthesis(g.mapping(self.grid_z), noise_mode="const")
-        _write_png(self.out / "samples.png", _grid(samples, cols=4))
-        real = to_model_input(self.images[self.grid_idx], self.device)
-        recon = self.model.reconstruct(real)
-        _write_png(self.out / "reconstructions.png", _grid(torch.cat([real, recon]), cols=real.shape[0]))
 
     # ----------------------------------------------------------------- training
     def _draws(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -427,46 +369,31 @@ class Trainer:
     def loop(self, progress: Callable[[TrainProgress], None] | None, should_stop: Callable[[], bool] | None,
              progress_bar: bool, on_milestone: Callable[[Milestone], None] | None = None) -> TrainResult:
         cfg = self.cfg
-        budget = cfg.max_minutes * 60.0 if cfg.max_minutes is not None else math.inf
-        start, start_step = time.perf_counter(), self.step
-        paused = 0.0                       # seconds spent in milestone callbacks (not training time)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        last_log_t, last_log_step = start, self.step
-        stopped, out_of_time, last = False, self.elapsed_before >= budget, {}
-        ckpt: Path | None = None
-        schedule = _MilestoneSchedule(cfg, self.images_seen, self.elapsed_before)
+        run = SessionClock(budget=cfg.max_minutes * 60.0 if cfg.max_minutes is not None else math.inf,
+                       start=time.perf_counter(), start_step=self.step, elapsed_before=self.elapsed_before)
+        run.window_t, run.window_step = run.start, self.step
+        out_of_time = self.elapsed_before >= run.budget
+        stopped, ckpt = False, None
+        schedule = MilestoneSchedule(cfg, self.images_seen, self.elapsed_before)
         bar = tqdm(total=self.total, initial=self.step, disable=not (progress_bar and self.is_main), unit="step",
                    dynamic_ncols=True)
-
-        def elapsed_now() -> float:
-            return self.elapsed_before + time.perf_counter() - start - paused
-
         try:
             while self.step < self.total and not out_of_time:
-                stats = self.train_step()
-                for k, v in stats.items():
-                    sums[k] = sums[k] + v if k in sums else v
-                    counts[k] = counts.get(k, 0) + 1
+                run.add(self.train_step())
                 bar.update(1)
-                stopped, out_of_time, due, elapsed = self._decide(should_stop, elapsed_now(), budget, schedule)
+                stopped, out_of_time, due, elapsed = self._decide(should_stop, run.elapsed(), run.budget, schedule)
                 done = stopped or out_of_time or self.step >= self.total
                 milestone = not stopped and (done or due)
                 save = done or milestone or self.step % cfg.checkpoint_interval == 0
                 if save or self.step % cfg.log_interval == 0:   # losses are checked before every save
-                    now = time.perf_counter()
-                    last = self._averages(sums, counts)
-                    rate = (self.step - last_log_step) * cfg.batch_size / max(now - last_log_t, 1e-9)
-                    if self.is_main:
-                        self._log(last, elapsed - self.elapsed_before, start_step, rate, progress, bar, budget)
-                    sums, counts, last_log_t, last_log_step = {}, {}, now, self.step
+                    self._close_window(run, elapsed, progress, bar)
                 if save:
                     ckpt = self._save(elapsed)
                 if milestone and on_milestone is not None and ckpt is not None:
                     t0 = time.perf_counter()
                     self._milestone(on_milestone, ckpt, elapsed, final=done)
-                    paused += time.perf_counter() - t0
-                    last_log_t = time.perf_counter()
+                    run.paused += time.perf_counter() - t0
+                    run.window_t = time.perf_counter()
                 if save and self.dist is not None:
                     self.dist.barrier()     # no rank runs ahead while rank 0 writes or runs a milestone
                 if stopped:
@@ -475,23 +402,37 @@ class Trainer:
         finally:
             bar.close()
         if out_of_time:
-            logger.info("training time budget of %.1f minutes reached at step %d", budget / 60, self.step)
+            logger.info("training time budget of %.1f minutes reached at step %d", run.budget / 60, self.step)
+        return self._result(run, ckpt, stopped, out_of_time, on_milestone)
+
+    def _close_window(self, run: SessionClock, elapsed: float, progress: Callable[[TrainProgress], None] | None,
+                      bar: Any) -> None:
+        """Average the losses of the steps since the last log, and log them (rank 0)."""
+        now = time.perf_counter()
+        run.last = self._averages(run.sums, run.counts)
+        rate = (self.step - run.window_step) * self.cfg.batch_size / max(now - run.window_t, 1e-9)
+        if self.is_main:
+            self._log(run.last, elapsed - self.elapsed_before, run.start_step, rate, progress, bar, run.budget)
+        run.sums, run.counts, run.window_t, run.window_step = {}, {}, now, self.step
+
+    def _result(self, run: SessionClock, ckpt: Path | None, stopped: bool, out_of_time: bool,
+                on_milestone: Callable[[Milestone], None] | None) -> TrainResult:
         if ckpt is None:   # nothing left to do: the newest checkpoint already covers the run
             ckpt = self._newest_or_save()
             if on_milestone is not None and not stopped:
                 self._milestone(on_milestone, ckpt, self.elapsed_before, final=True)
-        elapsed = elapsed_now() if self.step > start_step else self.elapsed_before
+        elapsed = run.elapsed() if self.step > run.start_step else self.elapsed_before
         version = checkpoint_version(ckpt) if self.is_main else ""
         if self.dist is not None:   # rank 0's path, version and time on every rank (no file read elsewhere)
             ckpt, version = Path(self.dist.share_text(str(ckpt))), self.dist.share_text(version)
             elapsed = self.dist.decide([elapsed])[0]
         return TrainResult(out_dir=self.out, checkpoint=ckpt, model_version=version,
                            step=self.step, total_steps=self.total, images_seen=self.images_seen,
-                           stopped=stopped, losses=last, elapsed=elapsed, out_of_time=out_of_time and not stopped,
+                           stopped=stopped, losses=run.last, elapsed=elapsed, out_of_time=out_of_time and not stopped,
                            world_size=self.world_size)
 
     def _decide(self, should_stop: Callable[[], bool] | None, elapsed: float, budget: float,
-                schedule: _MilestoneSchedule) -> tuple[bool, bool, bool, float]:
+                schedule: MilestoneSchedule) -> tuple[bool, bool, bool, float]:
         """``(stop requested, out of time, milestone due, elapsed)``, decided by rank 0 for every rank."""
         values = [0.0, 0.0, 0.0, elapsed]
         if self.is_main:
@@ -557,23 +498,3 @@ class Trainer:
                                    images_per_second=rate))
 
 
-class _MilestoneSchedule:
-    """When the next milestone is due: every ``milestone_kimg`` images and/or ``milestone_minutes`` of training
-    time, counted from zero (a resumed run keeps the grid of the run it continues)."""
-
-    def __init__(self, cfg: TrainConfig, images_seen: int, elapsed: float) -> None:
-        self.every_img = cfg.milestone_kimg * 1000.0 if cfg.milestone_kimg else None
-        self.every_s = cfg.milestone_minutes * 60.0 if cfg.milestone_minutes else None
-        self.next_img = self._after(images_seen, self.every_img)
-        self.next_s = self._after(elapsed, self.every_s)
-
-    @staticmethod
-    def _after(value: float, every: float | None) -> float:
-        return math.inf if every is None else (math.floor(value / every) + 1) * every
-
-    def due(self, images_seen: int, elapsed: float) -> bool:
-        hit = images_seen >= self.next_img or elapsed >= self.next_s
-        if hit:
-            self.next_img = self._after(images_seen, self.every_img)
-            self.next_s = self._after(elapsed, self.every_s)
-        return hit

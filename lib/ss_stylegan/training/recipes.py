@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, TrainConfig
 
@@ -106,3 +107,33 @@ def get_recipe(name: str) -> Recipe:
 def recipe_for_device(device: str) -> Recipe:
     """The recipe a server on ``device`` (``cpu``, ``cuda``, ``cuda:N``) uses by default."""
     return get_recipe("cpu" if str(device).startswith("cpu") else "gpu")
+
+
+def configs_from_recipe(recipe: str | Recipe | None = None, *, preset: str | None = None,
+                        resolution: int | None = None, model: dict[str, Any] | None = None,
+                        train: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """``(ModelConfig, TrainConfig)`` from a recipe and overrides: the one way the server, the CLI and the
+    evaluation build their settings, so that the evaluation measures what the server runs.
+
+    Args:
+        recipe: a recipe or its name (``cpu``, ``gpu``, ``tiny``); None: the ``default`` network and the
+            training defaults.
+        preset: the network size, instead of the recipe's.
+        resolution: the model resolution, instead of the recipe's (or the preset's default).
+        model: network settings over the preset's (a ``model`` config section).
+        train: training settings over the recipe's; ``None`` values are ignored. Giving ``kimg`` without
+            ``steps`` makes the length ``kimg``'s (a recipe's ``steps`` no longer applies).
+
+    Raises:
+        ConfigError: an unknown recipe, preset or setting, or a value out of range; the message names it.
+    """
+    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    model = dict(model or {})
+    resolution = resolution or model.get("resolution") or (base.resolution if base else ModelConfig().resolution)
+    network = model_preset(preset or (base.preset if base else "default"), int(resolution))
+    model_cfg = ModelConfig.from_dict({**network.to_dict(), **model, "resolution": int(resolution)})
+    changes = {k: v for k, v in (train or {}).items() if v is not None}
+    train_d = {**(base.train.to_dict() if base else {}), **changes}
+    if "kimg" in changes and "steps" not in changes:
+        train_d["steps"] = None
+    return model_cfg, TrainConfig.from_dict(train_d)

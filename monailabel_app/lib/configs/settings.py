@@ -39,23 +39,22 @@ from pathlib import Path
 from typing import Any
 
 from ss_stylegan.config import ConfigError, ModelConfig, SliceConfig, TrainConfig
-from ss_stylegan.model.devices import resolve_device
+from ss_stylegan.data.uploads import UploadLimits
 from ss_stylegan.labelling.findings import DEFAULT_MIN_SCORE as MIN_SCORE
 from ss_stylegan.labelling.findings import DEFAULT_MIN_SLICES as MIN_SLICES
 from ss_stylegan.labelling.findings import StudyRule
-from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labelling.label_values import LabelError, parse_classes
-from ss_stylegan.training.launcher import parse_gpus
-from ss_stylegan.training.recipes import PRESETS, get_recipe, model_preset
-from ss_stylegan.data.uploads import UploadLimits
+from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labelling.validation import integer, number, only_keys, text
+from ss_stylegan.model.devices import resolve_device
+from ss_stylegan.training.launcher import gpus_setting
+from ss_stylegan.training.recipes import PRESETS, Recipe, configs_from_recipe, get_recipe
 
 KNOWN_KEYS = (
-    "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg", "steps", "train_minutes", "publish_minutes", "batch_size",
-    "device", "perplexity",
-    "random_state", "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb",
-    "max_upload_unpacked_mb", "max_upload_voxels", "workspace", "gpus",
-)
+    "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg",
+    "steps", "train_minutes", "publish_minutes", "batch_size", "device", "perplexity", "random_state",
+    "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb", "max_upload_unpacked_mb",
+    "max_upload_voxels", "workspace", "gpus")
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
 TRAIN_REQUEST_KEYS = ("kimg", "steps", "minutes", "batch_size", "device")
@@ -91,59 +90,32 @@ class AppSettings:
         unknown = sorted(set(conf) - set(KNOWN_KEYS))
         if unknown:
             raise ConfigError(f"unknown --conf setting(s) {unknown}; valid settings are {list(KNOWN_KEYS)}")
-        try:
-            classes = parse_classes(conf.get("classes", "normal,lesion"))
-        except LabelError as err:
-            raise ConfigError(f"--conf classes: {err}") from err
-        try:
-            rule = StudyRule.of(classes, conf.get("background_class"), _int(conf, "study_min_slices", MIN_SLICES),
-                                _float(conf, "study_min_score", MIN_SCORE))
-        except ValueError as err:
-            raise ConfigError(f"--conf {err}") from err
+        classes = _classes(conf)
         device = resolve_device(conf.get("device", "auto"))
         # Defaults that depend on the device come from the library's recipe for it (the one the evaluation
         # measures): a CPU server trains the small network for half an hour, a GPU the full one.
         recipe = get_recipe("cpu" if device == "cpu" else "gpu")
         conf = {k: v for k, v in conf.items() if v.strip().lower() != "auto"}
-        resolution = _int(conf, "resolution", recipe.resolution)
-        slice_cfg = SliceConfig.from_dict({"resolution": resolution, **_window(conf.get("window", "auto"))})
-        preset = conf.get("preset", recipe.preset)
-        if preset not in PRESETS:
-            raise ConfigError(f"--conf preset must be one of {('auto', *PRESETS)}, got {preset!r}")
-        model_cfg = model_preset(preset, resolution)
-        train_cfg = train_config(
-            recipe.train.replace(seed=_int(conf, "random_state", 0),
-                                 checkpoint_interval=_int(conf, "checkpoint_interval",
-                                                          recipe.train.checkpoint_interval),
-                                 milestone_minutes=_minutes(conf, "publish_minutes",
-                                                            recipe.train.milestone_minutes)),
-            {k: conf[k] for k in ("kimg", "steps", "batch_size") if k in conf},
-        )
-        if "train_minutes" in conf:
-            train_cfg = train_cfg.replace(max_minutes=_minutes(conf, "train_minutes", None))
-        perplexity = _float(conf, "perplexity", recipe.perplexity)
-        if not perplexity > 0:
-            raise ConfigError(f"--conf perplexity must be > 0, got {perplexity}")
-        ttl = _float(conf, "suggestion_ttl", 600.0)
-        if not ttl > 0:
-            raise ConfigError(f"--conf suggestion_ttl must be > 0 seconds, got {ttl}")
+        model_cfg, train_cfg = _model_and_training(conf, recipe)
+        slice_cfg = SliceConfig.from_dict({"resolution": model_cfg.resolution, **_window(conf.get("window", "auto"))})
+        perplexity, ttl = _float(conf, "perplexity", recipe.perplexity), _float(conf, "suggestion_ttl", 600.0)
         cap = _int(conf, "suggestion_cap", 32)
-        if cap < 1:
-            raise ConfigError(f"--conf suggestion_cap must be >= 1, got {cap}")
-        limits = UploadLimits(
-            max_bytes=_positive(conf, "max_upload_mb", 1024) << 20,
-            max_unpacked_bytes=_positive(conf, "max_upload_unpacked_mb", 2048) << 20,
-            max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024),
-        )
-        workspace = Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan"
-        gpus = parse_gpus_setting(conf.get("gpus", "0"), device)
+        for ok, key, what, value in ((perplexity > 0, "perplexity", "> 0", perplexity), (cap >= 1, "suggestion_cap",
+                                     ">= 1", cap), (ttl > 0, "suggestion_ttl", "> 0 seconds", ttl)):
+            if not ok:
+                raise ConfigError(f"--conf {key} must be {what}, got {value}")
+        gpus = gpus_setting(conf.get("gpus", "0"), device)
         if gpus and train_cfg.batch_size % len(gpus):
             raise ConfigError(f"--conf batch_size {train_cfg.batch_size} is split over {len(gpus)} GPUs "
                               f"(--conf gpus): use a multiple of {len(gpus)}")
-        return cls(classes=classes, slice_cfg=slice_cfg, model_cfg=model_cfg, train_cfg=train_cfg, preset=preset,
-                   device=device, perplexity=perplexity, random_state=_int(conf, "random_state", 0),
-                   suggestion_ttl_s=ttl, suggestion_cap=cap, upload_limits=limits, workspace=workspace, gpus=gpus,
-                   study_rule=rule)
+        return cls(classes=classes, slice_cfg=slice_cfg, model_cfg=model_cfg, train_cfg=train_cfg,
+                   preset=conf.get("preset", recipe.preset), device=device, perplexity=perplexity,
+                   random_state=_int(conf, "random_state", 0), suggestion_ttl_s=ttl, suggestion_cap=cap,
+                   upload_limits=UploadLimits(max_bytes=_positive(conf, "max_upload_mb", 1024) << 20,
+                                              max_unpacked_bytes=_positive(conf, "max_upload_unpacked_mb", 2048) << 20,
+                                              max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024)),
+                   workspace=Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan",
+                   gpus=gpus, study_rule=_study_rule(conf, classes))
 
     def labelling(self) -> LabellingConfig:
         """What the labelling service needs of these settings."""
@@ -170,6 +142,40 @@ def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _classes(conf: dict[str, str]) -> list[str]:
+    try:
+        return parse_classes(conf.get("classes", "normal,lesion"))
+    except LabelError as err:
+        raise ConfigError(f"--conf classes: {err}") from err
+
+
+def _study_rule(conf: dict[str, str], classes: list[str]) -> StudyRule:
+    try:
+        return StudyRule.of(classes, conf.get("background_class"), _int(conf, "study_min_slices", MIN_SLICES),
+                            _float(conf, "study_min_score", MIN_SCORE))
+    except ValueError as err:
+        raise ConfigError(f"--conf {err}") from err
+
+
+def _model_and_training(conf: dict[str, str], recipe: Recipe) -> tuple[ModelConfig, TrainConfig]:
+    """The network and training settings: the device's recipe, then the ``--conf`` overrides."""
+    preset = conf.get("preset", recipe.preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"--conf preset must be one of {('auto', *PRESETS)}, got {preset!r}")
+    train: dict[str, Any] = {
+        "seed": _int(conf, "random_state", 0),
+        "checkpoint_interval": _int(conf, "checkpoint_interval", recipe.train.checkpoint_interval),
+        "milestone_minutes": _minutes(conf, "publish_minutes", recipe.train.milestone_minutes)}
+    model_cfg, train_cfg = configs_from_recipe(recipe, preset=preset,
+                                               resolution=_int(conf, "resolution", recipe.resolution), train=train)
+    train_cfg = train_config(train_cfg, {k: conf[k] for k in ("kimg", "steps", "batch_size") if k in conf})
+    if "publish_minutes" in conf:   # "none" (no periodic publishing) is None, which the overrides skip
+        train_cfg = train_cfg.replace(milestone_minutes=train["milestone_minutes"])
+    if "train_minutes" in conf:
+        train_cfg = train_cfg.replace(max_minutes=_minutes(conf, "train_minutes", None))
+    return model_cfg, train_cfg
+
+
 def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
     """``base`` with ``kimg`` / ``steps`` / ``minutes`` / ``batch_size`` overridden (strings or numbers);
     validated."""
@@ -184,24 +190,6 @@ def train_config(base: TrainConfig, overrides: dict[str, object]) -> TrainConfig
     if "batch_size" in overrides:
         changes["batch_size"] = int(_number(overrides["batch_size"], "batch_size", int))
     return base.replace(**changes)
-
-
-def parse_gpus_setting(value: str, device: str) -> list[int] | None:
-    """``--conf gpus``: ``all``, N GPUs or GPU ids ``i,j`` (as the CLI's ``--gpus``) -> their ids, checked against
-    the visible GPUs; ``0`` -> None."""
-    text = str(value).strip().lower().replace(" ", "")
-    if text not in ("all", "") and not all(part.isdigit() for part in text.split(",")):
-        raise ConfigError(f"--conf gpus must be 'all', a number of GPUs, GPU ids such as 0,2, or 0 for one device; "
-                          f"got {value!r}")
-    if text == "" or text.isdigit() and int(text) == 0:
-        return None
-    if not device.startswith("cuda"):
-        raise ConfigError(f"--conf gpus {value} trains on GPUs, but the device is {device!r} (no CUDA GPU is "
-                          "visible, or --conf device cpu); leave gpus unset or 0 to train on one device")
-    try:
-        return parse_gpus(text)
-    except ConfigError as err:
-        raise ConfigError(f"--conf {err}") from err
 
 
 def _window(value: str) -> dict[str, object]:
