@@ -48,7 +48,7 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 def bench_fps(n: int, repeats: int, rng: np.random.Generator) -> None:
     X = rng.normal(size=(n, 2)) * 30
     labelled = rng.choice(n, 50, replace=False)
-    selector = FarthestPointSelector(random_state=0)
+    selector = FarthestPointSelector(start="random", random_state=0)
     seeded = median_time(lambda: selector.select(X, labelled=labelled, count=1), repeats)
     empty = median_time(lambda: selector.select(X, count=1), repeats)
     state = FarthestPointState(X, labelled)

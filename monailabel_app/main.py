@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-
 from monailabel.config import settings as monai_settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -27,6 +26,12 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+
+from ss_stylegan.config import ConfigError
+from ss_stylegan.labelling.label_values import OrphanedLabelsError
+from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
+from ss_stylegan.labelling.validation import identifier
+from ss_stylegan.workspace import Workspace
 
 import lib.activelearning.slice_strategy  # noqa: F401  (import eagerly: see module docstring)
 import lib.answers  # noqa: F401
@@ -54,11 +59,6 @@ from lib.label_counts import LabelCountMirror
 from lib.routes import build_router
 from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
-from ss_stylegan.config import ConfigError
-from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
-from ss_stylegan.labelling.label_values import OrphanedLabelsError
-from ss_stylegan.labelling.validation import identifier
-from ss_stylegan.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

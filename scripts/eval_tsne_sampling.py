@@ -86,7 +86,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def label_efficiency(points: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int) -> dict[str, Any]:
-    order = np.array([p.index for p in FarthestPointSelector(random_state=seed).select(points, count=max(KS))])
+    order = np.array([p.index for p in FarthestPointSelector(start="random", random_state=seed).select(points, count=max(KS))])
     out: dict[str, Any] = {}
     for k in KS:
         report = score_selection(points, labels, groups, order[:k], int(labels.max()) + 1)

@@ -70,29 +70,16 @@ class Workspace(MapVersions):
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
-
-    # -- paths --------------------------------------------------------------------------------------
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints"
+        self.cache_dir = self.root / "cache"
+        self.checkpoint_dir = self.root / "checkpoints"
+        self.status_path = self.root / "status.json"
+        self.stop_path = self.root / "STOP"     # present while a stop is requested
 
     def checkpoint_dir_for(self, model_config: dict[str, Any]) -> Path:
         """Checkpoint folder of one model configuration, so changing ``--conf`` settings starts a new run
         (and changing them back resumes the old one) instead of failing on a mismatched checkpoint."""
         digest = hashlib.sha1(json.dumps(model_config, sort_keys=True).encode()).hexdigest()[:10]
         return self.checkpoint_dir / f"model-{digest}"
-
-    @property
-    def status_path(self) -> Path:
-        return self.root / "status.json"
-
-    @property
-    def stop_path(self) -> Path:
-        return self.root / "STOP"
 
     def training_lock(self) -> TrainingLock:
         """The lock a training process holds while it runs (``train.lock``: one training per workspace)."""

@@ -25,17 +25,16 @@ Slice label counts are mirrored into each image's info (``GET /datastore/``) by
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-import fnmatch
-import re
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
@@ -43,9 +42,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ss_stylegan.storage.atomic import atomic_write_text
 from ss_stylegan.data.readers import VOLUME_SUFFIXES
 from ss_stylegan.labelling.validation import FieldError, identifier, inside
+from ss_stylegan.storage.atomic import atomic_write_text
 
 from lib.errors import ProtectedError
 

@@ -22,22 +22,21 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from ss_stylegan.storage.faults import StorageError, StorageFullError, is_disk_full
 from ss_stylegan.config import ConfigError
 from ss_stylegan.data.readers import StudyReadError
+from ss_stylegan.data.uploads import UploadError, UploadTooLargeError
 from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError  # noqa: F401
 from ss_stylegan.labelling.label_values import (
     OrphanedLabelsError,
     SliceOutOfRangeError,
     UnknownClassError,
-    UnknownImageError,
     UnreadableImageError,
 )
-from ss_stylegan.training.lock import TrainingBusyError
-from ss_stylegan.data.uploads import UploadError, UploadTooLargeError
-from ss_stylegan.labelling.validation import FieldError
 from ss_stylegan.labelling.reservations import ReservationLimitError
+from ss_stylegan.labelling.validation import FieldError
 from ss_stylegan.maps.versions import WorkspaceError
+from ss_stylegan.storage.faults import StorageError, StorageFullError, is_disk_full
+from ss_stylegan.training.lock import TrainingBusyError
 
 
 class ProtectedError(PermissionError):
@@ -56,7 +55,6 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UploadError, 422),
     (FieldError, 422),                 # includes PathEscapeError
     (ProtectedError, 422),
-    (UnknownImageError, 404),
     (NotFoundError, 404),
     (UnknownClassError, 422),
     (SliceOutOfRangeError, 422),

@@ -24,11 +24,12 @@ from ss_stylegan.data.readers import image_id_of
 from ss_stylegan.data.uploads import UploadLimits, received_upload
 from ss_stylegan.labelling.validation import FieldError, identifier, json_object, text
 
-from lib.auth import ADMIN, ANNOTATE, READ, RBAC, User
+from lib.auth import ADMIN, ANNOTATE, RBAC, READ, User
 from lib.datastore import AtomicLocalDatastore
-from lib.label_counts import LabelCountMirror
 from lib.errors import NotFoundError, http_errors, redacted
+from lib.label_counts import LabelCountMirror
 from lib.uploads import bounded_route
+
 
 def build_guards(
     datastore: Callable[[], AtomicLocalDatastore],
@@ -48,9 +49,17 @@ def build_guards(
     def known_image(image: str) -> str:
         identifier(image, "image")
         if not datastore().get_image_uri(image):
-            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
+            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/?output=all")
         return image
 
+    _add_image_routes(router, datastore, limits, mirror, upload_route, known_image)
+    _add_label_routes(router, datastore, limits, upload_route, known_image)
+    return router
+
+
+def _add_image_routes(router: APIRouter, datastore: Callable[[], AtomicLocalDatastore],
+                      limits: Callable[[], UploadLimits], mirror: LabelCountMirror, upload_route: Any,
+                      known_image: Callable[[str], str]) -> None:
     # -- datastore: images -----------------------------------------------------------------------------------
     @router.get("/datastore/", tags=["Datastore"], summary="All images and labels of the datastore")
     def list_datastore(user: User = Depends(RBAC(READ)), output: str | None = None) -> Any:
@@ -114,6 +123,9 @@ def build_guards(
             datastore().update_image_info(known_image(image), fields)
             return {}
 
+
+def _add_label_routes(router: APIRouter, datastore: Callable[[], AtomicLocalDatastore],
+                      limits: Callable[[], UploadLimits], upload_route: Any, known_image: Callable[[str], str]) -> None:
     # -- datastore: generic labels (never the app's tag) ----------------------------------------------------
     def save_label(user: User = Depends(RBAC(ANNOTATE)), image: str = Query(...), tag: str = "final",
                    params: str = Form("{}"), label: UploadFile = File(...)) -> dict[str, Any]:
@@ -177,5 +189,3 @@ def build_guards(
 
     router.add_api_route("/datastore/updatelabelinfo", put_label_info_old, methods=["PUT"], tags=["Datastore"],
                          include_in_schema=False)
-
-    return router

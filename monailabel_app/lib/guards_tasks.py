@@ -21,7 +21,7 @@ from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 
 from ss_stylegan.labelling.validation import FieldError, boolean, identifier, integer, only_keys, text
 
-from lib.auth import ADMIN, ANNOTATE, READ, TRAIN, RBAC, User
+from lib.auth import ADMIN, ANNOTATE, RBAC, READ, TRAIN, User
 from lib.configs.settings import parse_train_request
 from lib.datastore import AtomicLocalDatastore
 from lib.errors import NotFoundError, NotUsedError, http_errors, redacted
@@ -77,7 +77,7 @@ def build_task_guards(
     def known_image(image: str) -> str:
         identifier(image, "image")
         if not datastore().get_image_uri(image):
-            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/")
+            raise NotFoundError(f"image {image!r} is not in the datastore; list images with GET /datastore/?output=all")
         return image
 
     # -- names the app does not offer --------------------------------------------------------------------------
@@ -96,6 +96,41 @@ def build_task_guards(
     for method, path, role, message in refusals:
         router.add_api_route(path, _refusal(role, message), methods=[method], include_in_schema=False)
 
+    # -- batch inference: datastore ids only ------------------------------------------------------------------------
+    @router.post("/batch/infer/{model}", tags=["Infer"], summary="Classify many datastore images in the background")
+    def batch_infer(user: User = Depends(RBAC(TRAIN)), model: str = "",
+                    images: BatchInferImageType = BatchInferImageType.IMAGES_ALL,
+                    body: dict[str, Any] = Depends(json_body), run_sync: bool = False) -> Any:
+        with http_errors():
+            if model not in models():
+                raise NotFoundError(f"unknown model {model!r}; this app offers {models()}")
+            body = _batch_params(body)
+            if "images" in body:
+                _check_batch_images(body["images"], known_image)
+            if "label_tag" in body:
+                datastore().check_tag(identifier(body["label_tag"], "params.label_tag"), writing=True)
+            return redacted(batch_endpoint.run(model, images, body, run_sync))
+
+    _add_training_routes(router, control)
+    _add_unused_routes(router)
+    return router
+
+
+def _check_batch_images(ids: Any, known_image: Callable[[str], str]) -> None:
+    """``params.images`` of a batch inference: datastore image ids, or one of MONAI Label's selections."""
+    if isinstance(ids, str):
+        if ids not in {t.value for t in BatchInferImageType}:
+            raise FieldError("params.images", f"must be a list of datastore image ids or one of "
+                                              f"{[t.value for t in BatchInferImageType]}")
+    elif isinstance(ids, list):
+        for i, image in enumerate(ids):
+            identifier(image, f"params.images[{i}]")
+            known_image(image)
+    else:
+        raise FieldError("params.images", "must be a list of datastore image ids (see GET /datastore/?output=all)")
+
+
+def _add_training_routes(router: APIRouter, control: TrainControl) -> None:
     # -- training through MONAI Label's generic routes ------------------------------------------------------------
     @router.post("/train/", tags=["Train"], summary="Run every trainer (one training at a time)",
                  include_in_schema=False)
@@ -117,32 +152,8 @@ def build_task_guards(
         with http_errors():
             return redacted(control.start(model, parse_train_request(body), run_sync))
 
-    # -- batch inference: datastore ids only ------------------------------------------------------------------------
-    @router.post("/batch/infer/{model}", tags=["Infer"], summary="Classify many datastore images in the background")
-    def batch_infer(user: User = Depends(RBAC(TRAIN)), model: str = "",
-                    images: BatchInferImageType = BatchInferImageType.IMAGES_ALL,
-                    body: dict[str, Any] = Depends(json_body), run_sync: bool = False) -> Any:
-        with http_errors():
-            if model not in models():
-                raise NotFoundError(f"unknown model {model!r}; this app offers {models()}")
-            body = _batch_params(body)
-            if "images" in body:
-                ids = body["images"]
-                if isinstance(ids, str):
-                    ids = BatchInferImageType(ids) if ids in {t.value for t in BatchInferImageType} else None
-                    if ids is None:
-                        raise FieldError("params.images", f"must be a list of datastore image ids or one of "
-                                                          f"{[t.value for t in BatchInferImageType]}")
-                elif isinstance(ids, list):
-                    for i, image in enumerate(ids):
-                        identifier(image, f"params.images[{i}]")
-                        known_image(image)
-                else:
-                    raise FieldError("params.images", "must be a list of datastore image ids (see GET /datastore/)")
-            if "label_tag" in body:
-                datastore().check_tag(identifier(body["label_tag"], "params.label_tag"), writing=True)
-            return redacted(batch_endpoint.run(model, images, body, run_sync))
 
+def _add_unused_routes(router: APIRouter) -> None:
     # -- sessions: not used ---------------------------------------------------------------------------------------
     def no_sessions(user: User = Depends(RBAC(READ))) -> Response:
         with http_errors():
@@ -158,4 +169,3 @@ def build_task_guards(
     router.add_api_route("/session/", no_sessions, methods=["PUT"], tags=["Session"], include_in_schema=False)
     router.add_api_route("/session/{session_id}", no_sessions, methods=["GET", "DELETE"], tags=["Session"],
                          include_in_schema=False)
-    return router

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ss_stylegan.labelling.errors import NotFoundError
-from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
 from ss_stylegan.labelling.label_values import MAX_USER_CHARS
+from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
 from ss_stylegan.labelling.validation import FieldError, identifier, integer_text, only_keys, text
 
 from lib import answers

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ss_stylegan.storage.faults import FaultEpisodes
 from ss_stylegan.labelling.batches import BatchWriter
+from ss_stylegan.storage.faults import FaultEpisodes
 
 log = logging.getLogger(__name__)
 MIRROR = "mirroring slice label counts into datastore_v2.json"

@@ -28,11 +28,11 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
 
-from ss_stylegan.labelling.service import STRATEGIES
 from ss_stylegan.data.uploads import received_upload
+from ss_stylegan.labelling.service import STRATEGIES
 from ss_stylegan.labelling.validation import json_object
 
-from lib.auth import ANNOTATE, READ, TRAIN, RBAC, User, labeller, owner_of
+from lib.auth import ANNOTATE, RBAC, READ, TRAIN, User, labeller, owner_of
 from lib.configs.settings import parse_train_request
 from lib.errors import http_errors, redacted
 from lib.handlers import Handlers
@@ -52,6 +52,13 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
     """Routes bound to ``handlers`` and ``control``."""
     router = APIRouter()
 
+    _add_label_and_map_routes(router, handlers)
+    _add_task_routes(router, handlers)
+    _add_training_routes(router, handlers, control)
+    return router
+
+
+def _add_label_and_map_routes(router: APIRouter, handlers: Handlers) -> None:
     @router.put("/slicelabels/", tags=["SliceLabels"], summary="Store (or change) the class of one slice",
                 openapi_extra=_JSON_BODY)
     def put_label(user: User = Depends(RBAC(ANNOTATE)), body: dict[str, Any] = Depends(json_body)) -> dict[str, Any]:
@@ -100,6 +107,8 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
         return FileResponse(path, media_type="application/zip", filename=path.name,
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
+
+def _add_task_routes(router: APIRouter, handlers: Handlers) -> None:
     def classify(user: User = Depends(RBAC(READ)), image: str = "", params: str = Form("{}"),
                  file: UploadFile | None = File(None), output: str | None = None) -> dict[str, Any]:
         del output  # accepted for MONAI Label clients; the answer is always JSON
@@ -126,6 +135,8 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
         with http_errors():
             return handlers.release_suggestions(client_id, owner=lambda client: owner_of(user, client))
 
+
+def _add_training_routes(router: APIRouter, handlers: Handlers, control: TrainControl) -> None:
     @router.post("/train/ss_stylegan", tags=["Train"], summary="Train SS-StyleGAN and build the slice map",
                  openapi_extra=_JSON_BODY)
     def start_training(user: User = Depends(RBAC(TRAIN)), body: dict[str, Any] = Depends(json_body),
@@ -143,8 +154,6 @@ def build_router(handlers: Handlers, control: TrainControl) -> APIRouter:
     def stop_training(user: User = Depends(RBAC(TRAIN))) -> Any:
         with http_errors():
             return redacted(control.stop())
-
-    return router
 
 
 def _suggest_route(handlers: Handlers, strategy: str) -> Any:

@@ -3,10 +3,9 @@
 On a frozen self-supervised embedding with 5-10 labels per class, linear and graph classifiers on the full
 features beat nearest neighbours (issue 19; the DINO few-label medical study, arXiv 2304.05163):
 
-- ``label_spreading`` -- label spreading on a k-NN graph of all slices (transductive: every slice, labelled or
-  not, shapes the answer);
-- ``logistic`` -- logistic regression with balanced class weights;
-- ``knn_cosine`` -- k nearest labelled neighbours by cosine distance, weighted by similarity.
+- ``label_spreading`` -- label spreading on a k-NN graph of all slices (:mod:`.spreading`);
+- ``logistic`` -- logistic regression with balanced class weights (:mod:`.logistic`);
+- ``knn_cosine`` -- k nearest labelled neighbours by cosine distance, weighted by similarity (:mod:`.knn_cosine`).
 
 Each answers a class per slice, per-class scores that sum to 1, and the labelled slice nearest to it in the
 features (the clinician's "why": the labelled example the answer resembles most). Features come from
@@ -18,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
-from sklearn.semi_supervised import LabelSpreading
+
+from ss_stylegan.classification.knn_cosine import knn_cosine_scores
+from ss_stylegan.classification.logistic import logistic_scores
+from ss_stylegan.classification.spreading import label_spreading_scores
 
 CLASSIFIERS = ("label_spreading", "logistic", "knn_cosine")
 
@@ -56,29 +57,17 @@ def classify_features(x: np.ndarray, labelled: np.ndarray, y: np.ndarray, n_clas
     labelled = np.asarray(labelled, dtype=np.int64)
     y = np.asarray(y, dtype=np.int64)
     present = np.unique(y)
-    scores = np.zeros((x.shape[0], n_classes))
+    if method not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {method!r}")
     if present.size == 1:
+        scores = np.zeros((x.shape[0], n_classes))
         scores[:, present[0]] = 1.0
     elif method == "label_spreading":
-        target = np.full(x.shape[0], -1, dtype=np.int64)
-        target[labelled] = y
-        model = LabelSpreading(kernel="knn", n_neighbors=min(n_neighbours, x.shape[0] - 1), alpha=0.2,
-                               max_iter=100).fit(x, target)
-        dist = np.nan_to_num(model.label_distributions_, nan=0.0)
-        scores[:, model.classes_] = dist / np.maximum(dist.sum(axis=1, keepdims=True), 1e-12)
+        scores = label_spreading_scores(x, labelled, y, n_classes, n_neighbours)
     elif method == "logistic":
-        model = LogisticRegression(class_weight="balanced", C=1.0, max_iter=2000, random_state=random_state)
-        model.fit(x[labelled], y)
-        scores[:, model.classes_] = model.predict_proba(x)
-    elif method == "knn_cosine":
-        k = min(5, labelled.size)
-        dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine").fit(x[labelled]).kneighbors(x)
-        weight = np.clip(1.0 - dist, 1e-6, None)
-        for c in present:
-            scores[:, c] = (weight * (y[idx] == c)).sum(axis=1)
-        scores /= scores.sum(axis=1, keepdims=True)
+        scores = logistic_scores(x, labelled, y, n_classes, random_state)
     else:
-        raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {method!r}")
+        scores = knn_cosine_scores(x, labelled, y, n_classes)
     near_dist, near = NearestNeighbors(n_neighbors=1).fit(x[labelled]).kneighbors(x)
     return FeaturePrediction(labels=np.argmax(scores, axis=1), scores=scores, neighbour=labelled[near[:, 0]],
                              distance=near_dist[:, 0])

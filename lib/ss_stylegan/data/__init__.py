@@ -5,10 +5,10 @@ CT-like studies (:mod:`.synthetic`)."""
 from __future__ import annotations
 
 from ss_stylegan.data.cache import (
+    SkippedStudy,
     SliceCache,
     SliceCacheError,
     Study,
-    StudyError,
     StudySlices,
     StudySummary,
     find_studies,
@@ -20,7 +20,7 @@ __all__ = [
     "SliceCache",
     "SliceCacheError",
     "Study",
-    "StudyError",
+    "SkippedStudy",
     "StudyReadError",
     "StudySlices",
     "StudySummary",

@@ -17,7 +17,6 @@ the per-study JSON is written last, so an interrupted build never leaves a half 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from ss_stylegan.config import SliceConfig
+from ss_stylegan.data.fingerprint import study_files
 from ss_stylegan.data.preprocess import preprocess_volume
 from ss_stylegan.data.readers import (
     StudyReadError,
@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Bumped whenever the preprocessing changes what a cached slice holds."""
-
-DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
-"""Header formats whose voxels live in a separate file next to them."""
 
 IGNORED_NAMES = frozenset({"labels", "datastore_v2.json", "datastore.json"})
 """Entries of a datastore folder that MONAI Label writes and that are never studies."""
@@ -64,7 +61,7 @@ class Study:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyError:
+class SkippedStudy:
     """A study that could not be used, and why."""
 
     image_id: str
@@ -178,7 +175,7 @@ class SliceCache:
         slices: np.ndarray,
         positions: np.ndarray,
         studies: list[StudySummary],
-        errors: list[StudyError],
+        errors: list[SkippedStudy],
         slice_cfg: SliceConfig,
         cache_dir: Path,
         n_read: int = 0,
@@ -252,11 +249,11 @@ class SliceCache:
         cfg_hash = _hash(json.dumps({"format": CACHE_FORMAT, "cfg": slice_cfg.to_dict()}, sort_keys=True))
 
         entries: list[tuple[StudySummary, Path, str]] = []
-        errors: list[StudyError] = []
+        errors: list[SkippedStudy] = []
         n_read = n_reused = 0
         for study in studies:
             try:
-                key = _hash(cfg_hash + json.dumps(_fingerprint(study.path)))
+                key = _hash(cfg_hash + json.dumps(_file_stats(study.path)))
             except OSError as exc:
                 errors.append(_record_error(study, StudyReadError(study.path, f"cannot stat it ({exc})")))
                 continue
@@ -321,7 +318,7 @@ class SliceCache:
                                   f"{len(image_ids)} index rows); delete the folder and rebuild")
         studies = [StudySummary(s["image_id"], Path(s["path"]), int(s["n_slices"]), np.asarray(s["kept"], np.int64))
                    for s in meta["studies"]]
-        errors = [StudyError(e["image_id"], Path(e["path"]), e["message"]) for e in meta["errors"]]
+        errors = [SkippedStudy(e["image_id"], Path(e["path"]), e["message"]) for e in meta["errors"]]
         return cls(images, image_ids, slice_indices, positions, studies, errors,
                    SliceConfig.from_dict(meta["slice_cfg"]), cache_dir, n_read=n_read, n_reused=n_reused)
 
@@ -339,19 +336,14 @@ def _is_dicom_folder(folder: Path) -> bool:
     return any(looks_like_dicom_file(p) for p in files[:8])
 
 
-def _fingerprint(path: Path) -> list[Any]:
-    """Path, size and mtime of a file, or of every file of a folder (a DICOM series).
-
-    A detached header (``.nhdr``, ``.mhd``) also covers its data files: siblings with the same stem.
-    """
+def _file_stats(path: Path) -> list[Any]:
+    """The slice cache's key for a study: its path, then the size and mtime of each of its files
+    (:func:`~ss_stylegan.data.fingerprint.study_files`: a folder's files, a detached header's data files)."""
     path = path.resolve()
+    files = study_files(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
         return [str(path)] + [[p.name, *_stat(p)] for p in files]
-    if path.suffix.lower() in DETACHED_HEADER_SUFFIXES:
-        data_files = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p != path and p.is_file())
-        return [str(path), *_stat(path)] + [[p.name, *_stat(p)] for p in data_files]
-    return [str(path), *_stat(path)]
+    return [str(path), *_stat(path)] + [[p.name, *_stat(p)] for p in files[1:]]
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -359,9 +351,9 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _record_error(study: Study, exc: StudyReadError) -> StudyError:
+def _record_error(study: Study, exc: StudyReadError) -> SkippedStudy:
     logger.error("skipping study %r: %s", study.image_id, exc)
-    return StudyError(image_id=study.image_id, path=study.path, message=str(exc))
+    return SkippedStudy(image_id=study.image_id, path=study.path, message=str(exc))
 
 
 def _load_entry(study: Study, study_dir: Path, key: str) -> StudySummary | None:
@@ -408,7 +400,7 @@ def _prune_stale(study_dir: Path, keep: set[str], paths: Iterable[str]) -> None:
 
 
 def _write_combined(cache_dir: Path, key: str, entries: list[tuple[StudySummary, Path, str]],
-                    errors: list[StudyError], cfg: SliceConfig) -> None:
+                    errors: list[SkippedStudy], cfg: SliceConfig) -> None:
     res = cfg.resolution
     n_total = sum(len(summary.kept) for summary, _, _ in entries)
 

@@ -5,12 +5,19 @@ map points and labels of its old content. Comparing stamps costs one ``stat`` pe
 content is computed only when a stamp changed (a ``touch`` or a copy back of the same bytes then keeps
 everything), and is cached per stamp by :class:`FingerprintCache`.
 
-A DICOM series folder is stamped and hashed over the files directly inside it (sorted by name).
+A study's files (:func:`study_files`): a DICOM series folder's files directly inside it (sorted by name), a
+detached header (``.nhdr``, ``.mhd``) with its data files (siblings with the same stem, such as ``.raw``),
+or the one file. Stamps and hashes cover all of them, so a rewritten data file is seen like a rewritten header.
+
+Names: a *stamp* is what ``stat`` says, a *fingerprint* a stamp with the content's hash (this module); the
+slice cache keys its entries on the files' sizes and times (:mod:`ss_stylegan.data.cache`) and training
+checks weights across ranks with a *checksum* (:mod:`ss_stylegan.training.distributed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import os
 import threading
@@ -50,19 +57,41 @@ class Fingerprint:
         return cls(Stamp(**{k: int(v) for k, v in data.items() if k in fields}), data.get("sha256"))
 
 
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+"""Header formats whose voxels live in a separate file next to them."""
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
                   key=lambda p: p.name)
 
 
+def study_files(path: str | Path) -> list[Path]:
+    """Every file a study is read from: a folder's files, a detached header then its data files, or the file.
+
+    Raises:
+        OSError: a folder that cannot be listed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _files(path)
+    if path.suffix.lower() in DETACHED_HEADER_SUFFIXES:
+        data = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p != path and p.is_file())
+        return [path, *data]
+    return [path]
+
+
 def stamp(path: str | Path) -> Stamp | None:
-    """The stamp of a study file or DICOM folder; None when it does not exist (or cannot be listed)."""
+    """The stamp of a study (all of its files); None when it does not exist (or cannot be listed)."""
     path = Path(path)
     try:
         st = path.stat()
-        if not path.is_dir():
+        files = study_files(path)
+        if len(files) == 1 and files[0] == path:
             return Stamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        stats = [p.stat() for p in _files(path)]
+        stats = [p.stat() for p in files if p != path]
+        if not path.is_dir():
+            stats.append(st)
     except OSError:
         return None
     return Stamp(
@@ -75,15 +104,16 @@ def stamp(path: str | Path) -> Stamp | None:
 
 
 def content_hash(path: str | Path) -> str:
-    """SHA-256 (hex) of a study file, or of a DICOM folder's file names and contents.
+    """SHA-256 (hex) of a study: of its file, or of the names and contents of its files.
 
     Raises:
         OSError: the study cannot be read.
     """
     path = Path(path)
     digest = hashlib.sha256()
-    for file in _files(path) if path.is_dir() else [path]:
-        if path.is_dir():
+    files = study_files(path)
+    for file in files:
+        if len(files) > 1 or path.is_dir():
             digest.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
         with open(file, "rb") as fh:
             while chunk := fh.read(_CHUNK):

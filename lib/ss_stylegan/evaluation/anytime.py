@@ -16,7 +16,12 @@ import numpy as np
 from ss_stylegan.evaluation.datasets import Dataset
 from ss_stylegan.evaluation.embedders import Embedder, FixedEmbedder, GANEmbedder
 from ss_stylegan.evaluation.protocol import paired_differences, run_protocol
-from ss_stylegan.evaluation.report import _diag_cell, _json_safe, _mean_cell, _paired_section
+from ss_stylegan.evaluation.report import (
+    _diag_cell,
+    _json_safe,
+    _mean_cell,
+    _paired_section,
+)
 from ss_stylegan.storage.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,12 @@ from ss_stylegan.classification.nearest import NearestNeighbourClassifier
 from ss_stylegan.evaluation.datasets import Dataset, EvaluationError
 from ss_stylegan.evaluation.diagnostics import cross_group_nn_accuracy
 from ss_stylegan.evaluation.embedders import Embedder
-from ss_stylegan.evaluation.grid import MAP_SELECTIONS, method_name, predictions, selections
+from ss_stylegan.evaluation.grid import (
+    MAP_SELECTIONS,
+    method_name,
+    predictions,
+    selections,
+)
 from ss_stylegan.evaluation.metrics import classification_report
 from ss_stylegan.evaluation.studies import score_studies, summarise_studies
 from ss_stylegan.maps.projection import TSNEProjector

@@ -14,6 +14,10 @@ HTTP in it, so that the MONAI Label app stays a set of adapters:
   typed results (:mod:`.results`) that the app shapes into JSON.
 """
 
-from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError
+from ss_stylegan.labelling.errors import (
+    EmbeddingInProgressError,
+    NotFoundError,
+    NotReadyError,
+)
 
 __all__ = ["EmbeddingInProgressError", "NotFoundError", "NotReadyError"]

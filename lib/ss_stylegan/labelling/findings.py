@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from ss_stylegan.labelling.label_values import csv_cell
 
 # chosen by the study-level evaluation on IQ-OTH/NCCD (docs/evaluation/study_level.md): the best balanced
 # accuracy over k = 10, 20, 50 and both scopes
@@ -168,3 +171,27 @@ def majority_class(labels: Sequence[str], classes: Sequence[str]) -> str:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return max(counts, key=lambda c: counts[c])
+
+
+STUDY_CSV_FIELDS = ("image", "class", "positive", "n_slices", "runs", "z_mm", "peak_score", "peak_slice",
+                    "study_summary", "error")
+
+
+def study_rows(image_id: str, result: Any) -> list[list[Any]]:
+    """The per-study CSV rows of one study's answer (a ``StudyClassification``): one per class other than
+    the background, runs as ``first-last`` joined by ``;``; text cells made formula-safe."""
+    rows = []
+    for f in result.findings:
+        peak = max(f.runs, key=lambda r: r.peak_score) if f.runs else None
+        rows.append([
+            csv_cell(image_id), csv_cell(f.class_name), f.positive, f.n_slices,
+            ";".join(f"{r.first_slice}-{r.last_slice}" for r in f.runs),
+            ";".join(f"{r.z_mm[0]:.1f}..{r.z_mm[1]:.1f}" for r in f.runs if r.z_mm is not None),
+            f"{peak.peak_score:.4f}" if peak else "", peak.peak_slice if peak else "",
+            csv_cell(result.study_summary), ""])
+    return rows
+
+
+def study_error_row(image_id: str, error: str) -> list[Any]:
+    """The per-study CSV row of a study that cannot be classified now."""
+    return [csv_cell(image_id), *[""] * (len(STUDY_CSV_FIELDS) - 2), csv_cell(error)]

@@ -11,7 +11,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ss_stylegan.data.fingerprint import Fingerprint, FingerprintCache, Stamp
 from ss_stylegan.data.fingerprint import stamp as study_stamp
@@ -23,6 +23,22 @@ from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.maps.slice_map import SliceMap
 
 FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change, else at most this often
+
+
+class _Depth(NamedTuple):
+    stamp: Stamp
+    n_slices: int | str            # the study's slice count, or why it cannot be read
+
+
+class _AllFlags(NamedTuple):
+    key: Any                       # (label store version, map, studies being re-read, folder listing)
+    swept_at: float                # monotonic time of the last full sweep
+    flags: dict[tuple[str, int], str]
+
+
+class _ImageFlags(NamedTuple):
+    signature: tuple[Any, ...]     # what the image's flags depend on (see LabelFlags._signature)
+    flags: dict[tuple[str, int], str]
 
 
 class LabelFlags:
@@ -39,9 +55,9 @@ class LabelFlags:
         self.maps = maps
         self.fingerprints = fingerprints
         self.labels: SliceLabelStore | None = None  # set by the owner once the store exists (it asks depth_of)
-        self._depths: dict[str, tuple[Stamp, int | str]] = {}  # path -> (stamp, slices or why unreadable)
-        self._flags: tuple[Any, float, dict[tuple[str, int], str]] = (None, 0.0, {})
-        self._image_flags: dict[str, tuple[Any, dict[tuple[str, int], str]]] = {}  # per image: (inputs, flags)
+        self._depths: dict[str, _Depth] = {}  # study path -> its slice count (or why unreadable) at a stamp
+        self._flags = _AllFlags(None, 0.0, {})
+        self._image_flags: dict[str, _ImageFlags] = {}  # per image: its flags and what they depend on
         self._relabelled: set[str] = set()  # images whose labels changed since flags() last looked
         self._relabelled_lock = threading.Lock()
 
@@ -68,15 +84,15 @@ class LabelFlags:
             return None
         key = str(study.path)
         cached = self._depths.get(key)
-        if cached is None or cached[0] != now:
+        if cached is None or cached.stamp != now:
             try:
-                cached = (now, read_volume(study.path).n_slices)
+                cached = _Depth(now, read_volume(study.path).n_slices)
             except StudyReadError as err:
-                cached = (now, str(err))
+                cached = _Depth(now, str(err))
             self._depths[key] = cached
-        if isinstance(cached[1], str):
-            raise UnreadableImageError(cached[1])
-        return cached[1]
+        if isinstance(cached.n_slices, str):
+            raise UnreadableImageError(cached.n_slices)
+        return cached.n_slices
 
     def study_state(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None = None
                     ) -> StudyState:
@@ -117,15 +133,15 @@ class LabelFlags:
         key = (self.labels.version, *scene)
         cached_key, at, flags = self._flags
         now = time.monotonic()
-        if cached_key is not None and cached_key[1:] == scene and now - at < FLAGS_TTL_S:
+        if cached_key is not None and cached_key[1:] == scene and now - at < FLAGS_TTL_S:  # (store version, *scene)
             if cached_key == key:
                 return flags
             relabelled = self._take_relabelled()
             flags = {k: v for k, v in flags.items() if k[0] not in relabelled}
             for image_id in relabelled:
                 records = self.labels.records(image_id)
-                flags.update(self._judge(image_id, records, slice_map, scene)[1])
-            self._flags = (key, at, flags)  # the time of the last sweep: the next one is still due at `at + TTL`
+                flags.update(self._judge(image_id, records, slice_map, scene).flags)
+            self._flags = _AllFlags(key, at, flags)  # the time of the last sweep: the next one is still due at `at + TTL`
             return flags
         self._take_relabelled()
         flags = {}
@@ -133,13 +149,13 @@ class LabelFlags:
         for image_id in self.labels.images():
             records = self.labels.records(image_id)
             previous = kept.get(image_id)
-            if previous is not None and previous[0] == self._signature(image_id, records, scene):
+            if previous is not None and previous.signature == self._signature(image_id, records, scene):
                 judged[image_id] = previous
             else:
                 judged[image_id] = self._judge(image_id, records, slice_map, scene)
-            flags.update(judged[image_id][1])
+            flags.update(judged[image_id].flags)
         self._image_flags = judged
-        self._flags = (key, now, flags)
+        self._flags = _AllFlags(key, now, flags)
         return flags
 
     def usable(self) -> dict[tuple[str, int], str]:
@@ -156,11 +172,11 @@ class LabelFlags:
                 [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])
 
     def _judge(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
-               scene: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[tuple[str, int], str]]:
-        """``(signature, flags)`` of one image's labels, judged against its study now (kept for the next sweep)."""
+               scene: tuple[Any, ...]) -> _ImageFlags:
+        """One image's labels judged against its study now (kept for the next sweep)."""
         signature = self._signature(image_id, records, scene)
         state = self.study_state(image_id, records, slice_map)
-        judged = (signature, {(image_id, r["slice"]): reason for r in records if (reason := flag_of(r, state))})
+        judged = _ImageFlags(signature, {(image_id, r["slice"]): why for r in records if (why := flag_of(r, state))})
         self._image_flags[image_id] = judged
         return judged
 

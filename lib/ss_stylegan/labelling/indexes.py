@@ -13,7 +13,7 @@ import gc
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,23 +38,56 @@ def settle_garbage_collector() -> None:
 class MapRows:
     """``(image id, slice) -> row`` of one slice map, made per image on first use.
 
-    ``SliceMap.row_lookup`` would hold one Python tuple and dict entry per slice: at a million slices every
-    full garbage collection of the server walks them, and the measured pauses (0.3 s) stalled concurrent
-    requests. The server only looks up labelled and reserved slices, so only their studies get a dict.
+    A lookup of every slice would hold one Python tuple and dict entry per slice: at a million slices every
+    full garbage collection of the server walks them, and such pauses stall concurrent requests. The server
+    only looks up labelled and reserved slices, so only their studies get a dict. The map is held by weak
+    reference (a replaced map is freed; its lookup then finds nothing).
     """
 
     def __init__(self, slice_map: SliceMap) -> None:
-        self.slice_map = slice_map
+        self._map = weakref.ref(slice_map)
         self._by_image: dict[str, dict[int, int]] = {}
 
     def get(self, key: tuple[str, int]) -> int | None:
         image_id, slice_index = key
         rows = self._by_image.get(image_id)
         if rows is None:
-            found = self.slice_map.rows_of(image_id)
-            rows = dict(zip(self.slice_map.slices[found].tolist(), found.tolist()))
+            slice_map = self._map()
+            if slice_map is None:
+                return None
+            found = slice_map.rows_of(image_id)
+            rows = dict(zip(slice_map.slices[found].tolist(), found.tolist()))
             self._by_image[image_id] = rows
         return rows.get(slice_index)
+
+
+class _ForMap(NamedTuple):
+    """Something kept for one map, which is held by weak reference (a replaced map is never kept alive)."""
+
+    map_ref: weakref.ref[SliceMap] | None
+    value: Any
+
+    def holds(self, slice_map: SliceMap) -> bool:
+        return self.value is not None and self.map_ref is not None and self.map_ref() is slice_map
+
+
+_NOTHING = _ForMap(None, None)
+
+
+class _LabelInputs(NamedTuple):
+    """What the 1-NN index's labels were last brought to (compared by identity: nothing changed while the
+    same objects come back)."""
+
+    version: Any
+    flags: dict[tuple[str, int], str]
+    removed: np.ndarray
+
+
+class _LabelIndex(NamedTuple):
+    map_ref: weakref.ref[SliceMap] | None
+    index: NearestLabelIndex | None
+    inputs: _LabelInputs | None
+    applied: dict[int, str]        # map row -> class, as set in the index
 
 
 class MapIndexes:
@@ -68,32 +101,30 @@ class MapIndexes:
     def __init__(self, random_state: int, classes: Sequence[str]) -> None:
         self.random_state = random_state
         self.classes = tuple(classes)
-        self._rows: tuple[weakref.ref[SliceMap] | None, MapRows | None] = (None, None)
-        self._fps: tuple[weakref.ref[SliceMap] | None, SuggestionIndex | None] = (None, None)
+        self._rows = _NOTHING        # MapRows
+        self._fps = _NOTHING         # SuggestionIndex
         self._fps_lock = threading.Lock()   # installing an FPS index; the build itself runs outside it
-        self._building: tuple[weakref.ref[SliceMap] | None, threading.Thread | None] = (None, None)
+        self._building = _NOTHING    # the thread building the FPS index
         self._nn_lock = threading.Lock()
-        self._nn: tuple[weakref.ref[SliceMap] | None, NearestLabelIndex | None, Any, dict[int, str]] = \
-            (None, None, None, {})
+        self._nn = _LabelIndex(None, None, None, {})
 
     def rows(self, slice_map: SliceMap) -> MapRows:
         """The map's ``(image, slice) -> row`` lookup (kept per map)."""
-        kept_map, rows = self._rows
-        if rows is None or kept_map is None or kept_map() is not slice_map:
-            rows = MapRows(slice_map)
-            self._rows = (weakref.ref(slice_map), rows)
-        return rows
+        kept = self._rows
+        if not kept.holds(slice_map):
+            kept = self._rows = _ForMap(weakref.ref(slice_map), MapRows(slice_map))
+        return kept.value
 
     def prepare(self, slice_map: SliceMap) -> bool:
         """Start building ``slice_map``'s FPS index in a background thread unless it exists or is being built
         (at a million slices a build takes about a second: made when a new map appears, the first suggestion
         from it does not wait for it). Returns whether a build started."""
         with self._fps_lock:
-            if self._kept(self._fps[0], slice_map) or self._kept(self._building[0], slice_map):
+            if self._fps.holds(slice_map) or self._building.holds(slice_map):
                 return False
             ref = weakref.ref(slice_map)
             thread = threading.Thread(target=self._build, args=(ref,), daemon=True, name="ss_stylegan-fps-index")
-            self._building = (ref, thread)
+            self._building = _ForMap(ref, thread)
             thread.start()
             return True
 
@@ -101,17 +132,14 @@ class MapIndexes:
         """The map's FPS index: the kept one, the one being built in the background (waited for), or one built
         now. The caller serialises the use of the index together with the reservation of its picks."""
         with self._fps_lock:
-            kept_map, index = self._fps
-            if index is not None and self._kept(kept_map, slice_map):
-                return index
-            building_map, thread = self._building
-            building = thread if self._kept(building_map, slice_map) else None
+            if self._fps.holds(slice_map):
+                return self._fps.value
+            building = self._building.value if self._building.holds(slice_map) else None
         if building is not None:
             building.join()
             with self._fps_lock:
-                kept_map, index = self._fps
-                if index is not None and self._kept(kept_map, slice_map):
-                    return index
+                if self._fps.holds(slice_map):
+                    return self._fps.value
         return self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
 
     def _build(self, ref: weakref.ref[SliceMap]) -> None:
@@ -122,22 +150,17 @@ class MapIndexes:
             self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
         finally:
             with self._fps_lock:
-                if self._building[0] is ref:
-                    self._building = (None, None)
+                if self._building.map_ref is ref:
+                    self._building = _NOTHING
 
     def _install(self, slice_map: SliceMap, index: SuggestionIndex) -> SuggestionIndex:
         """Keep ``index`` for ``slice_map`` unless one is kept for it already (that one is returned)."""
         with self._fps_lock:
-            kept_map, kept = self._fps
-            if kept is not None and self._kept(kept_map, slice_map):
-                return kept
-            self._fps = (weakref.ref(slice_map), index)
+            if self._fps.holds(slice_map):
+                return self._fps.value
+            self._fps = _ForMap(weakref.ref(slice_map), index)
         settle_garbage_collector()
         return index
-
-    @staticmethod
-    def _kept(ref: weakref.ref[SliceMap] | None, slice_map: SliceMap) -> bool:
-        return ref is not None and ref() is slice_map
 
     def predict(self, slice_map: SliceMap, xy: np.ndarray, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
                 flags: dict[tuple[str, int], str], removed: np.ndarray) -> tuple[Prediction, np.ndarray]:
@@ -168,10 +191,11 @@ class MapIndexes:
                      flags: dict[tuple[str, int], str], removed: np.ndarray) -> NearestLabelIndex:
         """The map's 1-NN index brought to the usable labels (only the labels that changed are applied).
         Caller holds ``_nn_lock``."""
-        kept_map, index, kept_key, kept = self._nn
-        if index is None or kept_map is None or kept_map() is not slice_map:
-            index, kept_key, kept = NearestLabelIndex(slice_map.xy), None, {}
-        if kept_key is None or version != kept_key[0] or flags is not kept_key[1] or removed is not kept_key[2]:
+        state = self._nn
+        index, inputs, kept = state.index, state.inputs, state.applied
+        if index is None or state.map_ref is None or state.map_ref() is not slice_map:
+            index, inputs, kept = NearestLabelIndex(slice_map.xy), None, {}
+        if inputs is None or version != inputs.version or flags is not inputs.flags or removed is not inputs.removed:
             row_of = self.rows(slice_map)
             gone = set(slice_map.image_ids[removed].tolist())
             wanted = {row: c for k, c in labelled().items()
@@ -182,8 +206,8 @@ class MapIndexes:
                 index.remove_labels(dropped)
             if changed:
                 index.set_labels(list(changed), list(changed.values()))
-            kept, kept_key = wanted, (version, flags, removed)
-        self._nn = (weakref.ref(slice_map), index, kept_key, kept)
+            kept, inputs = wanted, _LabelInputs(version, flags, removed)
+        self._nn = _LabelIndex(weakref.ref(slice_map), index, inputs, kept)
         if index.n_labelled == 0:
             raise NotReadyError(
                 "no embedded slice is labelled yet: label at least one slice of each class "

@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from ss_stylegan.data.fingerprint import Fingerprint
-from ss_stylegan.labelling.label_files import LabelExports, Labels, legacy_journals, read_label_files
+from ss_stylegan.labelling.errors import NotFoundError
+from ss_stylegan.labelling.label_files import (
+    LabelExports,
+    Labels,
+    legacy_journals,
+    read_label_files,
+)
 from ss_stylegan.labelling.label_values import (
     CSV_FIELDS,
     MAX_CLASS_CHARS,
@@ -45,12 +51,16 @@ from ss_stylegan.labelling.label_values import (
     OrphanedLabelsError,
     SliceOutOfRangeError,
     UnknownClassError,
-    UnknownImageError,
     csv_cell,
 )
 from ss_stylegan.labelling.validation import identifier, integer, text
 from ss_stylegan.storage.atomic import fsync_dir
-from ss_stylegan.storage.faults import FaultEpisodes, StorageError, StorageFullError, is_disk_full
+from ss_stylegan.storage.faults import (
+    FaultEpisodes,
+    StorageError,
+    StorageFullError,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +346,7 @@ class SliceLabelStore:
             text(class_name, "class", MAX_CLASS_CHARS)
         count = self.n_slices(image_id)
         if count is None:
-            raise UnknownImageError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/?output=all")
         if not slice_index < count:
             raise SliceOutOfRangeError(
                 f"slice {slice_index} is out of range for image {image_id!r}: it has {count} slice(s), "

@@ -18,10 +18,6 @@ class LabelError(ValueError):
     """A label request is invalid; the message says what was wrong and what is accepted."""
 
 
-class UnknownImageError(LabelError):
-    """The image id is not in the datastore."""
-
-
 class UnreadableImageError(LabelError):
     """The image is in the datastore but cannot be read, so its slices are unknown."""
 

@@ -28,11 +28,12 @@ is the one call that does, made once per request by the labelling service's ``sy
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,7 +45,11 @@ from ss_stylegan.data.readers import StudyReadError
 from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.maps.placement import MapEmbedder
 from ss_stylegan.maps.slice_map import SliceMap
-from ss_stylegan.maps.versions import DamagedVersionError, StaleVersionError, WorkspaceError
+from ss_stylegan.maps.versions import (
+    DamagedVersionError,
+    StaleVersionError,
+    WorkspaceError,
+)
 from ss_stylegan.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,52 @@ RETRY_MAX_S = 300.0
 SWEEP_S = 1.0  # studies on disk are compared with the map at most this often
 # a sweep runs at most every SWEEP_S and, with thousands of studies, at most this fraction of the time
 SWEEP_MAX_LOAD = 0.05
+
+
+class _Loaded(NamedTuple):
+    """The map in use and the stamp on disk it was loaded with; replaced in one assignment, read without a lock."""
+
+    stamp: Any
+    slice_map: SliceMap | None
+
+
+class _RowsFor(NamedTuple):
+    key: Any
+    rows: np.ndarray
+
+
+class _Difference(NamedTuple):
+    """Studies of the folder not in the map (``new``) and of the map not in the folder (``gone``), for a map,
+    a listing of the folder and the failed studies (``key``)."""
+
+    key: Any
+    slice_map: SliceMap | None
+    by_id: Any
+    new: list[Study]
+    gone: frozenset[str]
+
+
+@dataclasses.dataclass
+class _Placed:
+    """Slices of new or changed studies placed into a map, not yet published."""
+
+    w_dim: int
+    ids: list[str] = dataclasses.field(default_factory=list)
+    slices: list[np.ndarray] = dataclasses.field(default_factory=list)
+    positions: list[np.ndarray] = dataclasses.field(default_factory=list)
+    ws: list[np.ndarray] = dataclasses.field(default_factory=list)
+    xys: list[np.ndarray] = dataclasses.field(default_factory=list)
+    depths: dict[str, int] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    fingerprints: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(image ids, slices, positions, W, map positions)`` of every placed slice."""
+        return (np.asarray(self.ids, dtype=str),
+                np.concatenate(self.slices) if self.slices else np.zeros(0, dtype=np.int64),
+                np.concatenate(self.positions) if self.positions else np.zeros((0, 3)),
+                np.concatenate(self.ws) if self.ws else np.zeros((0, self.w_dim), dtype=np.float32),
+                np.concatenate(self.xys) if self.xys else np.zeros((0, 2), dtype=np.float32))
 
 
 class LiveSliceMap:
@@ -79,10 +130,10 @@ class LiveSliceMap:
         self.training_running = training_running
         self.embedder = MapEmbedder(workspace, device)
         # (stamp on disk, map): replaced in one assignment, read without a lock
-        self._current: tuple[Any, SliceMap | None] = (None, None)
+        self._current = _Loaded(None, None)
         self._map_lock = threading.Lock()  # loading a changed map; checking + swapping an extended one
         self.problem = ""  # why the map on disk could not be loaded (the previous one stays in use)
-        self._gone: tuple[Any, np.ndarray] = ((), np.zeros(0, dtype=np.int64))
+        self._gone = _RowsFor((), np.zeros(0, dtype=np.int64))
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
         self.embedding: frozenset[str] = frozenset()  # image ids being embedded now
@@ -91,7 +142,7 @@ class LiveSliceMap:
         self._retry_at = 0.0
         self._retry_s = RETRY_FIRST_S
         self._next_sweep = 0.0
-        self._difference_cache: tuple[Any, ...] = (None, None, None, [], frozenset())
+        self._difference_cache = _Difference(None, None, None, [], frozenset())
 
     # -- slice map --------------------------------------------------------------------------------------
     def current(self) -> SliceMap | None:
@@ -102,19 +153,19 @@ class LiveSliceMap:
         """
         stamp = self.workspace.map_stamp()
         current = self._current
-        if stamp == current[0]:
-            return current[1]
+        if stamp == current.stamp:
+            return current.slice_map
         with self._map_lock:
             return self._load_map(stamp)
 
     def _load_map(self, stamp: Any) -> SliceMap | None:
         """Load the map of ``stamp`` unless already loaded. Caller holds ``_map_lock``."""
-        if stamp == self._current[0]:
-            return self._current[1]
+        if stamp == self._current.stamp:
+            return self._current.slice_map
         if stamp is None:
-            self._current, self.problem = (None, None), ""
+            self._current, self.problem = _Loaded(None, None), ""
             return None
-        previous = self._current[1]
+        previous = self._current.slice_map
         slice_map: SliceMap | None = previous
         self.problem = ""
         repaired = False
@@ -139,7 +190,7 @@ class LiveSliceMap:
                 if image_id in by_id:  # known content hashes: a later check needs no re-hash
                     self.fingerprints.remember(by_id[image_id].path, Fingerprint.from_dict(recorded))
             break
-        self._current = (self.workspace.map_stamp() if repaired else stamp, slice_map)
+        self._current = _Loaded(self.workspace.map_stamp() if repaired else stamp, slice_map)
         return slice_map
 
     def is_stale(self, image_id: str, slice_map: SliceMap | None = None) -> bool:
@@ -187,18 +238,18 @@ class LiveSliceMap:
     def _difference(self, slice_map: SliceMap, backing_off: bool) -> tuple[list[Study], frozenset[str]]:
         """``(studies of the folder not in the map, image ids of the map no longer in the folder)``; studies
         whose embedding failed count as known while ``backing_off``. Kept while the map, the folder's listing
-        and the failed studies stay the same (at a million slices comparing them took 1.5 ms a request)."""
+        and the failed studies stay the same (comparing them is O(studies) per request)."""
         by_id = self.studies.by_id()
         failed = frozenset(self.failed) if backing_off else frozenset()
         key = (id(slice_map), id(by_id), failed)
         cached = self._difference_cache
-        if cached[0] == key and cached[1] is slice_map and cached[2] is by_id:
-            return cached[3], cached[4]
+        if cached.key == key and cached.slice_map is slice_map and cached.by_id is by_id:
+            return cached.new, cached.gone
         known = slice_map.image_set() | set(slice_map.errors) | set(slice_map.depths)
         gone = frozenset(known - set(by_id))
         known |= failed
         new = [s for s in self.studies.studies() if s.image_id not in known]
-        self._difference_cache = (key, slice_map, by_id, new, gone)
+        self._difference_cache = _Difference(key, slice_map, by_id, new, gone)
         return new, gone
 
     def _sweep(self, snapshot: SliceMap) -> tuple[set[str], dict[str, dict[str, Any]]]:
@@ -241,19 +292,12 @@ class LiveSliceMap:
         the map without holding any lock, and publish + swap the updated map (without the gone and changed
         studies' old points) as a new version under ``_map_lock`` if the published version is still the same."""
         t0 = time.monotonic()
-        ids: list[str] = []
         studies = list(new)
         try:
             snapshot = self.current()
             if snapshot is None:
                 return
-            if sweep:
-                t_sweep = time.monotonic()
-                changed, adopted = self._sweep(snapshot)
-                took = time.monotonic() - t_sweep
-                self._next_sweep = max(self._next_sweep, time.monotonic() + took / SWEEP_MAX_LOAD)
-            else:
-                changed, adopted = set(self.changed), {}
+            changed, adopted = self._changed_studies(snapshot, sweep)
             self.changed = frozenset(changed)  # unavailable until read again (also if this update fails)
             if changed:
                 by_id = self.studies.by_id()
@@ -262,58 +306,15 @@ class LiveSliceMap:
             drop = set(gone) | changed
             if not studies and not drop and not adopted:
                 return
-            slices, positions, ws, xys, depths, errors, prints = [], [], [], [], {}, {}, {}
-            for study in studies:
-                fingerprint = self.fingerprints.fingerprint(study.path)  # before reading: a later change shows
-                if fingerprint is not None:
-                    prints[study.image_id] = fingerprint.to_dict()
-                try:
-                    study_slices = read_study_slices(study.path, snapshot.read_config(self.slice_cfg), study.image_id)
-                except StudyReadError as err:
-                    errors[study.image_id] = str(err)
-                    continue
-                depths[study.image_id] = study_slices.n_slices
-                if len(study_slices.images) == 0:
-                    continue
-                w, xy = self.embedder.embed_and_place(study_slices.images, snapshot)
-                ids += [study.image_id] * len(w)
-                slices.append(study_slices.slices)
-                positions.append(study_slices.positions)
-                ws.append(w)
-                xys.append(xy)
-            with self._map_lock:
-                current = self._load_map(self.workspace.map_stamp())
-                if current is None or current.version != snapshot.version or \
-                        current.model_version != snapshot.model_version:
-                    log.info("a new model was published while %d studies were embedded; they are embedded "
-                             "into the new map next", len(studies))
-                    return
-                if len(current) != len(snapshot) or current.depths != snapshot.depths:
-                    log.info("the map changed meanwhile; this update is done again on the next request")
-                    return
-                w_dim = current.w.shape[1]
-                new_map = current.without(frozenset(drop)).extended(
-                    np.asarray(ids, dtype=str),
-                    np.concatenate(slices) if slices else np.zeros(0, dtype=np.int64),
-                    np.concatenate(positions) if positions else np.zeros((0, 3)),
-                    np.concatenate(ws) if ws else np.zeros((0, w_dim), dtype=np.float32),
-                    np.concatenate(xys) if xys else np.zeros((0, 2), dtype=np.float32),
-                    errors=errors, depths=depths, fingerprints={**adopted, **prints},
-                )
-                assert current.version is not None
-                try:  # a new version (the published one never changes), current only if its parent still is
-                    version = self.workspace.publish_update(new_map, current.version)
-                except StaleVersionError:
-                    log.info("a new model was published while %d studies were embedded; they are embedded "
-                             "into the new map next", len(studies))
-                    return
-                self._current = (self.workspace.stamp_of(version), new_map)
+            placed = self._embed(studies, snapshot)
+            if not self._publish(snapshot, drop, placed, adopted, len(studies)):
+                return
             for image_id in {s.image_id for s in studies}:
                 self.failed.pop(image_id, None)
             self.changed = frozenset(self.changed - changed)
             self._retry_s = RETRY_FIRST_S
             log.info("map updated in %.2f s: %d new slices of %d new or changed studies, %d studies removed",
-                     time.monotonic() - t0, len(ids), len(studies), len(drop))
+                     time.monotonic() - t0, len(placed.ids), len(studies), len(drop))
         except Exception as err:  # a background thread must report, not die silently
             log.exception("updating the map failed; retrying in %.0f s", self._retry_s)
             for study in studies:
@@ -323,18 +324,79 @@ class LiveSliceMap:
         finally:
             self.embedding = frozenset()
 
+    def _changed_studies(self, snapshot: SliceMap, sweep: bool) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """``(changed ids, fingerprints to record)``: a sweep's answer, or the studies known changed."""
+        if not sweep:
+            return set(self.changed), {}
+        t_sweep = time.monotonic()
+        changed, adopted = self._sweep(snapshot)
+        took = time.monotonic() - t_sweep
+        self._next_sweep = max(self._next_sweep, time.monotonic() + took / SWEEP_MAX_LOAD)
+        return changed, adopted
+
+    def _embed(self, studies: list[Study], snapshot: SliceMap) -> _Placed:
+        """Read ``studies`` and place their slices into ``snapshot`` (no lock held)."""
+        placed = _Placed(w_dim=snapshot.w.shape[1])
+        for study in studies:
+            fingerprint = self.fingerprints.fingerprint(study.path)  # before reading: a later change shows
+            if fingerprint is not None:
+                placed.fingerprints[study.image_id] = fingerprint.to_dict()
+            try:
+                study_slices = read_study_slices(study.path, snapshot.read_config(self.slice_cfg), study.image_id)
+            except StudyReadError as err:
+                placed.errors[study.image_id] = str(err)
+                continue
+            placed.depths[study.image_id] = study_slices.n_slices
+            if len(study_slices.images) == 0:
+                continue
+            w, xy = self.embedder.embed_and_place(study_slices.images, snapshot)
+            placed.ids += [study.image_id] * len(w)
+            placed.slices.append(study_slices.slices)
+            placed.positions.append(study_slices.positions)
+            placed.ws.append(w)
+            placed.xys.append(xy)
+        return placed
+
+    def _publish(self, snapshot: SliceMap, drop: set[str], placed: _Placed, adopted: dict[str, dict[str, Any]],
+                 n_studies: int) -> bool:
+        """Publish ``snapshot`` without ``drop`` and with ``placed`` as a new version, and use it; False when the
+        map changed meanwhile (the update is done again on a later request)."""
+        with self._map_lock:
+            current = self._load_map(self.workspace.map_stamp())
+            if current is None or current.version != snapshot.version or \
+                    current.model_version != snapshot.model_version:
+                log.info("a new model was published while %d studies were embedded; they are embedded "
+                         "into the new map next", n_studies)
+                return False
+            if len(current) != len(snapshot) or current.depths != snapshot.depths:
+                log.info("the map changed meanwhile; this update is done again on the next request")
+                return False
+            new_map = current.without(frozenset(drop)).extended(
+                *placed.arrays(), errors=placed.errors, depths=placed.depths,
+                fingerprints={**adopted, **placed.fingerprints})
+            assert current.version is not None
+            try:  # a new version (the published one never changes), current only if its parent still is
+                version = self.workspace.publish_update(new_map, current.version)
+            except StaleVersionError:
+                log.info("a new model was published while %d studies were embedded; they are embedded "
+                         "into the new map next", n_studies)
+                return False
+            self._current = _Loaded(self.workspace.stamp_of(version), new_map)
+        return True
+
     def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
         """Rows of the map whose image has left the studies folder or changed on disk (never suggested),
         cached per map (model version, size and the stamp it was loaded with), studies and changed set."""
         studies = frozenset(self.studies.by_id())
-        stamp_, current = self._current
+        loaded = self._current
         changed = self.changed
-        key = (slice_map.model_version, len(slice_map), stamp_ if current is slice_map else None, studies, changed)
+        stamp = loaded.stamp if loaded.slice_map is slice_map else None
+        key = (slice_map.model_version, len(slice_map), stamp, studies, changed)
         cached = self._gone
-        if key[2] is None or cached[0] != key:
+        if stamp is None or cached.key != key:
             gone = (slice_map.image_set() - studies) | (slice_map.image_set() & changed)
             rows = np.concatenate([slice_map.rows_of(i) for i in gone]) if gone else np.zeros(0, dtype=np.int64)
-            cached = (key, rows)
-            if key[2] is not None:
+            cached = _RowsFor(key, rows)
+            if stamp is not None:
                 self._gone = cached
-        return cached[1]
+        return cached.rows

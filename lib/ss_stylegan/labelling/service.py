@@ -32,12 +32,26 @@ from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
 from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
-from ss_stylegan.labelling.errors import EmbeddingInProgressError, NotFoundError, NotReadyError
-from ss_stylegan.labelling.findings import positive_classes, study_findings, summary_text
+from ss_stylegan.labelling.errors import (
+    EmbeddingInProgressError,
+    NotFoundError,
+    NotReadyError,
+)
+from ss_stylegan.labelling.findings import (
+    STUDY_CSV_FIELDS,
+    positive_classes,
+    study_error_row,
+    study_findings,
+    study_rows,
+    summary_text,
+)
 from ss_stylegan.labelling.flags import LabelFlags
 from ss_stylegan.labelling.indexes import MapIndexes
 from ss_stylegan.labelling.label_store import SliceLabelStore
-from ss_stylegan.labelling.label_values import SliceOutOfRangeError, UnreadableImageError, csv_cell
+from ss_stylegan.labelling.label_values import (
+    SliceOutOfRangeError,
+    UnreadableImageError,
+)
 from ss_stylegan.labelling.live_map import LiveSliceMap
 from ss_stylegan.labelling.reservations import PendingSuggestions
 from ss_stylegan.labelling.results import (
@@ -53,13 +67,9 @@ from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.labelling.validation import FieldError, identifier, integer, text
 from ss_stylegan.maps.slice_map import SliceMap
 from ss_stylegan.selection.random_pick import RandomSelector
-from ss_stylegan.storage.faults import free_space
+from ss_stylegan.storage.faults import space_report
 from ss_stylegan.workspace import Workspace
 
-STUDY_CSV_FIELDS = ("image", "class", "positive", "n_slices", "runs", "z_mm", "peak_score", "peak_slice",
-                    "study_summary", "error")
-LOW_SPACE_BYTES = 1 << 30
-"""Below this much free space on the disk of the studies folder or the workspace, ``/info/`` warns."""
 LABEL_TAG = "slice_class"
 """Where the labels live: ``<studies>/labels/slice_class`` (MONAI Label's label-tag layout)."""
 STRATEGIES = ("fps", "random")
@@ -124,7 +134,7 @@ class LabellingService:
     def require_study(self, image_id: Any) -> Study:
         study = self.studies.study(identifier(image_id, "image"))
         if study is None:
-            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/")
+            raise NotFoundError(f"image {image_id!r} is not in the datastore; list images with GET /datastore/?output=all")
         return study
 
     def require_map(self) -> SliceMap:
@@ -352,16 +362,9 @@ class LabellingService:
             try:
                 result = self.classify_image(image_id)
             except (NotReadyError, UnreadableImageError, NotFoundError) as err:
-                writer.writerow([csv_cell(image_id), "", "", "", "", "", "", "", "", csv_cell(str(err))])
+                writer.writerow(study_error_row(image_id, str(err)))
                 continue
-            for f in result.findings:
-                peak = max(f.runs, key=lambda r: r.peak_score) if f.runs else None
-                writer.writerow([
-                    csv_cell(image_id), csv_cell(f.class_name), f.positive, f.n_slices,
-                    ";".join(f"{r.first_slice}-{r.last_slice}" for r in f.runs),
-                    ";".join(f"{r.z_mm[0]:.1f}..{r.z_mm[1]:.1f}" for r in f.runs if r.z_mm is not None),
-                    f"{peak.peak_score:.4f}" if peak else "", peak.peak_slice if peak else "",
-                    csv_cell(result.study_summary), ""])
+            writer.writerows(study_rows(image_id, result))
         return buf.getvalue()
 
     def points(self) -> MapPoints:
@@ -474,16 +477,5 @@ class LabellingService:
 
     def storage(self) -> dict[str, Any]:
         """Free space of the studies folder, the labels folder and the workspace (each may be a disk of its own),
-        each with a warning below :data:`LOW_SPACE_BYTES` (labels, uploads and maps need room to be stored)."""
-        out: dict[str, Any] = {}
-        for name, folder in (("studies", self.folder), ("labels", self.labels.folder),
-                             ("workspace", self.workspace.root)):
-            space = free_space(folder)
-            if space is None:
-                out[name] = {"warning": f"the free space of the {name} folder cannot be read"}
-                continue
-            out[name] = dict(space)
-            if space["free_bytes"] < LOW_SPACE_BYTES:
-                out[name]["warning"] = (f"only {space['free_bytes'] / 2**20:.0f} MiB free on the disk of the {name} "
-                                        "folder: labels, uploads and new maps are refused when it is full")
-        return out
+        each with a warning when low (labels, uploads and maps need room to be stored)."""
+        return space_report({"studies": self.folder, "labels": self.labels.folder, "workspace": self.workspace.root})

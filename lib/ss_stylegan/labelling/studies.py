@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies
 from ss_stylegan.data.readers import is_volume_file
@@ -21,6 +22,13 @@ from ss_stylegan.data.readers import is_volume_file
 # datastore_v2.json after label writes, through a hidden temp file and lock file), the studies are listed again
 # (every entry examined: a DICOM folder may have been filled since) at most this often
 RESCAN_S = 10.0
+
+
+class _Listing(NamedTuple):
+    stamp: int | None              # the folder's mtime when it was listed
+    studies: list[Study]
+    ignored: list[str]             # files that are not studies
+    by_id: dict[str, Study]
 
 
 class StudyIndex:
@@ -35,33 +43,33 @@ class StudyIndex:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._lock = threading.Lock()
-        self._cache: tuple[int | None, list[Study], list[str], dict[str, Study]] = (None, [], [], {})
+        self._cache = _Listing(None, [], [], {})
         self._names: frozenset[str] | None = None  # entry names at the last full listing
         self._listed_at = 0.0
         self._relisting = False
 
-    def _scan(self) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
+    def _scan(self) -> _Listing:
         stamp = self.folder.stat().st_mtime_ns
         cached = self._cache
-        if cached[0] == stamp:
+        if cached.stamp == stamp:
             return cached
         with self._lock:
             cached = self._cache
-            if cached[0] == stamp:
+            if cached.stamp == stamp:
                 return cached
             names = frozenset(n for n in os.listdir(self.folder) if not n.startswith(".") and n not in IGNORED_NAMES)
             if names == self._names:
                 # the same entries: only the folder's own files were rewritten. Keep the listing; list again in
                 # the background at most every RESCAN_S (a DICOM folder may have been filled since), so a
                 # request never pays for examining thousands of entries
-                self._cache = (stamp, *cached[1:])
+                self._cache = cached._replace(stamp=stamp)
                 if time.monotonic() - self._listed_at >= RESCAN_S and not self._relisting:
                     self._relisting = True
                     threading.Thread(target=self._relist, name="ss_stylegan-studies", daemon=True).start()
                 return self._cache
             return self._list(stamp, names)
 
-    def _list(self, stamp: int, names: frozenset[str]) -> tuple[int | None, list[Study], list[str], dict[str, Study]]:
+    def _list(self, stamp: int, names: frozenset[str]) -> _Listing:
         """List the folder now. Caller holds ``_lock``."""
         self._names, self._listed_at = names, time.monotonic()
         ignored = [
@@ -70,10 +78,10 @@ class StudyIndex:
         ]
         studies = find_studies(self.folder)
         previous = self._cache
-        if previous[1] == studies and previous[2] == ignored:   # unchanged: keep the objects (callers key on them)
-            self._cache = (stamp, *previous[1:])
+        if previous.studies == studies and previous.ignored == ignored:  # unchanged: keep the objects (keyed on)
+            self._cache = previous._replace(stamp=stamp)
         else:
-            self._cache = (stamp, studies, ignored, {s.image_id: s for s in studies})
+            self._cache = _Listing(stamp, studies, ignored, {s.image_id: s for s in studies})
         return self._cache
 
     def _relist(self) -> None:
@@ -90,16 +98,16 @@ class StudyIndex:
 
     def studies(self) -> list[Study]:
         """Every study, in image-id order."""
-        return list(self._scan()[1])
+        return list(self._scan().studies)
 
     def by_id(self) -> dict[str, Study]:
         """``{image id: study}`` (do not modify)."""
-        return self._scan()[3]
+        return self._scan().by_id
 
     def study(self, image_id: str) -> Study | None:
         """The study (file or DICOM series folder) of an image id, or None when the folder has none."""
-        return self._scan()[3].get(image_id)
+        return self._scan().by_id.get(image_id)
 
     def ignored_files(self) -> list[str]:
         """Files in the folder that are not studies (not images), so a user sees why they are unused."""
-        return list(self._scan()[2])
+        return list(self._scan().ignored)

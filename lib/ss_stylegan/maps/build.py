@@ -37,6 +37,7 @@ from ss_stylegan.maps.slice_map import SliceMap
 from ss_stylegan.model.checkpoint import load_model
 from ss_stylegan.model.embedding import embed_images, embed_to_file
 from ss_stylegan.model.networks import SSStyleGAN
+from ss_stylegan.training.lock import process_running
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,7 @@ def _remove_orphans(folder: Path) -> None:
     """Remove the files (finished or half-written) that processes no longer running left in ``folder``."""
     for entry in folder.iterdir():
         found = _OWNED.search(entry.name)
-        if found is None or _alive(int(found.group(1))):
+        if found is None or process_running(int(found.group(1))):
             continue
         entry.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:      # exists, owned by another user
-        return True
-    return True

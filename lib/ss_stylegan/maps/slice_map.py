@@ -64,7 +64,6 @@ class SliceMap:
         self.w = np.asarray(self.w, dtype=np.float32).reshape(n, -1)
         self.xy = np.asarray(self.xy, dtype=np.float32).reshape(n, 2)
         self._index: dict[str, np.ndarray] | None = None
-        self._lookup: dict[tuple[str, int], int] | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -84,14 +83,6 @@ class SliceMap:
                 k: np.asarray(sorted(v, key=lambda r: self.slices[r]), dtype=np.int64) for k, v in index.items()
             }
         return self._index.get(image_id, np.zeros(0, dtype=np.int64))
-
-    def row_lookup(self) -> dict[tuple[str, int], int]:
-        """``{(image_id, slice): row}`` (built once per map)."""
-        if self._lookup is None:
-            self._lookup = {
-                (img, s): row for row, (img, s) in enumerate(zip(self.image_ids.tolist(), self.slices.tolist()))
-            }
-        return self._lookup
 
     def image_set(self) -> set[str]:
         if self._index is None:

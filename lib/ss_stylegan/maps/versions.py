@@ -79,14 +79,8 @@ class MapVersions:
         self.problems: list[str] = []  # damage found and repaired (see repair), for /info/
         self._publish_rlock = threading.RLock()
         self._publish_depth = 0
-
-    @property
-    def maps_dir(self) -> Path:
-        return self.root / "maps"
-
-    @property
-    def pointer_path(self) -> Path:
-        return self.root / "current.json"
+        self.maps_dir = self.root / "maps"
+        self.pointer_path = self.root / "current.json"
 
     # -- published versions -----------------------------------------------------------------------------
     @contextmanager
@@ -339,7 +333,7 @@ class MapVersions:
         while the pointer file is the one last read (same inode, size and times: every switch is an atomic
         rename of a new file) and names its ``current`` version, this costs three ``stat`` calls (the
         pointer, the map's metadata and arrays) instead of reading and parsing the pointer and resolving
-        the folder (about 25 system calls; each lets a busy thread take the interpreter for up to 5 ms).
+        the folder (about 25 system calls, each a chance for a busy thread to take the interpreter).
         Anything else (no map, a damaged current version, the previous one in use) takes the full path.
         """
         try:
@@ -391,9 +385,8 @@ class MapVersions:
             raise WorkspaceError(f"{version.folder} already holds a slice map; published versions never change")
 
         def write(fh: Any) -> None:
-            # straight into the file, 16 MiB at a time: through a BytesIO the whole archive was held in memory
-            # (2 GB more for a million slices of w_dim 512), a memory-mapped w (a large map's, see
-            # ss_stylegan.maps.build) included; measured for a 100 MiB w: 143 MiB allocated before, 38 MiB now
+            # straight into the file, a chunk at a time: through a BytesIO the whole archive, a memory-mapped w
+            # (a large map's, see ss_stylegan.maps.build) included, would be held in memory
             np.savez(
                 fh,
                 image_ids=slice_map.image_ids.astype(str),

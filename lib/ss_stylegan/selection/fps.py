@@ -18,8 +18,8 @@ labelled or pending index is never returned. When nothing is left, fewer picks (
 returned; this is not an error.
 
 The first pick when nothing is labelled or pending (``start``):
-    ``"random"`` (default): a uniformly random point drawn from ``random_state`` (reproducible);
-    ``"central"``: the point nearest the centroid (a typical slice);
+    ``"central"`` (:data:`DEFAULT_START`, the server's): the point nearest the centroid (a typical slice);
+    ``"random"``: a uniformly random point drawn from ``random_state`` (reproducible; the evaluation's);
     ``"farthest"``: the point farthest from the centroid (the most atypical slice).
 Its :attr:`Pick.distance` is ``None`` because there is nothing to be far from yet.
 """
@@ -39,6 +39,7 @@ from ss_stylegan.labelling.validation import finite_points
 log = logging.getLogger(__name__)
 
 STARTS = ("random", "central", "farthest")
+DEFAULT_START = "central"   # every FPS of the project starts here unless told otherwise
 _SEED_CHUNK = 512
 
 
@@ -142,7 +143,7 @@ class FarthestPointSelector(Selector):
         random_state: seed of the ``"random"`` start.
     """
 
-    def __init__(self, start: str = "random", random_state: int | None = 0) -> None:
+    def __init__(self, start: str = DEFAULT_START, random_state: int | None = 0) -> None:
         self.start = start
         self.random_state = random_state
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ss_stylegan.selection.features import _chosen
+from ss_stylegan.selection.fps import DEFAULT_START
 
 
 class FarthestInFeatures:
@@ -19,7 +20,7 @@ class FarthestInFeatures:
 
     name = "fps_w"
 
-    def __init__(self, random_state: int = 0, start: str = "central") -> None:
+    def __init__(self, random_state: int = 0, start: str = DEFAULT_START) -> None:
         self.random_state = random_state
         self.start = start
 

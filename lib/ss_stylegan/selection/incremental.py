@@ -38,6 +38,7 @@ import numpy as np
 
 from ss_stylegan.selection.blocks import _NO_ROWS, _Blocks
 from ss_stylegan.selection.fps import (
+    DEFAULT_START,
     STARTS,
     Pick,
     SelectionError,
@@ -80,7 +81,7 @@ class SuggestionIndex:
     def __init__(
         self,
         X: np.ndarray,
-        start: str = "central",
+        start: str = DEFAULT_START,
         random_state: int | None = 0,
         block_size: int = BLOCK_SIZE,
     ) -> None:
@@ -207,20 +208,3 @@ class SuggestionIndex:
         self._blocks.nearest_centre.remove(rows)
         remaining = self._centre_array()
         self._blocks.remove_centres(rows, remaining, self.X[remaining])
-
-
-"""Stale blocks made exact per round of :meth:`_Blocks.farthest`."""
-
-"""Up to this many point-centre pairs, :meth:`_Blocks._nearest_in_blocks` measures every centre."""
-
-"""Up to this many point-candidate pairs, :meth:`_Blocks._nearest_in_blocks` measures every point of the
-blocks against the candidates of any of them in one call (a few hundred microseconds), instead of grouping
-the blocks by their candidates (about a millisecond of per-group steps, whatever the size)."""
-
-"""Above this many centres, nearest centres come from the k-d tree of centres (:class:`DynamicNearest`):
-measuring every block against every centre's box costs O(blocks x centres), 20 ms per pick at 10,000
-labelled slices; the tree answers a block's points in O(block x log centres)."""
-
-"""Centres added or removed after which the tree is rebuilt (until then they are measured one by one)."""
-
-"""Block-centre pairs measured at once (bounds memory when thousands of slices are labelled)."""

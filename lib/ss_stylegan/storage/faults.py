@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 # -- storage faults ----------------------------------------------------------------------------------------
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -72,3 +73,23 @@ def free_space(folder: str | Path) -> dict[str, int] | None:
     except OSError:
         return None
     return {"free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize}
+
+
+LOW_SPACE_BYTES = 1 << 30
+"""Below this much free space a folder's report carries a warning."""
+
+
+def space_report(folders: dict[str, Path]) -> dict[str, Any]:
+    """``{name: free space of the disk holding the folder}`` (:func:`free_space`), each with a ``warning`` when
+    it is below :data:`LOW_SPACE_BYTES` or cannot be read."""
+    out: dict[str, Any] = {}
+    for name, folder in folders.items():
+        space = free_space(folder)
+        if space is None:
+            out[name] = {"warning": f"the free space of the {name} folder cannot be read"}
+            continue
+        out[name] = dict(space)
+        if space["free_bytes"] < LOW_SPACE_BYTES:
+            out[name]["warning"] = (f"only {space['free_bytes'] / 2**20:.0f} MiB free on the disk of the {name} "
+                                    "folder: labels, uploads and new maps are refused when it is full")
+    return out

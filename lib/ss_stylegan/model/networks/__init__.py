@@ -12,7 +12,11 @@ from torch import nn
 
 from ss_stylegan.config import ModelConfig
 from ss_stylegan.model.networks.discriminator import Discriminator
-from ss_stylegan.model.networks.generator import Generator, MappingNetwork, SynthesisNetwork
+from ss_stylegan.model.networks.generator import (
+    Generator,
+    MappingNetwork,
+    SynthesisNetwork,
+)
 from ss_stylegan.model.networks.layers import ShapeError, check_shape
 
 __all__ = [

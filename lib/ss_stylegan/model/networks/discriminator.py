@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from ss_stylegan.config import ModelConfig
-from ss_stylegan.model.networks.layers import Conv2dLayer, FullyConnected, MinibatchStdDev, check_shape
+from ss_stylegan.model.networks.layers import (
+    Conv2dLayer,
+    FullyConnected,
+    MinibatchStdDev,
+    check_shape,
+)
 
 
 class DiscriminatorBlock(nn.Module):
