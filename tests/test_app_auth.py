@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-
 from server_harness import TINY_CONF, RunningServer, start_server
 from token_issuer import ALL_ROLES, TokenIssuer, new_key
 from trained_datastore import copy_trained_datastore

@@ -16,10 +16,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-
 from server_harness import TINY_CONF, RunningServer, ServerStartError, start_server
-from ss_stylegan.data.synthetic import make_synthetic_datastore
 from trained_datastore import train_datastore
+
+from ss_stylegan.data.synthetic import make_synthetic_datastore
 
 pytestmark = pytest.mark.server
 

@@ -19,6 +19,7 @@ import lib.trainers.ss_stylegan as trainer  # noqa: E402
 from lib.configs.settings import AppSettings  # noqa: E402
 from server_harness import TINY_CONF  # noqa: E402
 
+import ss_stylegan.maps.lifecycle as lifecycle  # noqa: E402
 from ss_stylegan.config import ConfigError  # noqa: E402
 from ss_stylegan.data.synthetic import make_synthetic_datastore  # noqa: E402
 from ss_stylegan.workspace import Workspace  # noqa: E402
@@ -64,14 +65,14 @@ def test_bad_gpus_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_the_trainer_trains_on_the_gpus_of_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_launch = trainer.launch
+    real_launch = lifecycle.launch
 
     def launch(*args, gpus=None, device="cpu", **kwargs):  # type: ignore[no-untyped-def]
         calls.append(gpus)
         # no GPU here: the same launcher on as many CPU processes stands in for the GPUs
         return real_launch(*args, nproc=len(gpus), device="cpu", threads_per_process=1, **kwargs)
 
-    monkeypatch.setattr(trainer, "launch", launch)
+    monkeypatch.setattr(lifecycle, "launch", launch)
     studies = tmp_path / "studies"
     make_synthetic_datastore(studies, n_studies=2, n_slices=8, size=32, random_state=0)
     settings = dataclasses.replace(AppSettings.from_conf(TINY_CONF, studies), gpus=[0, 1])

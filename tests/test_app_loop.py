@@ -28,16 +28,16 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-
 from dicom_series import write_dicom_series
 from folder_snapshot import snapshot
 from server_harness import TINY_CONF, RunningServer, start_server
-from ss_stylegan.storage.atomic import atomic_write_text
+
+from ss_stylegan.config import derive_seed
 from ss_stylegan.data.cache import find_studies
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
-from ss_stylegan.selection.random_pick import RandomSelector
-from ss_stylegan.config import derive_seed
 from ss_stylegan.maps.slice_map import MapVersion, SliceMap
+from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.storage.atomic import atomic_write_text
 from ss_stylegan.workspace import Workspace
 
 pytestmark = pytest.mark.server

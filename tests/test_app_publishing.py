@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from server_harness import TINY_CONF, RunningServer, start_server
+
 from ss_stylegan.data.synthetic import make_synthetic_datastore
 
 pytestmark = pytest.mark.server

@@ -26,7 +26,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-
 from server_harness import TINY_CONF, RunningServer, ServerStartError, start_server
 from trained_datastore import copy_trained_datastore
 

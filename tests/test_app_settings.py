@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "monailabel_app"
 from lib.configs.settings import AppSettings, parse_train_request, train_config  # noqa: E402
 
 from ss_stylegan.config import ConfigError  # noqa: E402
-from ss_stylegan.training.recipes import get_recipe
 from ss_stylegan.labelling.validation import FieldError
+from ss_stylegan.training.recipes import get_recipe
 
 
 def test_defaults(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from server_harness import TINY_CONF, RunningServer, start_server
+
 from ss_stylegan.data.synthetic import make_synthetic_study
 
 pytestmark = pytest.mark.server

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from server_harness import TINY_CONF, RunningServer, start_server
+
 from ss_stylegan.data.synthetic import make_synthetic_datastore
 
 pytestmark = pytest.mark.server

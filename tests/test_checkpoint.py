@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ss_stylegan.config import ModelConfig, TrainConfig
 from ss_stylegan.model.checkpoint import (
     CheckpointError,
     checkpoint_version,
@@ -18,7 +19,6 @@ from ss_stylegan.model.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from ss_stylegan.config import ModelConfig, TrainConfig
 from ss_stylegan.training.loop import train
 
 MODEL = ModelConfig.tiny(32)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
 from server_harness import TINY_CONF, start_server
+
 from ss_stylegan.cli import main as cli_main
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
 from ss_stylegan.workspace import Workspace

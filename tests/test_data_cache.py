@@ -12,7 +12,13 @@ import SimpleITK as sitk
 from PIL import Image
 
 from ss_stylegan.config import SliceConfig
-from ss_stylegan.data.cache import SliceCache, SliceCacheError, Study, find_studies, read_study_slices
+from ss_stylegan.data.cache import (
+    SliceCache,
+    SliceCacheError,
+    Study,
+    find_studies,
+    read_study_slices,
+)
 from ss_stylegan.data.synthetic import make_synthetic_datastore
 
 CFG = SliceConfig(resolution=32)

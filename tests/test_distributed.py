@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training import discs
 
-from ss_stylegan.model.checkpoint import load_checkpoint
 from ss_stylegan.cli import main as cli_main
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.training.distributed import fingerprint
+from ss_stylegan.model.checkpoint import load_checkpoint
+from ss_stylegan.training.distributed import weights_checksum
 from ss_stylegan.training.launcher import launch
 from ss_stylegan.training.loop import TrainingError, train
-from test_training import discs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,11 +105,12 @@ def test_bad_requests_are_clear_errors(tmp_path: Path) -> None:
     assert one.world_size == 1 and one.step == 1
 
 
-def test_fingerprint_sees_one_changed_bit() -> None:
+def test_weights_checksum_sees_one_changed_bit() -> None:
     weights = [torch.randn(5, 3), torch.randn(7)]
-    before = fingerprint(weights)
+    before = weights_checksum(weights)
     weights[1].view(torch.int32)[4] ^= 1
-    assert fingerprint(weights) != before and fingerprint(weights) == fingerprint([w.clone() for w in weights])
+    assert weights_checksum(weights) != before
+    assert weights_checksum(weights) == weights_checksum([w.clone() for w in weights])
 
 
 def test_cli_trains_on_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

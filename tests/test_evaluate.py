@@ -9,12 +9,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ss_stylegan.evaluation.grid import ALL_CLASSIFIERS, FEATURE_SELECTIONS, MAP_SELECTIONS, method_name
-
+from ss_stylegan.evaluation.cli import main
 from ss_stylegan.evaluation.datasets import EvaluationError, load_dataset
 from ss_stylegan.evaluation.embedders import FixedEmbedder
-from ss_stylegan.evaluation.cli import main
-from ss_stylegan.evaluation.protocol import paired_differences, run_protocol, score_selection
+from ss_stylegan.evaluation.grid import (
+    ALL_CLASSIFIERS,
+    FEATURE_SELECTIONS,
+    MAP_SELECTIONS,
+    method_name,
+)
+from ss_stylegan.evaluation.protocol import (
+    paired_differences,
+    run_protocol,
+    score_selection,
+)
 
 
 def _synthetic(n_groups: int = 16, per_group: int = 6, res: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
@@ -248,7 +256,11 @@ def test_anytime_evaluation_scores_every_stage(tmp_path: Path) -> None:
 
 
 def test_diagnostics_separate_scan_identity_from_class_signal() -> None:
-    from ss_stylegan.evaluation.diagnostics import cross_group_nn_accuracy, linear_probe, same_group_neighbours
+    from ss_stylegan.evaluation.diagnostics import (
+        cross_group_nn_accuracy,
+        linear_probe,
+        same_group_neighbours,
+    )
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(20), 10).astype(str)

@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from ss_stylegan.labelling.fair_lock import FairLock
-from ss_stylegan.selection.incremental import SuggestionIndex
 from ss_stylegan.classification.dynamic_nearest import DynamicNearest
+from ss_stylegan.labelling.fair_lock import FairLock
 from ss_stylegan.selection.fps import FarthestPointSelector, SelectionError
+from ss_stylegan.selection.incremental import SuggestionIndex
 
 
 def _map(n: int, dim: int, seed: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,12 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from ss_stylegan.storage.faults import StorageFullError
-from ss_stylegan.data.fingerprint import Fingerprint, Stamp
 from ss_stylegan.labelling.batches import BatchWriter
-from ss_stylegan.labelling.label_values import OrphanedLabelsError, csv_cell
+from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.label_store import SliceLabelStore
-from ss_stylegan.labelling.flags import StudyState, flag_of
+from ss_stylegan.labelling.label_values import (
+    OrphanedLabelsError,
+    SliceOutOfRangeError,
+    UnknownClassError,
+    csv_cell,
+    parse_classes,
+)
+from ss_stylegan.labelling.validation import FieldError
+from ss_stylegan.storage.faults import StorageFullError
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")
 
@@ -250,22 +257,6 @@ def test_csv_cells_cannot_start_a_formula(tmp_path: Path) -> None:
     assert "'=HYPERLINK(\"http://x\")" in cells and csv_cell("normal") == "normal" and csv_cell(3) == 3
 
 
-def test_flags_say_why_a_label_no_longer_fits() -> None:
-    then = Fingerprint(Stamp(100, 1, 1, 7), "aaa")
-    record = {"image": "a", "slice": 9, "class": "normal", "study": then.to_dict()}
-    assert flag_of(record, StudyState(exists=True, n_slices=10, fingerprint=then)) is None
-    touched = Fingerprint(Stamp(100, 2, 2, 7), "aaa")
-    assert flag_of(record, StudyState(exists=True, n_slices=10, fingerprint=touched)) is None
-    assert StudyState(exists=True, fingerprint=Fingerprint(touched.stamp)).needs_hash([record])
-    changed = Fingerprint(Stamp(100, 2, 2, 8), "bbb")
-    assert "changed since" in flag_of(record, StudyState(exists=True, n_slices=10, fingerprint=changed))
-    assert "now has 5 slice(s)" in flag_of(record, StudyState(exists=True, n_slices=5, fingerprint=then))
-    assert "cannot be read" in flag_of(record, StudyState(exists=True, error="cut short"))
-    assert "no longer in the studies folder" in flag_of(record, StudyState(exists=False))
-    legacy = {"image": "a", "slice": 1, "class": "normal"}  # written before fingerprints: judged by range only
-    assert flag_of(legacy, StudyState(exists=True, n_slices=10, fingerprint=changed)) is None
-
-
 def test_a_batch_that_cannot_be_written_is_tried_again() -> None:
     """The exports' and the label-count mirror's background writer: a reader does not wait for a batch that keeps
     failing (a full disk), and the batch is written once it can be."""
@@ -313,3 +304,64 @@ def test_a_damaged_write_ahead_log_opens_with_every_label_committed_before_it(tm
     assert expected <= set(store.labelled_keys()) <= {("a", k) for k in range(5)}
     store.set("a", 7, "lesion")
     assert ("a", 7) in _store(tmp_path).labelled_keys()
+
+
+DEPTHS = {"a": 10, "b": 1}
+
+
+def _store_of_depths(folder: Path) -> SliceLabelStore:
+    """A store whose studies are ``a`` (10 slices) and ``b`` (1 slice); any other image is not in the folder."""
+    return SliceLabelStore(folder, ["normal", "lesion"], DEPTHS.get)
+
+
+def test_label_store_round_trip_and_csv(tmp_path: Path) -> None:
+    store = _store_of_depths(tmp_path)
+    store.set("a", 3, "lesion", "alice")
+    store.set("a", 3, "normal", "bob")  # change
+    store.set("b", 0, "lesion")
+    assert [(r["image"], r["slice"], r["class"]) for r in store.records()] == [("a", 3, "normal"), ("b", 0, "lesion")]
+    reopened = _store_of_depths(tmp_path)
+    assert reopened.labelled_keys() == {("a", 3): "normal", ("b", 0): "lesion"}
+    rows = list(csv.DictReader(io.StringIO(reopened.to_csv())))
+    assert [(r["image"], r["slice"], r["class"], r["user"]) for r in rows] == [("a", "3", "normal", "bob"),
+                                                                             ("b", "0", "lesion", "")]
+    assert reopened.remove("b", 0) and not reopened.remove("b", 0)
+    assert reopened.exports.flush() and not (tmp_path / "b.json").exists()  # the export follows the database
+    assert len(_store_of_depths(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("image", "slice_index", "cls", "error", "message"),
+    [
+        ("zzz", 0, "normal", NotFoundError, "not in the datastore"),
+        ("../a", 0, "normal", FieldError, "image: contains a path separator"),
+        ("a", 10, "normal", SliceOutOfRangeError, "0..9"),
+        ("a", -1, "normal", FieldError, "slice: must be an integer >= 0"),
+        ("a", 1.5, "normal", FieldError, "slice: must be an integer"),
+        ("a", True, "normal", FieldError, "slice: must be an integer, got bool"),
+        ("a", 1, "tumour", UnknownClassError, "valid classes are"),
+    ],
+)
+def test_label_store_refuses_bad_input(tmp_path: Path, image: str, slice_index: int, cls: str,
+                                       error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        _store_of_depths(tmp_path).set(image, slice_index, cls)
+
+
+def test_label_store_concurrent_writers_keep_every_label(tmp_path: Path) -> None:
+    store = _store_of_depths(tmp_path)
+    threads = [threading.Thread(target=store.set, args=("a", k, "lesion", f"user{k}")) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with sqlite3.connect(tmp_path / ".labels.sqlite") as db:  # every one in the store of record
+        assert db.execute("SELECT COUNT(*) FROM labels WHERE image = 'a'").fetchone() == (10,)
+    assert len(_store_of_depths(tmp_path)) == 10
+    assert store.exports.flush() and len(json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))) == 10
+
+
+def test_parse_classes() -> None:
+    assert parse_classes(" normal , lesion ") == ["normal", "lesion"]
+    with pytest.raises(ValueError, match="at least two"):
+        parse_classes("normal")

@@ -22,11 +22,11 @@ import pytest
 from ss_stylegan.classification.nearest import NearestNeighbourClassifier
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.labelling.errors import NotReadyError
+from ss_stylegan.labelling.flags import flag_of
 from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labelling.service import LabellingService
-from ss_stylegan.labelling.flags import flag_of
-from ss_stylegan.selection.fps import FarthestPointSelector
 from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.selection.fps import FarthestPointSelector
 from ss_stylegan.workspace import Workspace
 
 N_STUDIES, DEPTH = 12, 40
@@ -62,10 +62,15 @@ def service(tmp_path: Path) -> LabellingService:
     return svc
 
 
+def row_lookup(slice_map: SliceMap) -> dict[tuple[str, int], int]:
+    """``{(image, slice): row}`` of every slice, built from scratch (the stateless twin of ``MapRows``)."""
+    return {(img, s): row for row, (img, s) in enumerate(zip(slice_map.image_ids.tolist(), slice_map.slices.tolist()))}
+
+
 def expected_fps(svc: LabellingService, client: str, count: int) -> list[tuple[str, int]]:
     """What the stateless selector picks for ``client`` now (computed before the request reserves)."""
     slice_map = svc.slice_map()
-    row_of = slice_map.row_lookup()
+    row_of = row_lookup(slice_map)
     removed = svc.maps.removed_rows(slice_map)
     gone = set(removed.tolist())
     labelled = [row_of[k] for k in svc.flags.usable() if k in row_of and row_of[k] not in gone]
@@ -77,7 +82,7 @@ def expected_fps(svc: LabellingService, client: str, count: int) -> list[tuple[s
 
 def expected_classes(svc: LabellingService, image_id: str) -> list[str]:
     slice_map = svc.slice_map()
-    row_of = slice_map.row_lookup()
+    row_of = row_lookup(slice_map)
     gone = set(slice_map.image_ids[svc.maps.removed_rows(slice_map)].tolist())
     labelled = sorted((k, c) for k, c in svc.flags.usable().items() if k in row_of and k[0] not in gone)
     clf = NearestNeighbourClassifier().fit(slice_map.xy[[row_of[k] for k, _ in labelled]], [c for _, c in labelled])

@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 
-from ss_stylegan.model.augment import DiffAugment
 from ss_stylegan.config import ModelConfig, TrainConfig
+from ss_stylegan.model.augment import DiffAugment
 from ss_stylegan.model.losses import PHASES, SSStyleGANLoss, gaussian_nll
-from ss_stylegan.model.networks import SSStyleGAN, ShapeError
-
+from ss_stylegan.model.networks import ShapeError, SSStyleGAN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ss_stylegan.config import ConfigError, ModelConfig
-from ss_stylegan.model.networks import SSStyleGAN, ShapeError
+from ss_stylegan.model.networks import ShapeError, SSStyleGAN
 from ss_stylegan.model.networks.layers import ModulatedConv2d
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ss_stylegan.maps import build as pipeline
 from ss_stylegan.config import ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.data.cache import SliceCache, find_studies
 from ss_stylegan.data.synthetic import make_synthetic_datastore
+from ss_stylegan.maps import build as pipeline
 from ss_stylegan.maps.build import EMBEDDINGS_DIR, map_from_checkpoint
-from ss_stylegan.training.loop import train
 from ss_stylegan.maps.slice_map import SliceMap
+from ss_stylegan.training.loop import train
 from ss_stylegan.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ss_stylegan.maps.projection import ModelVersionMismatch, ProjectionError, TSNEProjector
+from ss_stylegan.maps.projection import (
+    ModelVersionMismatch,
+    ProjectionError,
+    TSNEProjector,
+)
 
 
 def _clusters(per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ss_stylegan.config import derive_seed
 from ss_stylegan.selection.fps import FarthestPointSelector, SelectionError
 from ss_stylegan.selection.random_pick import RandomSelector
-from ss_stylegan.config import derive_seed
 
 
 def _clusters(n_clusters: int = 5, per: int = 40, dim: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +47,7 @@ def test_seeded_by_labelled_and_pending() -> None:
 
 def test_batch_equals_repeated_single_picks() -> None:
     X, _ = _clusters(seed=1)
-    for selector in (FarthestPointSelector(random_state=5), RandomSelector(random_state=5)):
+    for selector in (FarthestPointSelector(start="random", random_state=5), RandomSelector(random_state=5)):
         batch = [p.index for p in selector.select(X, labelled=[0, 1], count=12)]
         pending: list[int] = []
         for _ in range(12):
@@ -65,7 +65,7 @@ def test_duplicates_come_last_and_nothing_is_picked_twice() -> None:
 
 def test_first_pick_is_reproducible_and_depends_on_seed() -> None:
     X, _ = _clusters()
-    a = [FarthestPointSelector(random_state=s).select(X)[0].index for s in (0, 0, 1, 2, 3)]
+    a = [FarthestPointSelector(start="random", random_state=s).select(X)[0].index for s in (0, 0, 1, 2, 3)]
     assert a[0] == a[1]
     assert len(set(a)) > 1
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from PIL import Image
 from server_harness import free_port, start_server
+
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.preprocess import model_ready_slice
 from ss_stylegan.data.readers import read_volume

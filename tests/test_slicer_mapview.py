@@ -12,7 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slicer_module" / "SSStyleGANLabel"))
 
 from SSStyleGANLabelLib.errors import ProtocolError  # noqa: E402
-from SSStyleGANLabelLib.geometry import axial_axis, canonical_slice_world, slice_at_plane  # noqa: E402
+from SSStyleGANLabelLib.geometry import (  # noqa: E402
+    axial_axis,
+    canonical_slice_world,
+    slice_at_plane,
+)
 from SSStyleGANLabelLib.mapview import (  # noqa: E402
     CLASS_PALETTE,
     UNLABELLED_RGB,

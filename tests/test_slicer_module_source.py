@@ -1,9 +1,10 @@
 """The Slicer module's files are sound Python/XML for Slicer 5.8, the Logic stays Qt-free and the Slicer-free
 package stays Slicer-free.
 
-3D Slicer itself is not available where these tests run (its MRML libraries are: see ``test_slicer_mrml.py``):
-the module file is compiled and inspected with ``ast`` (class names and bases, the widget names it uses), the
-``.ui`` file is parsed as XML, and the imports of the Logic and of the package are checked.
+3D Slicer's Qt is not available where these tests run (its MRML libraries are: ``test_slicer_mrml.py`` imports
+the module file, checks its classes and runs its self-test on a real scene). What needs Qt is checked on the
+files: every ``.py`` parses as Slicer 5.8's Python, the ``.ui`` file is parsed as XML and holds every widget the
+widget code names and the parameter node's bindings, and the imports of the Logic and of the package are checked.
 """
 
 from __future__ import annotations
@@ -54,29 +55,6 @@ def test_every_python_file_compiles(path: Path) -> None:
     compile(path.read_text(encoding="utf-8"), str(path), "exec")
 
 
-def test_module_classes_follow_the_scripted_module_template() -> None:
-    classes = _classes(_module_tree())
-    expected_bases = {
-        "SSStyleGANLabel": ["ScriptedLoadableModule"],
-        "SSStyleGANLabelWidget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
-        "SSStyleGANLabelTest": ["ScriptedLoadableModuleTest"],
-    }
-    for name, bases in expected_bases.items():
-        assert name in classes, f"{MODULE_FILE.name} lacks class {name}"
-        assert _base_names(classes[name]) == bases, f"{name} derives from {_base_names(classes[name])}"
-    imported = {alias.name for node in _module_tree().body if isinstance(node, ast.ImportFrom)
-                and node.module == "SSStyleGANLabelLogic" for alias in node.names}
-    assert "SSStyleGANLabelLogic" in imported, "the widget must use the Logic of the Qt-free package"
-    # ScriptedLoadableModuleLogic lives in slicer.ScriptedLoadableModule, which imports qt and ctk
-    logic = _classes(ast.parse((LOGIC_DIR / "logic.py").read_text(encoding="utf-8")))
-    assert "SSStyleGANLabelLogic" in logic and _base_names(logic["SSStyleGANLabelLogic"]) == []
-
-    node = classes["SSStyleGANLabelParameterNode"]
-    assert [ast.unparse(d) for d in node.decorator_list] == ["parameterNodeWrapper"]
-    fields = {stmt.target.id for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
-    assert {"serverUrl", "userName", "kimg", "strategy", "batchSize", "colourBy"} <= fields
-
-
 def test_the_logic_imports_only_slicer_vtk_numpy_and_the_package() -> None:
     for path in sorted(LOGIC_DIR.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -89,18 +67,6 @@ def test_the_logic_imports_only_slicer_vtk_numpy_and_the_package() -> None:
 def test_the_module_folder_holds_one_python_file() -> None:
     # Slicer loads every .py directly in a module folder as a module of its own: helpers go in sub-packages
     assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["SSStyleGANLabel.py"]
-
-
-def test_module_test_asserts_real_results() -> None:
-    test_cls = _classes(_module_tree())["SSStyleGANLabelTest"]
-    methods = {f.name: f for f in test_cls.body if isinstance(f, ast.FunctionDef)}
-    assert "runTest" in methods and "test_LabellingLoop" in methods
-    asserts = [n for n in ast.walk(methods["test_LabellingLoop"])
-               if isinstance(n, ast.Call) and ast.unparse(n.func).startswith("self.assert")]
-    assert len(asserts) >= 10, "the module test must check real logic output"
-    source = ast.unparse(methods["test_LabellingLoop"])
-    for call in ("nextSuggestion", "labelKey", "classifyCurrent", "refreshMap", "exportCsv", "loadStudy"):
-        assert f"logic.{call}(" in source, f"the module test does not exercise logic.{call}"
 
 
 def _ui_widgets() -> dict[str, str]:
@@ -168,20 +134,6 @@ def test_icon_is_a_128_pixel_png() -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (128, 128)
-
-
-def test_names_the_module_imports_from_the_package_exist() -> None:
-    import importlib
-
-    sys.path.insert(0, str(MODULE_DIR))
-    try:
-        for node in ast.walk(_module_tree()):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("SSStyleGANLabelLib"):
-                module = importlib.import_module(node.module)
-                for alias in node.names:
-                    assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
-    finally:
-        sys.path.remove(str(MODULE_DIR))
 
 
 @pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))

@@ -24,10 +24,14 @@ resliced onto it. What is compared, for every suggestion:
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +41,11 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from PIL import Image
 from dicom_series import write_dicom_series
+from PIL import Image
 from server_harness import start_server
-from slicer_mrml import MrmlApp, ModuleTestCase, slicer_standins
+from slicer_mrml import ModuleTestCase, MrmlApp, slicer_standins
+
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.preprocess import apply_window, resize_square, window_range
 from ss_stylegan.data.readers import looks_like_hu, read_volume
@@ -50,7 +55,10 @@ MODULE_DIR = Path(__file__).resolve().parent.parent / "slicer_module" / "SSStyle
 sys.path.insert(0, str(MODULE_DIR))
 
 from SSStyleGANLabelLib import ServerError, SessionError, SSGLClient, StudyFiles  # noqa: E402
+from SSStyleGANLabelLib.recording import RecordingProxy, ReplayServer  # noqa: E402
 from SSStyleGANLabelLogic import SSStyleGANLabelLogic  # noqa: E402
+
+SHIPPED_RECORDING = MODULE_DIR / "Resources" / "Testing" / "labelling_loop.json"
 
 pytestmark = pytest.mark.server
 
@@ -335,10 +343,8 @@ def test_labels_given_through_the_logic_survive_a_server_restart(lab, mrml: Mrml
     _clear_labels(after)
 
 
-def test_the_module_own_test_runs(lab, mrml: MrmlApp, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, _, _ = lab
-    monkeypatch.setenv("SSGL_TEST_SERVER", server.url)
-    monkeypatch.setenv("SSGL_TEST_TRAIN_TIMEOUT", "60")
+def _run_module_test(mrml: MrmlApp) -> None:
+    """The module's own ``SSStyleGANLabelTest`` on this scene; checks that it finished and left its nodes."""
     with slicer_standins(mrml):
         import SSStyleGANLabel
 
@@ -351,6 +357,74 @@ def test_the_module_own_test_runs(lab, mrml: MrmlApp, monkeypatch: pytest.Monkey
                        for i in range(mrml.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
             assert len(volumes) == 1 and volumes[0].GetAttribute(SSStyleGANLabelLogic.IMAGE_ID_ATTRIBUTE)
             assert mrml.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+        finally:
+            sys.modules.pop("SSStyleGANLabel", None)
+
+
+def test_the_module_own_test_runs_against_the_server_and_against_its_recording(
+        lab, mrml: MrmlApp, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Slicer's ctest has no server: the module's test replays answers recorded here from a real one. Run it
+    against the real server through a recording proxy, then on a fresh scene against that recording alone.
+    ``SSGL_UPDATE_RECORDING=1`` also writes the recording into the module (what Slicer's ctest replays)."""
+    server, _, _ = lab
+    with RecordingProxy(server.url) as proxy:
+        monkeypatch.setenv("SSGL_TEST_SERVER", proxy.url)
+        monkeypatch.setenv("SSGL_TEST_TRAIN_TIMEOUT", "60")
+        _run_module_test(mrml)
+        recording = proxy.save(str(tmp_path / "labelling_loop.json"))
+    assert {e["path"].split("?")[0] for e in proxy.exchanges} >= {"/info/", "/activelearning/fps", "/slicelabels/",
+                                                                  "/infer/classify", "/slicemap/"}
+    if os.environ.get("SSGL_UPDATE_RECORDING") == "1":
+        shutil.copy(recording, SHIPPED_RECORDING)
+    monkeypatch.delenv("SSGL_TEST_SERVER")
+    monkeypatch.setenv("SSGL_TEST_RECORDING", recording)
+    replay = MrmlApp(tmp_path / "replay-temp")
+    try:
+        _run_module_test(replay)
+    finally:
+        replay.close()
+
+
+def test_the_module_own_test_runs_without_a_server(mrml: MrmlApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Slicer's ctest runs: the shipped recording replayed, no server anywhere."""
+    monkeypatch.delenv("SSGL_TEST_SERVER", raising=False)
+    monkeypatch.delenv("SSGL_TEST_RECORDING", raising=False)
+    assert SHIPPED_RECORDING.is_file()
+    _run_module_test(mrml)
+
+
+def test_a_replay_names_the_request_it_has_no_answer_for() -> None:
+    exchange = {"method": "GET", "path": "/info/", "status": 200, "headers": {"Content-Type": "application/json"},
+                "body": base64.b64encode(b'{"a": 1}').decode()}
+    with ReplayServer([exchange, {**exchange, "body": base64.b64encode(b'{"a": 2}').decode()}]) as server:
+        answers = [urllib.request.urlopen(server.url + "/info/").read() for _ in range(3)]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + "/slicemap/")
+    assert answers == [b'{"a": 1}', b'{"a": 2}', b'{"a": 2}']      # in order, the last one repeats
+    assert err.value.code == 404 and "no recorded answer for GET /slicemap/" in err.value.read().decode()
+    assert server.unanswered == ["GET /slicemap/"]
+
+
+def test_the_module_file_follows_the_scripted_module_template(mrml: MrmlApp) -> None:
+    """Imported as Slicer imports it: the template's classes, a parameter node with the settings the widget
+    binds, and a Logic that is not Slicer's Qt-side logic class."""
+    with slicer_standins(mrml):
+        import SSStyleGANLabel
+        from slicer.ScriptedLoadableModule import (
+            ScriptedLoadableModule,
+            ScriptedLoadableModuleTest,
+            ScriptedLoadableModuleWidget,
+        )
+
+        try:
+            assert issubclass(SSStyleGANLabel.SSStyleGANLabel, ScriptedLoadableModule)
+            assert issubclass(SSStyleGANLabel.SSStyleGANLabelWidget, ScriptedLoadableModuleWidget)
+            assert issubclass(SSStyleGANLabel.SSStyleGANLabelTest, ScriptedLoadableModuleTest)
+            assert SSStyleGANLabel.SSStyleGANLabelLogic is SSStyleGANLabelLogic
+            assert SSStyleGANLabelLogic.__bases__ == (object,)
+            fields = set(SSStyleGANLabel.SSStyleGANLabelParameterNode.__annotations__)
+            assert {"serverUrl", "userName", "kimg", "strategy", "batchSize", "colourBy"} <= fields
+            assert os.path.isfile(SSStyleGANLabel.RECORDING)
         finally:
             sys.modules.pop("SSStyleGANLabel", None)
 

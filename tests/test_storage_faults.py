@@ -27,12 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from server_harness import TINY_CONF, start_server
-from ss_stylegan.storage.faults import StorageFullError
-from ss_stylegan.storage.atomic import append_line, atomic_write, atomic_write_text
+
 from ss_stylegan.data.synthetic import make_synthetic_datastore
 from ss_stylegan.labelling.label_store import SliceLabelStore
+from ss_stylegan.storage.atomic import append_line, atomic_write, atomic_write_text
+from ss_stylegan.storage.faults import StorageFullError
 from ss_stylegan.workspace import TrainingStatus, Workspace
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")
@@ -226,3 +226,35 @@ def test_an_append_on_a_full_disk_leaves_the_file_as_it_was(small_disk: Path) ->
         fh.write(b'{"step": 3, "los')  # a crash mid-line
     append_line(path, '{"step": 4}')
     assert path.read_bytes().endswith(b'{"step": 3, "los\n{"step": 4}\n')
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from ss_stylegan.storage.atomic import atomic_write_text
+
+    target = tmp_path / "labels.json"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text(encoding="utf-8") == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.json"]  # no temporary file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
+    from ss_stylegan.storage.atomic import atomic_write
+
+    target = tmp_path / "embeddings.npz"
+    target.write_bytes(b"complete old content")
+
+    def half_then_crash(fh) -> None:  # noqa: ANN001 - a binary file object
+        fh.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_crash)
+    assert target.read_bytes() == b"complete old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["embeddings.npz"]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from ss_stylegan.classification.features import CLASSIFIERS, classify_features
+from ss_stylegan.selection.features import prepare_features
 from ss_stylegan.selection.fps_features import FarthestInFeatures
 from ss_stylegan.selection.probcover import ProbCoverSelector, purity_radius
 from ss_stylegan.selection.typiclust import TypiClustSelector, typicality
-from ss_stylegan.selection.features import prepare_features
 
 
 def blobs(n_per: int = 40, centres: int = 4, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

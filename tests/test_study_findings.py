@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from server_harness import TINY_CONF, start_server
+from trained_datastore import train_datastore
+
 from ss_stylegan.data.synthetic import make_synthetic_study, read_sidecar_labels
 from ss_stylegan.evaluation.studies import score_studies
-from ss_stylegan.labelling.findings import StudyRule, majority_class, study_findings, summary_text
-from trained_datastore import train_datastore
+from ss_stylegan.labelling.findings import (
+    StudyRule,
+    majority_class,
+    study_findings,
+    summary_text,
+)
 
 CLASSES = ("normal", "lesion")
 

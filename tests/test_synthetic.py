@@ -15,7 +15,11 @@ from sklearn.metrics import balanced_accuracy_score
 
 from ss_stylegan.data.cache import find_studies
 from ss_stylegan.data.readers import read_volume
-from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study, read_sidecar_labels
+from ss_stylegan.data.synthetic import (
+    make_synthetic_datastore,
+    make_synthetic_study,
+    read_sidecar_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SIDECAR = ROOT.parent / "shared" / "data" / "iqothnccd" / "volumes" / "64" / "iqothnccd_64_vol00.json"

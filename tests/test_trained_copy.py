@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from folder_snapshot import snapshot
 from server_harness import TINY_CONF, start_server
+
 from ss_stylegan.workspace import Workspace
 
 pytestmark = pytest.mark.server

@@ -11,12 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ss_stylegan.model.checkpoint import load_checkpoint, load_model
 from ss_stylegan.cli import main as cli_main
 from ss_stylegan.config import ModelConfig, TrainConfig
-from ss_stylegan.model.embedding import embed_images, reconstruction_error, w_recovery_error
+from ss_stylegan.model.checkpoint import load_checkpoint, load_model
+from ss_stylegan.model.embedding import (
+    embed_images,
+    reconstruction_error,
+    w_recovery_error,
+)
 from ss_stylegan.model.networks import SSStyleGAN
-from ss_stylegan.training.loop import Milestone, TrainingError, TrainProgress, train
+from ss_stylegan.training.loop import TrainingError, train
+from ss_stylegan.training.progress import Milestone, TrainProgress
 
 TINY = ModelConfig.tiny(32)
 

@@ -1,5 +1,5 @@
-"""One training per workspace across processes (``ss_stylegan.training.lock``), and study fingerprints
-(``ss_stylegan.data.fingerprint``), with real processes and files."""
+"""One training per workspace across processes (``ss_stylegan.training.lock``), the training status file and stop
+flag, and study fingerprints (``ss_stylegan.data.fingerprint``), with real processes and files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from ss_stylegan.data.fingerprint import FingerprintCache, content_hash, stamp
 from ss_stylegan.training.lock import TrainingBusyError, TrainingLock
-from ss_stylegan.workspace import Workspace
+from ss_stylegan.workspace import TrainingStatus, Workspace
 
 LIB = str(Path(__file__).resolve().parent.parent / "lib")
 
@@ -111,3 +111,19 @@ def test_a_dicom_folder_is_one_fingerprint(tmp_path: Path) -> None:
     (series / "IM1.dcm").write_bytes(b"\xff" * 100)
     after = FingerprintCache().fingerprint(series)
     assert after is not None and after.sha256 != before.sha256
+
+
+def test_status_and_stop_flag(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    assert ws.read_status().state == "untrained"
+    ws.write_status(TrainingStatus(state="training", progress={"step": 3}))
+    assert ws.read_status().progress == {"step": 3} and ws.read_status().updated > 0
+    ws.status_path.write_text("{", encoding="utf-8")
+    assert ws.read_status().state == "untrained"
+    assert not ws.stop_requested()
+    ws.request_stop()
+    assert ws.stop_requested()
+    ws.clear_stop()
+    assert not ws.stop_requested()
+    with pytest.raises(ValueError, match="state must be one of"):
+        ws.write_status(TrainingStatus(state="bogus"))

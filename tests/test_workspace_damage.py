@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from server_harness import TINY_CONF, start_server
+
 from ss_stylegan.maps.slice_map import MapVersion
 from ss_stylegan.workspace import Workspace
 

@@ -4,6 +4,7 @@ current happens atomically with the pointer switch, across processes. Real files
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -11,11 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from folder_snapshot import snapshot
-from ss_stylegan.storage.atomic import atomic_write_bytes, atomic_write_text
+
+from ss_stylegan.labelling.indexes import MapRows
 from ss_stylegan.maps.slice_map import MapVersion, SliceMap
-from ss_stylegan.maps.versions import StaleVersionError, WorkspaceError
+from ss_stylegan.maps.versions import (
+    DamagedVersionError,
+    StaleVersionError,
+    WorkspaceError,
+)
+from ss_stylegan.storage.atomic import atomic_write_bytes, atomic_write_text
 from ss_stylegan.workspace import Workspace
 
 
@@ -245,3 +251,94 @@ def test_kill_9_between_the_steps_of_a_publish(tmp_path: Path, step: str) -> Non
     after = _publish(reader, "m3", ["a"])
     assert _folders(reader) == {after.folder, reader.current_version().folder} | (
         {third.folder} if step != "pointer switched" else {served.version.folder})
+
+
+def _publish_map(ws: Workspace, slice_map: SliceMap) -> MapVersion:
+    """Publish a map without a model (checkpoint and projector are not needed to read a map)."""
+    with ws.new_version(slice_map.model_version) as version:
+        ws.save_map(slice_map, version)
+        ws.activate(version)
+    return version
+
+
+def test_slice_map_save_load_extend(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="train the model first"):
+        ws.load_map()
+    rng = np.random.default_rng(0)
+    m = SliceMap(image_ids=["a", "a", "b"], slices=[1, 0, 0], positions=rng.normal(size=(3, 3)),
+                 w=rng.normal(size=(3, 8)), xy=rng.normal(size=(3, 2)), model_version="v1",
+                 errors={"bad": "cannot read"}, depths={"a": 10, "b": 1})
+    _publish_map(ws, m)
+    loaded = ws.load_map()
+    assert loaded.model_version == "v1" and loaded.errors == {"bad": "cannot read"} and loaded.depths == {"a": 10, "b": 1}
+    np.testing.assert_array_equal(loaded.xy, m.xy)
+    assert loaded.rows_of("a").tolist() == [1, 0] and MapRows(loaded).get(("b", 0)) == 2
+    bigger = loaded.extended(["c"], [4], np.zeros((1, 3)), np.ones((1, 8)), np.ones((1, 2)), depths={"c": 5})
+    assert len(bigger) == 4 and bigger.image_set() == {"a", "b", "c"} and bigger.depths["c"] == 5
+    loaded.version.map_path.write_bytes(b"truncated")
+    with pytest.raises(DamagedVersionError, match="slice_map.npz cannot be read"):
+        ws.load_map()
+
+
+def test_publish_switches_one_pointer_and_survives_an_interrupted_publish(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = _publish_map(ws, _one_image_map("v1", 3))
+    assert ws.load_map().model_version == "v1" and ws.current_version() == first
+    stamp = ws.map_stamp()
+
+    # a training killed mid-publish: new folder with a checkpoint and half a map, pointer not switched
+    half = MapVersion.in_folder(ws.maps_dir / "20000101-000000-000000000-v2")
+    half.checkpoint_dir.mkdir(parents=True)
+    (half.checkpoint_dir / "ckpt-00000004.pt").write_bytes(b"weights")
+    half.map_path.write_bytes(b"partial")
+    assert ws.load_map().model_version == "v1" and ws.map_stamp() == stamp
+    with pytest.raises(WorkspaceError, match="no complete slice map"):
+        ws.activate(half)
+
+    # the server's update of the current map is a new version: new folder, new stamp, the first one kept
+    update = ws.publish_update(
+        ws.load_map().extended(["b"], [0], np.zeros((1, 3)), np.ones((1, 4)), np.ones((1, 2))), first)
+    assert len(ws.load_map()) == 4 and ws.map_stamp() == ws.stamp_of(update) and ws.map_stamp() != stamp
+    assert len(ws.load_map(first)) == 3
+
+    # the next complete publish becomes current, keeps the one it replaces, removes the older and half-written ones
+    with ws.new_version("v2") as second:
+        ws.save_map(_one_image_map("v2", 5), second)
+        assert ws.load_map().model_version == "v1"  # written, not yet current
+        ws.activate(second)
+    assert ws.load_map().model_version == "v2" and len(ws.load_map()) == 5
+    assert sorted(p.name for p in ws.maps_dir.iterdir()) == sorted([update.name, second.name])
+    pointer = json.loads(ws.pointer_path.read_text(encoding="utf-8"))
+    assert pointer["current"] == f"maps/{second.name}" and pointer["previous"] == f"maps/{update.name}"
+
+    # a pointer naming a folder without a complete map (damaged by hand): readers use the previous one
+    second.map_meta_path.unlink()
+    assert ws.load_map().model_version == "v1" and ws.current_version() == update
+    # a damaged pointer: rebuilt from the newest complete version on disk, and said so
+    ws.pointer_path.write_text("{", encoding="utf-8")
+    assert ws.current_version() == update and ws.load_map().model_version == "v1"
+    assert "current.json is unreadable" in ws.problems[-1] and f"serving {update.name} instead" in ws.problems[-1]
+    assert json.loads(ws.pointer_path.read_text(encoding="utf-8"))["current"] == f"maps/{update.name}"
+    shutil.rmtree(update.folder)  # and with no complete version left: none
+    ws.pointer_path.write_text("{", encoding="utf-8")
+    assert ws.current_version() is None and not ws.has_map() and not ws.pointer_path.exists()
+
+
+def test_a_version_is_written_once(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    version = _publish_map(ws, _one_image_map("v1", 3))
+    with pytest.raises(WorkspaceError, match="never change"):
+        ws.save_map(_one_image_map("v1", 5), version)
+    assert len(ws.load_map()) == 3
+    # a block that does not make its version current leaves nothing behind
+    with ws.new_version("v1") as unused:
+        ws.save_map(_one_image_map("v1", 4), unused)
+    assert not unused.folder.exists() and ws.current_version() == version
+
+
+def _one_image_map(model_version: str, n: int) -> SliceMap:
+    """A map of ``n`` slices of one image ``a``."""
+    rng = np.random.default_rng(n)
+    return SliceMap(image_ids=["a"] * n, slices=range(n), positions=rng.normal(size=(n, 3)),
+                    w=rng.normal(size=(n, 4)), xy=rng.normal(size=(n, 2)), model_version=model_version)
