@@ -26,7 +26,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SSStyleGANLabelLib import MapScene, ModelState
+from SSStyleGANLabelLib import ModelState
+from SSStyleGANLabelLib.recording import ReplayServer
 from SSStyleGANLabelLib.mapview import class_colour, matplotlib_available, render_png
 from SSStyleGANLabelLogic import SSStyleGANLabelLogic
 from SSStyleGANLabelLogic.logic import VIEW_NAME
@@ -34,6 +35,7 @@ from SSStyleGANLabelLogic.logic import VIEW_NAME
 logger = logging.getLogger(__name__)
 
 TRAINING_POLL_MS = 2000
+RECORDING = os.path.join(os.path.dirname(__file__), "Resources", "Testing", "labelling_loop.json")
 THUMBNAIL_PIXELS = 128
 
 
@@ -168,7 +170,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self.logic is not None and self.logic.session is not None:
+        if self.logic is not None and self.logic.isConnected():
             try:  # give the suggestions not labelled back, so other annotators get them now
                 self.logic.releaseSuggestions()
             except Exception as err:  # closing Slicer must not fail because the server is gone
@@ -231,7 +233,7 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shortcut.setEnabled(False)
             shortcut.deleteLater()
         self._shortcuts = keep
-        for key, name in self.logic.requireSession().shortcuts.items():
+        for key, name in self.logic.classShortcuts().items():
             red, green, blue = (int(255 * c) for c in class_colour(name, classes))
             button = qt.QPushButton(f"{key}: {name}")
             button.toolTip = f"Label the slice on screen as '{name}' (key {key})"
@@ -283,16 +285,13 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not get the next suggestion.", waitCursor=True):
             current = self.logic.nextSuggestion()
             if current is None:
-                self.ui.currentSliceLabel.text = self.logic.requireSession().done_message
+                self.ui.currentSliceLabel.text = self.logic.doneMessage()
             self.showCurrent()
 
     def onLabel(self, className: str) -> None:
         with slicer.util.tryWithErrorDisplay("Could not store the label.", waitCursor=True):
-            current = self.logic.requireSession().current
-            self.logic.labelCurrent(className)
+            self.logic.labelAndMoveOn(className)   # one click per slice: a labelled suggestion moves on
             self.updateLabelledTable()
-            if current is not None and current.suggestion is not None:
-                self.logic.nextSuggestion()  # one click per slice: a labelled suggestion moves on
             self.showCurrent()
 
     def onRemoveLabel(self) -> None:
@@ -323,14 +322,11 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showCurrent()
 
     def showCurrent(self) -> None:
-        session = self.logic.requireSession()
-        current = session.current
-        self.ui.removeLabelButton.enabled = current is not None and current.key in session.labels
+        text, removable = self.logic.currentDescription()
+        self.ui.removeLabelButton.enabled = removable
+        current = self.logic.currentSlice()
         if current is not None:
-            className, source = session.class_at(current.image, current.slice)
-            why = f" - suggested: {current.suggestion.reason}" if current.suggestion and current.suggestion.reason else ""
-            shown = f"{className} ({source})" if className else "not labelled"
-            self.ui.currentSliceLabel.text = f"{current.image}, slice {current.slice}: {shown}{why}"
+            self.ui.currentSliceLabel.text = text
             self.showThumbnail(current.image, current.slice)
         self.onSliceMoved()
         self.drawMap()
@@ -346,16 +342,16 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thumbnailLabel.setPixmap(pixmap.scaled(THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, qt.Qt.KeepAspectRatio))
 
     def updateLabelledTable(self) -> None:
-        records = self.logic.requireSession().labelled_slices()
+        rows = self.logic.labelledRows()
         table = self.ui.labelledTableWidget
-        table.setRowCount(len(records))
-        for row, record in enumerate(records):
-            for column, value in enumerate((record.image, str(record.slice), record.class_name, record.user)):
+        table.setRowCount(len(rows))
+        for row, values in enumerate(rows):
+            for column, value in enumerate(values):
                 table.setItem(row, column, qt.QTableWidgetItem(value))
 
     def onSliceMoved(self, caller=None, event=None) -> None:
         """Show the class of the slice in the axial view as a coloured corner annotation."""
-        if self.logic is None or self.logic.session is None:
+        if self.logic is None or not self.logic.isConnected():
             return
         text, rgb = self.logic.viewAnnotation(VIEW_NAME)
         sliceWidget = slicer.app.layoutManager().sliceWidget(VIEW_NAME)
@@ -375,14 +371,12 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.drawMap()
 
     def drawMap(self) -> None:
-        session = self.logic.session
-        if session is None or session.map is None:
-            return
         view = self.ui.mapGraphicsView
         width, height = max(view.viewport().width, 100), max(view.viewport().height, 100)
-        current = session.current.key if session.current else None
-        self._mapScene = MapScene(session.map, session.classes, width, height, mode=self._parameterNode.colourBy,
-                                  highlighted=tuple(session.pending), current=current)
+        mapScene = self.logic.mapScene(width, height, self._parameterNode.colourBy)
+        if mapScene is None:
+            return
+        self._mapScene = mapScene
         scene = qt.QGraphicsScene()
         scene.setSceneRect(0, 0, width, height)
         if matplotlib_available():
@@ -446,10 +440,13 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
-    """Drives the logic against a running server: ``SSGL_TEST_SERVER`` (default http://127.0.0.1:8000).
+    """Drives the logic through a labelling loop: suggestion, study loaded and shown, label, thumbnail,
+    classification into a table node, map, CSV export, label removed again.
 
-    The server's model is trained first when it is not (``SSGL_TEST_TRAIN_TIMEOUT`` seconds at most).
-    The label the test gives is removed again at the end.
+    Where no server runs (Slicer's ctest), the server's answers come from a recording made by the project's
+    pytest suite against a real server (``Resources/Testing/labelling_loop.json``, or the file named by
+    ``SSGL_TEST_RECORDING``), replayed on 127.0.0.1. With ``SSGL_TEST_SERVER`` set, it runs against that
+    server instead, training it first when needed (``SSGL_TEST_TRAIN_TIMEOUT`` seconds at most).
     """
 
     def setUp(self):
@@ -460,7 +457,7 @@ class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
         self.test_LabellingLoop()
 
     def _waitUntilReady(self, logic, timeout_s: float) -> ModelState:
-        state = logic.requireSession().refresh_state()
+        state = logic.refreshState()
         if not state.ready and not state.training:
             state = logic.startTraining()
         deadline = time.monotonic() + timeout_s
@@ -474,8 +471,18 @@ class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
         return state
 
     def test_LabellingLoop(self):
-        self.delayDisplay("Connecting to the SS-StyleGAN Label server")
-        url = os.environ.get("SSGL_TEST_SERVER", "http://127.0.0.1:8000")
+        url = os.environ.get("SSGL_TEST_SERVER")
+        if url:
+            self.delayDisplay(f"Connecting to the SS-StyleGAN Label server at {url}")
+            self._labellingLoop(url)
+        else:
+            recording = os.environ.get("SSGL_TEST_RECORDING") or RECORDING
+            self.delayDisplay(f"Replaying the server answers recorded in {os.path.basename(recording)}")
+            with ReplayServer(recording) as server:
+                self._labellingLoop(server.url)
+                self.assertEqual(server.unanswered, [], "requests the recording has no answer for")
+
+    def _labellingLoop(self, url: str) -> None:
         logic = SSStyleGANLabelLogic()
         with tempfile.TemporaryDirectory() as folder:
             state = logic.connect(url, "slicer-module-test", downloadFolder=folder)
@@ -498,7 +505,7 @@ class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
             className = state.classes[0]
             record = logic.labelKey("1")
             self.assertEqual((record.image, record.slice, record.class_name), (current.image, current.slice, className))
-            stored = {(r.image, r.slice): r.class_name for r in logic.session.client.labels(current.image)}
+            stored = logic.storedClasses(current.image)
             self.assertEqual(stored.get((current.image, current.slice)), className)
             text, _ = logic.viewAnnotation(VIEW_NAME)
             self.assertIn(className, text)
@@ -527,5 +534,5 @@ class SSStyleGANLabelTest(ScriptedLoadableModuleTest):
             self.assertIn(f"{current.image},{current.slice},{className},", "\n".join(lines))
 
             logic.removeCurrentLabel()
-            self.assertNotIn((current.image, current.slice), logic.session.labels)
+            self.assertNotIn((current.image, str(current.slice)), [row[:2] for row in logic.labelledRows()])
         self.delayDisplay("SS-StyleGAN Label logic test finished")

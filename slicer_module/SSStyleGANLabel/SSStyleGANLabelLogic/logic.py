@@ -34,6 +34,7 @@ from SSStyleGANLabelLib import (
     Classification,
     CurrentSlice,
     LabelSession,
+    MapScene,
     MapPoints,
     ModelState,
     SessionError,
@@ -152,6 +153,10 @@ class SSStyleGANLabelLogic:
     def stopTraining(self) -> ModelState:
         return self.requireSession().stop_training()
 
+    def refreshState(self) -> ModelState:
+        """The model state read from the server now."""
+        return self.requireSession().refresh_state()
+
     def pollTraining(self):
         """One poll: ``(state, finished)``; the widget calls it from a ``qt.QTimer``."""
         session = self.requireSession()
@@ -258,6 +263,61 @@ class SSStyleGANLabelLogic:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image)
         path = Path(self._workFolder()) / "thumbnails" / f"{safe}_{int(sliceIndex)}.png"
         return str(write_bytes_atomic(path, png))
+
+    # -- what the widget shows -------------------------------------------------------------------
+    def isConnected(self) -> bool:
+        return self.session is not None
+
+    def classShortcuts(self) -> Dict[str, str]:
+        """``{key: class}``: the number key of each class (1..9), in the server's class order."""
+        return dict(self.requireSession().shortcuts)
+
+    def doneMessage(self) -> str:
+        """What to tell the user when the server has no suggestion left."""
+        return self.requireSession().done_message
+
+    def currentDescription(self) -> Tuple[str, bool]:
+        """``(text, removable)``: the slice on screen with its class (label or prediction) and why it was
+        suggested, and whether it has a label that can be removed; ``("", False)`` when none is shown."""
+        session = self.requireSession()
+        current = session.current
+        if current is None:
+            return "", False
+        className, source = session.class_at(current.image, current.slice)
+        suggestion = current.suggestion
+        why = f" - suggested: {suggestion.reason}" if suggestion is not None and suggestion.reason else ""
+        shown = f"{className} ({source})" if className else "not labelled"
+        return f"{current.image}, slice {current.slice}: {shown}{why}", current.key in session.labels
+
+    def currentSlice(self) -> Optional[CurrentSlice]:
+        return self.requireSession().current
+
+    def labelAndMoveOn(self, className: str) -> SliceLabel:
+        """Label the slice on screen; when it was a suggestion, show the next one (one click per slice)."""
+        session = self.requireSession()
+        current = session.current
+        label = session.label_current(className)
+        if current is not None and current.suggestion is not None:
+            self.nextSuggestion()
+        return label
+
+    def labelledRows(self) -> List[Tuple[str, str, str, str]]:
+        """Rows of the labelled-slices table: image, slice, class, user."""
+        return [(r.image, str(r.slice), r.class_name, r.user) for r in self.requireSession().labelled_slices()]
+
+    def storedClasses(self, image: str) -> Dict[Tuple[str, int], str]:
+        """The server's labels of one study, read now (not this session's mirror)."""
+        return {(r.image, r.slice): r.class_name for r in self.requireSession().client.labels(image)}
+
+    def mapScene(self, width: int, height: int, colourBy: str) -> Optional[MapScene]:
+        """The map to draw at ``width`` x ``height``, coloured by ``colourBy``, with this session's suggestions
+        ringed and the slice on screen marked; None before the map was fetched."""
+        if self.session is None or self.session.map is None:
+            return None
+        session = self.session
+        current = session.current.key if session.current else None
+        return MapScene(session.map, session.classes, width, height, mode=colourBy,
+                        highlighted=tuple(session.pending), current=current)
 
     # -- labelling, map, classification ----------------------------------------------------------
     def nextSuggestion(self) -> Optional[CurrentSlice]:
