@@ -15,9 +15,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from monailabel.config import settings as monai_settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -30,6 +32,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from ss_stylegan.config import ConfigError
 from ss_stylegan.labelling.label_values import OrphanedLabelsError
 from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
+from ss_stylegan.labelling.studies import check_studies_folder
 from ss_stylegan.labelling.validation import identifier
 from ss_stylegan.workspace import Workspace
 
@@ -48,9 +51,10 @@ import lib.train_control  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 import lib.uploads  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
+from lib.answers import training_started
 from lib.configs.settings import AppSettings
 from lib.datastore import AtomicLocalDatastore, datastore_extensions, set_aside_unreadable
-from lib.errors import hide_paths, redact, redacted, status_of, storage_answer
+from lib.errors import hide_paths, redact, redacted, status_of, storage_answer, validation_answer
 from lib.guards import build_guards
 from lib.guards_tasks import build_task_guards
 from lib.handlers import Handlers
@@ -82,13 +86,30 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 limit_malloc_arenas()
 
 
+def refuse_to_start(err: ConfigError) -> NoReturn:
+    """A bad setting: its message alone on stderr, exit status 2, the traceback only at debug level."""
+    log.debug("the server refuses to start", exc_info=err)
+    sys.stderr.write(f"SS-StyleGAN Label cannot start: {err}\n")
+    sys.stderr.flush()
+    os._exit(2)   # from inside uvicorn's start-up: a plain exit would print its own traceback
+
+
 class SSStyleGANLabelApp(MONAILabelApp):
     """Few-label slice classification with SS-StyleGAN (IEEE TMI 2022, arXiv 2312.15972)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        try:
+            self._start(app_dir, studies, conf)
+        except ConfigError as err:
+            refuse_to_start(err)
+
+    def _start(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, studies)  # ConfigError: the server refuses to start
+        if not studies.startswith(("http://", "https://")):
+            check_studies_folder(studies, create=self.settings.create_studies)
         workspace = Workspace(self.settings.workspace)
-        self.control = TrainControl(workspace, trainers=("ss_stylegan",))
+        self.control = TrainControl(workspace, trainers=("ss_stylegan",),
+                                    in_effect=lambda task, params: training_started(task, self.settings, params))
         try:
             self.service = LabellingService(self.settings.labelling(), studies, workspace,
                                             training_running=self.control.running)
@@ -183,6 +204,7 @@ def install(app: FastAPI, *routers: APIRouter) -> None:
     answer a file-system error of any route (MONAI Label's own too) with the app's JSON error: 507 when the
     disk is full, else 503 (:func:`lib.errors.storage_answer`), instead of a plain-text 500."""
     app.add_exception_handler(OSError, _storage_fault)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.middleware_stack = None  # the running server builds its middleware again, with the handler, at once
     before = len(app.router.routes)
     for router in routers:
@@ -191,6 +213,10 @@ def install(app: FastAPI, *routers: APIRouter) -> None:
     del app.router.routes[before:]
     app.router.routes[0:0] = added
     app.openapi_schema = None
+
+
+async def _invalid_request(request: Request, err: Exception) -> JSONResponse:
+    return JSONResponse({"detail": validation_answer(err.errors())}, status_code=422)  # type: ignore[attr-defined]
 
 
 async def _storage_fault(request: Request, err: Exception) -> JSONResponse:

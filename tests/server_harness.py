@@ -285,6 +285,15 @@ class RunningServer:
         except json.JSONDecodeError:
             return status, text
 
+    def request_bytes(self, method: str, path: str, timeout_s: float = 60.0) -> tuple[int, bytes]:
+        """Send a request without a body; return ``(status, the answer's bytes)`` (a PNG, a zip, ...)."""
+        req = urllib.request.Request(self.url + path, method=method, headers=self.headers(None))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
     def wait_for_training(self, timeout_s: float = 300.0, poll_s: float = 0.5) -> dict[str, Any]:
         """Block until ``/info/`` no longer reports ``training`` (after one was started); return its ss_stylegan block.
 

@@ -8,6 +8,7 @@ restarted server must find it through the workspace's training lock, report it, 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -88,3 +89,33 @@ def test_the_generic_train_route_obeys_the_same_rule(server: RunningServer) -> N
     status, stopped = server.request("DELETE", "/train/", timeout_s=120)
     assert status == 200 and stopped["status"] == "STOPPED"
     assert not _alive(pid) and server.get_json("/info/")["ss_stylegan"]["state"] == "untrained"
+
+
+def _training_answers(server: RunningServer) -> dict[str, dict]:
+    """Every answer that reports the training: ``GET /train/``'s block, ``/info/``'s ``train_stats`` and its
+    ``ss_stylegan`` block."""
+    info = server.get_json("/info/")
+    return {"GET /train/": server.get_json("/train/")["ss_stylegan"],
+            "/info/ train_stats": info["train_stats"]["ss_stylegan"], "/info/ ss_stylegan": info["ss_stylegan"]}
+
+
+@pytest.mark.parametrize("how", ["DELETE /train/", "kill -9"])
+def test_after_a_stop_or_a_kill_every_training_answer_agrees(server: RunningServer, how: str) -> None:
+    status, _ = server.request("POST", "/train/ss_stylegan", LONG)
+    assert status == 200
+    pid = _wait_training_steps(server)["pid"]
+    if how == "kill -9":
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    else:
+        assert server.request("DELETE", "/train/", timeout_s=120)[0] == 200
+    assert not _alive(pid)
+    time.sleep(0.5)
+    answers = _training_answers(server)
+    for where, block in answers.items():
+        assert block["state"] == "untrained", (where, block)          # no map was published yet
+        assert block.get("pid") is None, (where, block)
+        assert "training stopped at step" in block["message"] and "resumes" in block["message"], (where, block)
+    assert {k: v for k, v in answers["GET /train/"].items() if k != "learning"} == answers["/info/ train_stats"]

@@ -86,7 +86,9 @@ class SliceConfig(_Settings):
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         if self.window not in SLICE_WINDOWS:
-            raise ConfigError(f"unknown window {self.window!r}; valid windows are {list(SLICE_WINDOWS)}")
+            named = [w for w in SLICE_WINDOWS if w != "custom"]
+            raise ConfigError(f"unknown window {self.window!r}; valid windows are {named}, or centre:width in HU "
+                              "such as 40:400")
         if self.window == "custom" and (
             self.window_center is None or self.window_width is None or not self.window_width > 0
         ):

@@ -87,7 +87,25 @@ class Workspace(MapVersions):
 
     # -- training status ------------------------------------------------------------------------------
     def read_status(self) -> TrainingStatus:
-        """The last status written, or an ``untrained`` status when none (or an unreadable one) exists."""
+        """The training's status as it is now: the last status written (``untrained`` when none, or an
+        unreadable one), except that a ``training`` status whose process no longer holds the training lock
+        (stopped, killed, or ended without a last word) is answered as what it left behind: ``ready`` with a
+        map, else ``untrained``, saying where it stopped. Only a running training reports a ``pid``."""
+        status = self._status_on_disk()
+        if status.state != "training":
+            return dataclasses.replace(status, pid=None)
+        if self.training_lock().holder() is not None:
+            return status
+        progress = status.progress
+        step, total = progress.get("step"), progress.get("total_steps")
+        where = f" at step {step}/{total}" if step is not None and total else ""
+        return TrainingStatus(
+            state="ready" if self.has_map() else "untrained",
+            message=f"training stopped{where} (stopped on request, killed, or its process ended); "
+                    "POST /train/ss_stylegan resumes from the last checkpoint",
+            progress={**progress, "phase": "stopped"}, updated=status.updated, pid=None)
+
+    def _status_on_disk(self) -> TrainingStatus:
         try:
             data = json.loads(self.status_path.read_text(encoding="utf-8"))
             return TrainingStatus(**{k: data[k] for k in data if k in TrainingStatus.__dataclass_fields__})

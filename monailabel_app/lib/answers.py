@@ -12,7 +12,7 @@ from typing import Any
 from ss_stylegan.labelling.findings import Finding
 from ss_stylegan.labelling.results import MapPoints, ServiceStatus, StudyClassification, Suggestions
 
-from lib.configs.settings import AppSettings
+from lib.configs.settings import AppSettings, train_config
 
 
 def suggestions(result: Suggestions) -> dict[str, Any]:
@@ -92,6 +92,8 @@ def info_block(status: ServiceStatus, settings: AppSettings) -> dict[str, Any]:
         "ignored_files": status.ignored_files,
         "problems": status.problems,
         "storage": status.storage,
+        "pictures": {"map": "/slicemap/picture.png", "samples": "/slicemap/pictures/samples.png",
+                     "reconstructions": "/slicemap/pictures/reconstructions.png"} if status.model_version else {},
         "settings": {
             "resolution": settings.slice_cfg.resolution,
             "window": settings.slice_cfg.window,
@@ -107,3 +109,34 @@ def info_block(status: ServiceStatus, settings: AppSettings) -> dict[str, Any]:
             "random_state": settings.random_state,
         },
     }
+
+
+def training_started(task: Any, settings: AppSettings, params: dict[str, Any]) -> Any:
+    """A started training's task record with its ``request`` saying what is in effect: the training length,
+    batch and device this run uses, and the GPUs it trains on (MONAI Label writes ``"gpus": "all"`` into every
+    request, whatever the machine has). The task record itself is not changed."""
+    if not isinstance(task, dict) or not isinstance(task.get("request"), dict):
+        return task
+    cfg = train_config(settings.train_cfg, {k: v for k, v in params.items() if k != "device"})
+    effective = {"kimg": cfg.kimg, "steps": cfg.steps, "minutes": cfg.max_minutes, "batch_size": cfg.batch_size,
+                 "device": params.get("device", settings.device),
+                 "gpus": ",".join(str(g) for g in settings.gpus) if settings.gpus else "none (one device)"}
+    return {**task, "request": {**task["request"], **effective}}
+
+
+def learning(progress: dict[str, Any]) -> dict[str, Any]:
+    """``GET /train/``'s "is it learning" summary of a training's maps: the reconstruction error and how much of
+    each slice's map neighbourhood the map kept since the previous one, per published map, and one sentence."""
+    maps = [m for m in progress.get("learning", []) if isinstance(m, dict)]
+    if not maps:
+        return {"maps": [], "summary": "no map published by this training yet: the first comes at its first "
+                                       "milestone (publish_minutes)"}
+    first, last = maps[0], maps[-1]
+    parts = []
+    if first.get("reconstruction_error") is not None and last.get("reconstruction_error") is not None:
+        parts.append(f"reconstruction error {first['reconstruction_error']:g} -> {last['reconstruction_error']:g} "
+                     f"over {len(maps)} map(s) (lower: W holds more of each slice)")
+    if last.get("neighbour_stability") is not None:
+        parts.append(f"{100 * last['neighbour_stability']:.0f}% of each slice's 10 map neighbours kept since the "
+                     "previous map (near 100%: the map has settled)")
+    return {"maps": maps, "summary": "; ".join(parts) or "one map so far: nothing to compare yet"}

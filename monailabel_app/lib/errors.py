@@ -151,3 +151,22 @@ def http_errors() -> Iterator[None]:
             status, message = storage_answer(err)
             raise HTTPException(status_code=status, detail=message) from err
         raise
+
+
+_PLACES = {"query": "query parameter", "path": "path parameter", "body": "field", "form": "form field",
+           "header": "header", "cookie": "cookie"}
+
+
+def validation_answer(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's list of request-validation errors as one sentence, like every other 422 of the app: what is
+    missing or wrong, and where (``query parameter 'slice' is required``)."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ())]
+        place = _PLACES.get(loc[0], "value") if loc else "value"
+        name = ".".join(loc[1:]) or "the request body"
+        if error.get("type") == "missing":
+            parts.append(f"{place} {name!r} is required")
+        else:
+            parts.append(f"{place} {name!r}: {error.get('msg', 'is not valid')}")
+    return "; ".join(parts) or "the request is not valid"

@@ -67,7 +67,13 @@ def _add_image_routes(router: APIRouter, datastore: Callable[[], AtomicLocalData
             if output is not None and output not in ("stats", "train", "all"):
                 raise FieldError("output", f"must be stats, train or all, got {output!r}")
             mirror.flush()  # the label counts of the labels made so far
-            return redacted(datastore_endpoint.datastore(datastore_endpoint.ResultType(output or "stats")))
+            answer = datastore_endpoint.datastore(datastore_endpoint.ResultType(output or "stats"))
+            if (output or "stats") == "stats" and isinstance(answer, dict):
+                store = datastore()  # "completed": studies with slice labels too (MONAI Label counts label files)
+                labelled = sum(1 for i in store.list_images()
+                               if any((store.get_image_info(i).get(store.protected_info) or {}).values()))
+                answer = {**answer, "completed": max(int(answer.get("completed", 0)), labelled)}
+            return redacted(answer)
 
     def add_image(user: User = Depends(RBAC(ANNOTATE)), image: str | None = None, params: str = Form("{}"),
                   file: UploadFile = File(...)) -> dict[str, Any]:

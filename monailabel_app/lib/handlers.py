@@ -17,6 +17,7 @@ from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.label_values import MAX_USER_CHARS
 from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
 from ss_stylegan.labelling.validation import FieldError, identifier, integer_text, only_keys, text
+from ss_stylegan.maps.pictures import picture_title, points_picture, training_picture
 
 from lib import answers
 from lib.configs.settings import AppSettings
@@ -45,6 +46,7 @@ class Handlers:
         self.service = service
         self.settings = settings
         self.mirror = mirror
+        self._picture: tuple[Any, bytes] | None = None   # (map version, label version, changed studies) -> PNG
 
     def info(self) -> dict[str, Any]:
         """``GET /info/``'s ``ss_stylegan`` block."""
@@ -113,6 +115,21 @@ class Handlers:
     def slice_png(self, image: str, slice_text: str) -> bytes:
         """``GET /slicemap/slice?image=&slice=``."""
         return self.service.slice_png(image, integer_text(slice_text, "slice"))
+
+    def map_picture(self) -> bytes:
+        """``GET /slicemap/picture.png``: the current map by label and by prediction (kept until either changes)."""
+        slice_map = self.service.require_map()
+        name = slice_map.version.name if slice_map.version is not None else "new"
+        key = (name, self.service.labels.version, self.service.maps.changed)
+        if self._picture is None or self._picture[0] != key:
+            title = picture_title(name, slice_map.model_version, slice_map.training)
+            self._picture = (key, points_picture(self.service.points(), self.settings.classes, title))
+        return self._picture[1]
+
+    def training_picture(self, name: str) -> bytes:
+        """``GET /slicemap/pictures/{name}``: the current version's training pictures."""
+        slice_map = self.service.require_map()
+        return training_picture(slice_map.version.folder if slice_map.version else "", name)
 
     def series_archive(self, image: str, folder: str) -> Path:
         """``GET /slicemap/series?image=``: the zip written into ``folder``."""

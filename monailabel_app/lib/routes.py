@@ -32,6 +32,7 @@ from ss_stylegan.data.uploads import received_upload
 from ss_stylegan.labelling.service import STRATEGIES
 from ss_stylegan.labelling.validation import json_object
 
+from lib.answers import learning
 from lib.auth import ANNOTATE, RBAC, READ, TRAIN, User, labeller, owner_of
 from lib.configs.settings import parse_train_request
 from lib.errors import http_errors, redacted
@@ -95,6 +96,19 @@ def _add_label_and_map_routes(router: APIRouter, handlers: Handlers) -> None:
         with http_errors():
             return Response(handlers.slice_png(image, slice), media_type="image/png")
 
+    @router.get("/slicemap/picture.png", tags=["SliceLabels"], summary="The map by label and by prediction (PNG)",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def map_picture(user: User = Depends(RBAC(READ))) -> Response:
+        with http_errors():
+            return Response(handlers.map_picture(), media_type="image/png")
+
+    @router.get("/slicemap/pictures/{name}", tags=["SliceLabels"],
+                summary="The training's samples.png or reconstructions.png of the current map version",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def training_picture(user: User = Depends(RBAC(READ)), name: str = "") -> Response:
+        with http_errors():
+            return Response(handlers.training_picture(name), media_type="image/png")
+
     @router.get("/slicemap/series", tags=["SliceLabels"], summary="A DICOM series study as one zip file")
     def series_zip(user: User = Depends(RBAC(READ)), image: str = Query(...)) -> FileResponse:
         folder = tempfile.mkdtemp(prefix="ss_stylegan-series-")
@@ -148,7 +162,8 @@ def _add_training_routes(router: APIRouter, handlers: Handlers, control: TrainCo
     def train_status(user: User = Depends(RBAC(READ)), all: bool = False, check_if_running: bool = False) -> Any:
         with http_errors():
             res = control.status(all, check_if_running)
-            return redacted({**res, "ss_stylegan": handlers.service.workspace.read_status().to_dict()})
+            block = handlers.service.workspace.read_status().to_dict()
+            return redacted({**res, "ss_stylegan": {**block, "learning": learning(block["progress"])}})
 
     @router.delete("/train/", tags=["Train"], summary="Stop the training (also one an earlier server started)")
     def stop_training(user: User = Depends(RBAC(TRAIN))) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from monailabel.endpoints import train as train_endpoint
@@ -39,8 +40,10 @@ class TrainControl:
         trainers: the trainer names the app offers.
     """
 
-    def __init__(self, workspace: Workspace, trainers: tuple[str, ...]) -> None:
+    def __init__(self, workspace: Workspace, trainers: tuple[str, ...],
+                 in_effect: Callable[[Any, dict[str, Any]], Any] = lambda task, params: task) -> None:
         self.workspace = workspace
+        self.in_effect = in_effect   # the answer's request as this app runs it (lib.answers.training_started)
         self.lock = workspace.training_lock()
         self.trainers = trainers
         self._submit = threading.Lock()  # two quick requests must not both pass the checks
@@ -68,9 +71,9 @@ class TrainControl:
             if holder is not None:
                 raise TrainingBusyError(holder)
             if model:
-                return train_endpoint.run_model(model, params, run_sync, False)
-            return {name: {"result": train_endpoint.run_model(name, params, run_sync, False), "detail": None}
-                    for name in models[:1]}  # one trainer at a time, as a second would be refused anyway
+                return self.in_effect(train_endpoint.run_model(model, params, run_sync, False), params)
+            return {name: {"result": self.in_effect(train_endpoint.run_model(name, params, run_sync, False), params),
+                           "detail": None} for name in models[:1]}  # one trainer at a time, as a second would be refused anyway
 
     def stop(self) -> dict[str, Any]:
         """Stop the running training: MONAI Label's own subprocess, else the lock's holder.

@@ -8,6 +8,16 @@ from typing import Any
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.labelling.findings import Finding, StudyRule
 
+WORLD_DECIMALS = 3
+"""World coordinates are answered in mm to this many decimals (1 µm): a volume's geometry holds no more (NIfTI
+stores its affine in float32), and the float noise below it (3.1e-06 for 0) only confuses a reader."""
+
+
+def world_mm(values: Any) -> tuple[float, float, float]:
+    """A world RAS position (mm) as answered: three floats rounded to :data:`WORLD_DECIMALS` (never ``-0.0``)."""
+    x, y, z = (round(float(v), WORLD_DECIMALS) + 0.0 for v in values)
+    return x, y, z
+
 
 @dataclasses.dataclass(frozen=True)
 class LabellingConfig:

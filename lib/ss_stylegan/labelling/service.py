@@ -55,6 +55,7 @@ from ss_stylegan.labelling.label_values import (
 from ss_stylegan.labelling.live_map import LiveSliceMap
 from ss_stylegan.labelling.reservations import PendingSuggestions
 from ss_stylegan.labelling.results import (
+    WORLD_DECIMALS,
     LabellingConfig,
     MapPoints,
     ServiceStatus,
@@ -62,6 +63,7 @@ from ss_stylegan.labelling.results import (
     StudyClassification,
     Suggestion,
     Suggestions,
+    world_mm,
 )
 from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.labelling.validation import FieldError, identifier, integer, text
@@ -229,7 +231,7 @@ class LabellingService:
         return Suggestions(
             picks=[Suggestion(image=key[0], slice=key[1],
                               position=tuple(float(v) for v in slice_map.xy[p.index]),  # type: ignore[arg-type]
-                              world=tuple(float(v) for v in slice_map.positions[p.index]),  # type: ignore[arg-type]
+                              world=world_mm(slice_map.positions[p.index]),
                               distance=None if p.distance is None else float(p.distance), reason=p.reason,
                               strategy=strategy) for p, key in zip(picks, keys)],
             message=message, n_labelled=len(labelled))
@@ -271,12 +273,12 @@ class LabellingService:
                 scores={str(c): float(s) for c, s in zip(classes, pred.scores[i])},
                 neighbour_image=str(slice_map.image_ids[row]), neighbour_slice=int(slice_map.slices[row]),
                 distance=float(pred.distance[i]), position=(float(xy[i, 0]), float(xy[i, 1])),
-                world=tuple(float(v) for v in positions[i]),  # type: ignore[arg-type]
+                world=world_mm(positions[i]),
             ))
         rule = self.config.rule()
         per_class = {str(c): pred.scores[:, i] for i, c in enumerate(classes)}
         findings = study_findings(slices, [o.label for o in out], per_class, self.config.classes, rule,
-                                  z=positions[:, 2] if len(positions) else None)
+                                  z=np.round(positions[:, 2], WORLD_DECIMALS) + 0.0 if len(positions) else None)
         positive = positive_classes(findings)
         volume_class = max(positive, key=lambda c: summary.get(c, 0)) if positive else rule.background
         warning = None
@@ -386,7 +388,8 @@ class LabellingService:
             pass
         return MapPoints(model_version=slice_map.model_version, image=image_ids, slice=slices,
                          x=slice_map.xy[keep, 0].astype(float).tolist(), y=slice_map.xy[keep, 1].astype(float).tolist(),
-                         world=slice_map.positions[keep].astype(float).tolist(), label=label, prediction=prediction,
+                         world=(np.round(slice_map.positions[keep].astype(float), WORLD_DECIMALS) + 0.0).tolist(),
+                         label=label, prediction=prediction,
                          score=score)
 
     # -- study files ------------------------------------------------------------------------------------
@@ -437,13 +440,12 @@ class LabellingService:
             state, message = "ready", f"{len(slice_map)} slices embedded with model {slice_map.model_version}"
             if status.state == "failed":
                 message += f"; the last training failed: {status.message}"
-            elif status.state == "training":
-                message += "; the last training was interrupted: POST /train/ss_stylegan resumes it"
+            elif status.progress.get("phase") == "stopped":
+                message += f"; the last {status.message}"
         elif status.state == "failed":
             state, message = "failed", status.message
-        elif status.state == "training":
-            state = "untrained"
-            message = "training was interrupted; POST /train/ss_stylegan resumes from the last checkpoint"
+        elif status.progress.get("phase") == "stopped":
+            state, message = "untrained", status.message
         elif status.state == "ready" or self.workspace.problems:
             state = "untrained"
             why = "the published versions are damaged (see problems)" if self.workspace.problems \

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from ss_stylegan.config import ConfigError
 from ss_stylegan.data.cache import IGNORED_NAMES, Study, find_studies
 from ss_stylegan.data.readers import is_volume_file
 
@@ -111,3 +112,49 @@ class StudyIndex:
     def ignored_files(self) -> list[str]:
         """Files in the folder that are not studies (not images), so a user sees why they are unused."""
         return list(self._scan().ignored)
+
+
+def process_start_time() -> float | None:
+    """When this process started (seconds since the epoch), from ``/proc``; None where there is no ``/proc``."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(") ", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def check_studies_folder(folder: str | Path, create: bool = False) -> None:
+    """Refuse a studies folder that does not exist, so a typo in ``--studies`` is not served as an empty datastore.
+
+    MONAI Label's command line creates a missing folder before the app starts, so a folder that is empty and was
+    made after this process started is taken as missing (and removed again). With ``create`` it is kept (and
+    made when missing).
+
+    Raises:
+        ConfigError: the folder does not exist (or was just made for this server), or is not a folder.
+    """
+    folder = Path(folder)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    hint = "check the path, or add --conf create_studies true to start on a new empty folder"
+    if not folder.exists():
+        raise ConfigError(f"the studies folder {folder} does not exist: {hint}")
+    if not folder.is_dir():
+        raise ConfigError(f"the studies path {folder} is not a folder: give the folder that holds the studies")
+    started = process_start_time()
+    try:
+        empty = not any(folder.iterdir())
+        made = folder.stat().st_ctime
+    except OSError as err:
+        raise ConfigError(f"the studies folder {folder} cannot be read ({err.strerror})") from None
+    if empty and started is not None and made >= started - 1.0:
+        try:
+            folder.rmdir()      # MONAI Label made it a moment ago for this server; leave no trace of the typo
+        except OSError:
+            pass
+        raise ConfigError(f"the studies folder {folder} does not exist (it was created empty just now by "
+                          f"monailabel start_server): {hint}")

@@ -22,8 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
 from ss_stylegan.config import ModelConfig, SliceConfig, TrainConfig
 from ss_stylegan.maps.build import StudiesRead, map_from_checkpoint, read_studies
+from ss_stylegan.maps.slice_map import SliceMap
 from ss_stylegan.model.checkpoint import latest_checkpoint, read_record
 from ss_stylegan.training.launcher import launch
 from ss_stylegan.training.progress import Milestone, TrainProgress
@@ -31,6 +35,9 @@ from ss_stylegan.workspace import TrainingStatus, Workspace
 
 log = logging.getLogger(__name__)
 
+PICTURE_NAMES = ("samples.png", "reconstructions.png")   # published with each map version
+NEIGHBOURS = 10            # map neighbours compared between consecutive versions
+STABILITY_SAMPLE = 2000    # slices whose neighbours are compared (a random sample of the map)
 MIN_SLICES = 4             # fewer usable slices cannot make a batch worth training
 STATUS_EVERY_S = 0.5       # the status file is rewritten at most this often while training
 
@@ -65,6 +72,7 @@ class _Run:
         self.published: list[str] = []
         self.last_write = 0.0
         self.read: StudiesRead | None = None
+        self.previous: SliceMap | None = None   # the map this run published last (neighbour stability)
 
     def status(self, state: str, message: str) -> None:
         self.workspace.write_status(TrainingStatus(state=state, message=message, progress=dict(self.progress),
@@ -136,13 +144,41 @@ class _Run:
         self.progress.update({"phase": "map", "map_training": training})
         self.status("training", f"embedding {len(read.cache)} slices and drawing the map of step {m.step}"
                     + ("" if m.final else " (training goes on afterwards)"))
+        rec = self.progress.get("losses", {}).get("loss/E_rec")
+        training["reconstruction_error"] = None if rec is None else round(float(rec), 4)
         slice_map, projector = map_from_checkpoint(
             read.cache, m.checkpoint, perplexity=self.recipe.perplexity, random_state=self.recipe.random_state,
             device=self.device, batch_size=max(self.train_cfg.batch_size, 64), errors=read.errors,
             fingerprints=read.fingerprints, training=training, n_jobs=os.cpu_count() or 1)
-        version = self.workspace.publish(slice_map, m.checkpoint, projector)
+        if self.previous is None and not self.published and self.workspace.has_map():
+            try:   # the map an earlier run published: is this one still alike?
+                self.previous = self.workspace.load_map()
+            except Exception as err:  # a damaged version is the server's to repair; the summary just goes without
+                log.warning("no neighbour stability for this map: the previous one cannot be read (%s)", err)
+        stability = neighbour_stability(self.previous, slice_map)
+        training["neighbour_stability"] = None if stability is None else round(stability, 3)
+        pictures = [p for p in (m.checkpoint.parent / n for n in PICTURE_NAMES) if p.is_file()]
+        version = self.workspace.publish(slice_map, m.checkpoint, projector, pictures=pictures)
+        self.previous = slice_map
         self.published.append(version.name)
+        self.progress.setdefault("learning", []).append(
+            {k: training[k] for k in ("step", "kimg", "reconstruction_error", "neighbour_stability")})
         self.progress.update({"phase": "train", "maps_published": len(self.published), "map_version": version.name,
                               "model_version": m.model_version})
         log.info("published map %s: step %d, %.1f kimg, %.1f minutes of training%s", version.name, m.step,
                  training["kimg"], training["minutes"], " (final)" if m.final else "")
+
+
+def neighbour_stability(before: SliceMap | None, after: SliceMap, k: int = NEIGHBOURS,
+                        sample: int = STABILITY_SAMPLE, seed: int = 0) -> float | None:
+    """How much of each slice's map neighbourhood a new map keeps: the mean fraction of a slice's ``k`` nearest
+    neighbours in ``before``'s 2-D map that are among its ``k`` nearest in ``after``'s, over a sample of slices.
+    Near 1 the map has settled; low values while training goes on mean the model still changes what is alike.
+    None without a previous map of the same slices."""
+    if before is None or len(before) != len(after) or len(after) <= k or \
+            not (np.array_equal(before.image_ids, after.image_ids) and np.array_equal(before.slices, after.slices)):
+        return None
+    rows = np.random.default_rng(seed).permutation(len(after))[:sample]
+    near = [NearestNeighbors(n_neighbors=k + 1).fit(m.xy).kneighbors(m.xy[rows], return_distance=False)[:, 1:]
+            for m in (before, after)]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(*near)]))

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class _PointedVersion:
     pointer_key: tuple[int, ...]
     version: MapVersion
     arrays: Path
+
+
+PICTURES = "pictures"   # a version's folder of the training's pictures (samples, reconstructions)
 
 
 class MapVersions:
@@ -211,14 +214,18 @@ class MapVersions:
                     _remove_unless_building(folder)
         log.info("published %s (model %s)", version.name, pointer["model_version"])
 
-    def publish(self, slice_map: SliceMap, checkpoint: Path, projector: Any) -> MapVersion:
+    def publish(self, slice_map: SliceMap, checkpoint: Path, projector: Any,
+                pictures: Sequence[Path] = ()) -> MapVersion:
         """Publish one complete model version and make it current: the checkpoint the map was made with,
-        the fitted projector (anything with ``save(folder)``, e.g. :class:`~ss_stylegan.maps.projection.TSNEProjector`)
-        and the slice map are written into a new version folder, then one atomic pointer switch makes it
-        current. A process killed before the switch leaves the previous version current and complete.
+        the fitted projector (anything with ``save(folder)``, e.g. :class:`~ss_stylegan.maps.projection.TSNEProjector`),
+        the training's ``pictures`` (PNG files, into ``pictures/``) and the slice map are written into a new version
+        folder, then one atomic pointer switch makes it current. A process killed before the switch leaves the
+        previous version current and complete.
         """
         with self.new_version(slice_map.model_version) as version:
             self.publish_checkpoint(checkpoint, version)
+            for picture in pictures:
+                atomic_write(version.folder / PICTURES / picture.name, lambda fh, p=picture: fh.write(p.read_bytes()))
             projector.save(version.projection_dir)
             self.save_map(slice_map, version)
             self.activate(version)
@@ -236,7 +243,7 @@ class MapVersions:
         """
         with self.new_version(slice_map.model_version) as version:
             try:
-                for name in ("checkpoint", "projection"):
+                for name in ("checkpoint", "projection", PICTURES):
                     _link_tree(parent.folder / name, version.folder / name)
             except FileNotFoundError as err:  # pruned meanwhile: two other versions were published since
                 raise StaleVersionError(f"{parent.name} was removed while {version.name} was made from it") from err

@@ -296,12 +296,12 @@ class Trainer:
                 "generator": m.generator.state_dict(),
                 "generator_ema": m.generator_ema.state_dict(),
                 "discriminator": m.discriminator.state_dict(),
-                "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "rng": {**ranks[0], "ranks": ranks},
             }
             path = save_checkpoint(self.out, state, keep=self.cfg.keep_checkpoints)
-            save_grids(self.model, self.grid_z, to_model_input(self.images[self.grid_idx], self.device), self.out)
+            real = to_model_input(self.images[self.grid_idx], self.device)
+            save_grids(self.model, self.grid_z, real, self.out, self.step)
         return path
 
     # ----------------------------------------------------------------- training

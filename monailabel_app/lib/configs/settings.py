@@ -30,6 +30,7 @@ to start instead of failing later.
 | max_upload_unpacked_mb | 2048 | largest uploaded file once decompressed (MB) |
 | max_upload_voxels | 268435456 | most voxels an uploaded image's header may declare (512 x 512 x 1024) |
 | workspace | <studies>/.ss_stylegan | where the cache, checkpoints and slice map live |
+| create_studies | false | ``true``: start on a studies folder that does not exist yet (made empty); otherwise the server refuses |
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ KNOWN_KEYS = (
     "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg",
     "steps", "train_minutes", "publish_minutes", "batch_size", "device", "perplexity", "random_state",
     "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb", "max_upload_unpacked_mb",
-    "max_upload_voxels", "workspace", "gpus")
+    "max_upload_voxels", "workspace", "gpus", "create_studies")
 # keys MONAI Label itself puts into conf
 _MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
 TRAIN_REQUEST_KEYS = ("kimg", "steps", "minutes", "batch_size", "device")
@@ -78,6 +79,7 @@ class AppSettings:
     workspace: Path
     gpus: list[int] | None = None  # GPU ids to train on, one process each; None: one device
     study_rule: StudyRule | None = None  # when a study is positive for a class; None: the defaults
+    create_studies: bool = False  # start on a studies folder that does not exist (made empty)
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], studies: str | Path) -> AppSettings:
@@ -115,7 +117,7 @@ class AppSettings:
                                               max_unpacked_bytes=_positive(conf, "max_upload_unpacked_mb", 2048) << 20,
                                               max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024)),
                    workspace=Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan",
-                   gpus=gpus, study_rule=_study_rule(conf, classes))
+                   gpus=gpus, study_rule=_study_rule(conf, classes), create_studies=_flag(conf, "create_studies"))
 
     def labelling(self) -> LabellingConfig:
         """What the labelling service needs of these settings."""
@@ -226,6 +228,13 @@ def _minutes(conf: dict[str, str], key: str, default: float | None) -> float | N
     if value < 0:
         raise ConfigError(f"--conf {key} must be a number of minutes >= 0 (or none), got {conf[key]!r}")
     return value or None
+
+
+def _flag(conf: dict[str, str], key: str) -> bool:
+    value = conf.get(key, "false").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"--conf {key} must be true or false, got {conf[key]!r}")
+    return value in ("true", "1", "yes")
 
 
 def _positive(conf: dict[str, str], key: str, default: int) -> int:
