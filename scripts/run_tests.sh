@@ -4,7 +4,7 @@
 # order with --random-order-seed N.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh"
+bash "$ROOT/scripts/setup_env.sh" --tests
 cd "$ROOT"
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
 exec "$ROOT/.venv/bin/python" -m pytest -q --random-order "$@"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv in the repository and install everything SS-StyleGAN Label needs (CPU or CUDA).
+# Create .venv in the repository and install what SS-StyleGAN Label needs to run (CPU or CUDA): requirements.txt.
+# With --tests, also what the tests need (requirements-test.txt: pytest, and slicer-core for the Slicer module's
+# MRML tests). Prints each step; pip's own lines are cut down to the packages it collects.
 # Follows the install recipe in DESIGN.md: torch pinned to 2.13.0, numpy<2, pydicom<3, the real runtime
 # dependencies of monailabel listed in requirements.txt, then monailabel 0.8.5 itself with --no-deps
 # (its sam2 extra would build a CUDA torch from source; monai's torchvision extra breaks CPU torch).
@@ -10,24 +12,42 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
+REQUIREMENTS="$ROOT/requirements.txt"
+WHAT="the server"
+if [ "${1:-}" = "--tests" ]; then
+    REQUIREMENTS="$ROOT/requirements-test.txt"
+    WHAT="the server and the tests"
+fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-stamp="$VENV/.ssgl-installed"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+stamp="$VENV/.ssgl-installed-$(basename "$REQUIREMENTS" .txt)"
+want="$(cat "$ROOT/requirements.txt" "$REQUIREMENTS" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    echo "setup_env: $VENV is up to date"
+    echo "setup_env: $VENV is up to date for $WHAT"
     exit 0
 fi
-echo "setup_env: installing into $VENV (about a minute and 2 GB on a fresh machine)"
-# pip warns about missing local index folders on some machines; keep the log readable.
-"${PIP[@]}" install -q -r "$ROOT/requirements.txt" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-"${PIP[@]}" install -q --no-deps "monailabel==0.8.5" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-"${PIP[@]}" install -q --no-deps -e "$ROOT" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-"$VENV/bin/python" - <<'PY'
-import torch, monai, monailabel, openTSNE, numpy, SimpleITK, nibabel, sklearn  # noqa: F401
-import slicer  # noqa: F401  (slicer-core: the MRML scene the Slicer module's tests use)
+started=$SECONDS
+# pip's lines cut down to one per package collected; its warnings about missing local index folders dropped
+quiet() { grep --line-buffered -E "^(Collecting|ERROR)" | sed -u -e 's/^Collecting /setup_env:   collecting /' -e 's/ (from .*)$//' || true; }
+noise() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+echo "setup_env: [1/4] installing what $VENV needs for $WHAT ($(basename "$REQUIREMENTS")); on a fresh machine" \
+     "this downloads about 1 GB (see README: time and size)"
+"${PIP[@]}" install --progress-bar off -r "$REQUIREMENTS" 2> >(noise) | quiet
+echo "setup_env: [2/4] monailabel 0.8.5 (without its optional extras)"
+"${PIP[@]}" install -q --no-deps "monailabel==0.8.5" 2> >(noise)
+echo "setup_env: [3/4] this project (editable)"
+"${PIP[@]}" install -q --no-deps -e "$ROOT" 2> >(noise)
+echo "setup_env: [4/4] checking the installation"
+SSGL_TESTS="$([ "$REQUIREMENTS" = "$ROOT/requirements-test.txt" ] && echo 1 || echo 0)" "$VENV/bin/python" - <<'PY'
+import os
+
+import monai, monailabel, numpy, openTSNE, SimpleITK, nibabel, sklearn, torch  # noqa: F401
 assert torch.__version__.startswith("2.13.0"), torch.__version__
-assert slicer.vtkMRMLScene is not None
+if os.environ["SSGL_TESTS"] == "1":
+    import pytest  # noqa: F401
+    import slicer  # slicer-core: the MRML scene the Slicer module's tests use
+    assert slicer.vtkMRMLScene is not None
 print(f"setup_env: torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, "
       f"numpy {numpy.__version__}, openTSNE {openTSNE.__version__}")
 PY
 echo "$want" > "$stamp"
+echo "setup_env: done in $((SECONDS - started)) s; $VENV holds $(du -sh "$VENV" 2>/dev/null | cut -f1)"
