@@ -27,7 +27,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 started=$SECONDS
 # pip's lines cut down to one per package collected; its warnings about missing local index folders dropped
-quiet() { grep --line-buffered -E "^(Collecting|ERROR)" | sed -u -e 's/^Collecting /setup_env:   collecting /' -e 's/ (from .*)$//' || true; }
+quiet() {
+    grep --line-buffered -E "^(Collecting|Installing collected|ERROR)" | sed -u -e 's/^Collecting /setup_env:   collecting /' \
+        -e 's/ (from .*)$//' -e 's/^Installing collected packages: .*/setup_env:   installing what was collected (the longest step)/' \
+        || true
+}
 noise() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
 echo "setup_env: [1/4] installing what $VENV needs for $WHAT ($(basename "$REQUIREMENTS")); on a fresh machine" \
      "this downloads about 1 GB (see README: time and size)"
