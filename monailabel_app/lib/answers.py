@@ -118,7 +118,7 @@ def training_started(task: Any, settings: AppSettings, params: dict[str, Any]) -
     if not isinstance(task, dict) or not isinstance(task.get("request"), dict):
         return task
     cfg = train_config(settings.train_cfg, {k: v for k, v in params.items() if k != "device"})
-    effective = {"kimg": cfg.kimg, "steps": cfg.steps, "minutes": cfg.max_minutes, "batch_size": cfg.batch_size,
+    effective = {"kimg": None if cfg.steps else cfg.kimg, "steps": cfg.steps, "minutes": cfg.max_minutes, "batch_size": cfg.batch_size,
                  "device": params.get("device", settings.device),
                  "gpus": ",".join(str(g) for g in settings.gpus) if settings.gpus else "none (one device)"}
     return {**task, "request": {**task["request"], **effective}}
@@ -133,9 +133,12 @@ def learning(progress: dict[str, Any]) -> dict[str, Any]:
                                        "milestone (publish_minutes)"}
     first, last = maps[0], maps[-1]
     parts = []
-    if first.get("reconstruction_error") is not None and last.get("reconstruction_error") is not None:
+    if len(maps) == 1 and last.get("reconstruction_error") is not None:
+        parts.append(f"reconstruction error {last['reconstruction_error']:g} at the first map (step {last['step']}); "
+                     "the next map shows whether it falls")
+    elif first.get("reconstruction_error") is not None and last.get("reconstruction_error") is not None:
         parts.append(f"reconstruction error {first['reconstruction_error']:g} -> {last['reconstruction_error']:g} "
-                     f"over {len(maps)} map(s) (lower: W holds more of each slice)")
+                     f"over {len(maps)} maps (lower: W holds more of each slice)")
     if last.get("neighbour_stability") is not None:
         parts.append(f"{100 * last['neighbour_stability']:.0f}% of each slice's 10 map neighbours kept since the "
                      "previous map (near 100%: the map has settled)")
