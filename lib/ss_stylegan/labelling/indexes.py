@@ -3,8 +3,10 @@
 Farthest point sampling keeps every slice's distance to its nearest labelled or reserved slice
 (:class:`~ss_stylegan.selection.incremental.SuggestionIndex`), and 1-NN classification keeps a k-d tree per class
 (:class:`~ss_stylegan.classification.nearest.NearestLabelIndex`). Their answers equal those of the stateless selector
-and classifier; a new map (a training, or studies embedded into it) gets new indexes on first use. Each index
-is held through a weak reference to its map, so it never keeps a replaced map in memory.
+and classifier. A new map (a training, or studies embedded into it) gets its FPS index built in a background
+thread as soon as the service sees it (:meth:`MapIndexes.prepare`; a suggestion that comes first waits for that
+build), and its label index on the first classification. Each index is held through a weak reference to its
+map, so it never keeps a replaced map in memory.
 """
 
 from __future__ import annotations

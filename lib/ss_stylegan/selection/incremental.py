@@ -26,7 +26,8 @@ dimensions they can differ in the last bit (and a pick only on such a tie).
 
 Thread-safe: one lock guards every public method. A server that reserves the picks in a separate
 structure must still hold its own lock across ``select`` and that reservation (as it does with the
-stateless selector), or a second request could be synchronised before the first one's picks are reserved. (:class:`~ss_stylegan.labelling.fair_lock.FairLock` serves waiters in order).
+stateless selector), or a second request could be synchronised before the first one's picks are reserved
+(:class:`~ss_stylegan.labelling.fair_lock.FairLock` serves waiters in order).
 """
 
 from __future__ import annotations
