@@ -107,9 +107,9 @@ class FarthestPointState:
 
 
 class Selector(abc.ABC):
-    """Interface of every selection strategy."""
+    """Interface of every selection strategy: :meth:`select` checks the request and seeds the state with the
+    labelled and pending points; a strategy says how it picks from that state (:meth:`_pick`)."""
 
-    @abc.abstractmethod
     def select(
         self,
         X: np.ndarray,
@@ -123,16 +123,18 @@ class Selector(abc.ABC):
         ``labelled`` and ``pending`` points are centres that picks keep away from; ``exclude``
         points are merely unavailable (they neither get picked nor repel picks).
         """
+        self._check()
+        X = _check_points(X)
+        n = X.shape[0]
+        seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
+        return self._pick(FarthestPointState(X, seeds, exclude), _check_count(count))
 
+    def _check(self) -> None:
+        """Refuse settings that cannot select (before any work)."""
 
-def _prepare(
-    X: np.ndarray, labelled: Iterable[int], pending: Iterable[int], count: int, exclude: Iterable[int]
-) -> tuple[FarthestPointState, int]:
-    """Validate a selection request; the FPS state seeded by the labelled and pending points."""
-    X = _check_points(X)
-    n = X.shape[0]
-    seeds = np.concatenate([_as_indices(labelled, n, "labelled"), _as_indices(pending, n, "pending")])
-    return FarthestPointState(X, seeds, exclude), _check_count(count)
+    @abc.abstractmethod
+    def _pick(self, state: FarthestPointState, count: int) -> list[Pick]:
+        """Up to ``count`` picks among ``state``'s available points, each added to ``state`` as it is made."""
 
 
 class FarthestPointSelector(Selector):
@@ -147,30 +149,21 @@ class FarthestPointSelector(Selector):
         self.start = start
         self.random_state = random_state
 
-    def select(
-        self,
-        X: np.ndarray,
-        labelled: Iterable[int] = (),
-        pending: Iterable[int] = (),
-        count: int = 1,
-        exclude: Iterable[int] = (),
-    ) -> list[Pick]:
+    def _check(self) -> None:
         if self.start not in STARTS:
             raise SelectionError(f"start must be one of {STARTS}, got {self.start!r}")
-        state, count = _prepare(X, labelled, pending, count, exclude)
+
+    def _pick(self, state: FarthestPointState, count: int) -> list[Pick]:
         picks: list[Pick] = []
         while len(picks) < count and state.n_available:
             index = state.farthest()
             if index is None:
-                index = self._first(state)
+                index = _first_pick(state.X, state.available, self.start, self.random_state)
                 state.add(index)
                 picks.append(_first_fps_pick(index, self.start))
                 continue
             picks.append(_fps_pick(index, state.add(index)))
         return picks
-
-    def _first(self, state: FarthestPointState) -> int:
-        return _first_pick(state.X, state.available, self.start, self.random_state)
 
 
 def _first_pick(X: np.ndarray, available: np.ndarray, start: str, random_state: int | None) -> int:

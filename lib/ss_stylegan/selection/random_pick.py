@@ -6,14 +6,10 @@ points are never picked; a batch equals single calls), with picks drawn uniforml
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-
 import numpy as np
 
-from ss_stylegan.selection.fps import Pick, Selector, _prepare
+from ss_stylegan.selection.fps import FarthestPointState, Pick, Selector
 
-log = logging.getLogger(__name__)
 
 class RandomSelector(Selector):
     """Uniform random picks (baseline), reproducible from ``random_state``.
@@ -25,19 +21,7 @@ class RandomSelector(Selector):
     def __init__(self, random_state: int | None = 0) -> None:
         self.random_state = random_state
 
-    def select(
-        self,
-        X: np.ndarray,
-        labelled: Iterable[int] = (),
-        pending: Iterable[int] = (),
-        count: int = 1,
-        exclude: Iterable[int] = (),
-    ) -> list[Pick]:
-        state, count = _prepare(X, labelled, pending, count, exclude)
+    def _pick(self, state: FarthestPointState, count: int) -> list[Pick]:
         order = np.random.default_rng(self.random_state).permutation(state.X.shape[0])
         order = order[state.available[order]][:count]
-        picks = []
-        for index in order:
-            distance = state.add(int(index))
-            picks.append(Pick(int(index), distance, "random pick (baseline)"))
-        return picks
+        return [Pick(int(index), state.add(int(index)), "random pick (baseline)") for index in order]
