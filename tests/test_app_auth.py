@@ -52,6 +52,8 @@ ROUTES: list[tuple[str, str, Any, list[str], int]] = [
     ("GET", "/slicelabels/export.csv", None, READ, 200),
     ("GET", "/slicemap/", None, READ, 200),
     ("GET", "/slicemap/slice?image=study_00&slice=3", None, READ, 200),
+    ("GET", "/slicemap/picture.png", None, READ, 200),
+    ("GET", "/slicemap/pictures/samples.png", None, READ, 200),
     ("GET", "/slicemap/series?image=study_00", None, READ, 404),  # a single-file study
     ("POST", "/infer/classify?image=no_such", {}, READ, 404),
     ("POST", "/infer/classify", "file", READ, 200),

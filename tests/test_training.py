@@ -20,6 +20,7 @@ from ss_stylegan.model.embedding import (
     w_recovery_error,
 )
 from ss_stylegan.model.networks import SSStyleGAN
+from ss_stylegan.training.images import GAP, LABEL_PX, TITLE_PX
 from ss_stylegan.training.loop import TrainingError, train
 from ss_stylegan.training.progress import Milestone, TrainProgress
 
@@ -102,8 +103,9 @@ def test_outputs_progress_and_memmap_input(tmp_path: Path) -> None:
     resolved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert resolved["model"] == TINY.to_dict() and resolved["resolved"]["total_steps"] == 4
     assert resolved["resolved"]["r1_gamma"] == pytest.approx(0.0002 * 32**2 / 4)
-    assert Image.open(out / "samples.png").size == (4 * 32, 4 * 32)
-    assert Image.open(out / "reconstructions.png").size == (8 * 32, 2 * 32)    # reals over G(mu(x))
+    tile = 32 * 4      # each 32x32 slice enlarged to 128 pixels, 4 px apart; titles above, row names on the left
+    assert Image.open(out / "samples.png").size == (LABEL_PX + 8 * (tile + GAP), TITLE_PX + 2 * (tile + GAP))
+    assert Image.open(out / "reconstructions.png").size == (LABEL_PX + 8 * (tile + GAP), TITLE_PX + 2 * (tile + GAP))
     assert result.model_version.startswith("step00000004-")
     w = embed_images(load_model(out), images, batch_size=7)
     assert w.shape == (20, TINY.w_dim) and w.dtype == np.float32 and np.isfinite(w).all()
