@@ -143,7 +143,7 @@ def test_a_write_failing_after_n_bytes_leaves_the_old_file(tmp_path: Path, fail_
 
 def test_atomic_writers_on_a_full_disk_keep_the_old_files(small_disk: Path) -> None:
     ws = Workspace(small_disk / "ws")
-    ws.write_status(TrainingStatus(state="training", message="step 1"))
+    ws.write_status(TrainingStatus(state="failed", message="step 1"))
     exports = small_disk / "labels"
     store = SliceLabelStore(exports, ["normal", "lesion"], lambda image: 50)
     store.set("a", 1, "lesion")
@@ -151,7 +151,7 @@ def test_atomic_writers_on_a_full_disk_keep_the_old_files(small_disk: Path) -> N
     before = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file()}
     fill(small_disk)
     with pytest.raises(StorageFullError):
-        ws.write_status(TrainingStatus(state="training", message="step 2 " + "x" * 20000))
+        ws.write_status(TrainingStatus(state="failed", message="step 2 " + "x" * 20000))
     with pytest.raises(StorageFullError):
         atomic_write_text(small_disk / "ws" / "current.json", "{" + " " * 50000 + "}")
     after = {p: p.read_bytes() for p in small_disk.rglob("*") if p.is_file() and p.name != "filler"}

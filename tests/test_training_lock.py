@@ -116,8 +116,14 @@ def test_a_dicom_folder_is_one_fingerprint(tmp_path: Path) -> None:
 def test_status_and_stop_flag(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     assert ws.read_status().state == "untrained"
-    ws.write_status(TrainingStatus(state="training", progress={"step": 3}))
-    assert ws.read_status().progress == {"step": 3} and ws.read_status().updated > 0
+    ws.write_status(TrainingStatus(state="training", progress={"step": 3, "total_steps": 9}, pid=os.getpid()))
+    with ws.training_lock().hold():      # its process holds the lock: the status is read as written
+        status = ws.read_status()
+        assert status.state == "training" and status.progress == {"step": 3, "total_steps": 9}
+        assert status.updated > 0 and status.pid == os.getpid()
+    status = ws.read_status()           # nobody holds it: the training is gone, and every answer says so
+    assert status.state == "untrained" and status.pid is None and status.progress["phase"] == "stopped"
+    assert status.message.startswith("training stopped at step 3/9")
     ws.status_path.write_text("{", encoding="utf-8")
     assert ws.read_status().state == "untrained"
     assert not ws.stop_requested()

@@ -5,17 +5,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from ss_stylegan.config import SliceConfig
 from ss_stylegan.labelling.findings import Finding, StudyRule
 
 WORLD_DECIMALS = 3
-"""World coordinates are answered in mm to this many decimals (1 µm): a volume's geometry holds no more (NIfTI
-stores its affine in float32), and the float noise below it (3.1e-06 for 0) only confuses a reader."""
+WORLD_NOISE_MM = 2e-5
+"""World coordinates (mm) within :data:`WORLD_NOISE_MM` of a whole micrometre are answered as that micrometre:
+a volume's affine is stored in float32 (NIfTI), so 0 comes out of the arithmetic as 9.1e-06 and 42.5 as
+42.500004; that noise is dropped. Any other value is answered exactly, so a viewer that recomputes the same
+voxel plane from the same affine (3D Slicer, on an oblique volume) lands on it."""
+
+
+def world_values(values: Any) -> Any:
+    """:func:`world_mm` of an array of any shape (a float array back)."""
+    v = np.asarray(values, dtype=float)
+    snapped = np.round(v, WORLD_DECIMALS)
+    return np.where(np.abs(v - snapped) <= WORLD_NOISE_MM, snapped, v) + 0.0
 
 
 def world_mm(values: Any) -> tuple[float, float, float]:
-    """A world RAS position (mm) as answered: three floats rounded to :data:`WORLD_DECIMALS` (never ``-0.0``)."""
-    x, y, z = (round(float(v), WORLD_DECIMALS) + 0.0 for v in values)
+    """A world RAS position (mm) as answered: float noise below the affine's precision dropped (never ``-0.0``)."""
+    x, y, z = (float(v) for v in world_values(values))
     return x, y, z
 
 

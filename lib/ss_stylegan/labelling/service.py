@@ -55,7 +55,6 @@ from ss_stylegan.labelling.label_values import (
 from ss_stylegan.labelling.live_map import LiveSliceMap
 from ss_stylegan.labelling.reservations import PendingSuggestions
 from ss_stylegan.labelling.results import (
-    WORLD_DECIMALS,
     LabellingConfig,
     MapPoints,
     ServiceStatus,
@@ -64,6 +63,7 @@ from ss_stylegan.labelling.results import (
     Suggestion,
     Suggestions,
     world_mm,
+    world_values,
 )
 from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.labelling.validation import FieldError, identifier, integer, text
@@ -278,7 +278,7 @@ class LabellingService:
         rule = self.config.rule()
         per_class = {str(c): pred.scores[:, i] for i, c in enumerate(classes)}
         findings = study_findings(slices, [o.label for o in out], per_class, self.config.classes, rule,
-                                  z=np.round(positions[:, 2], WORLD_DECIMALS) + 0.0 if len(positions) else None)
+                                  z=world_values(positions[:, 2]) if len(positions) else None)
         positive = positive_classes(findings)
         volume_class = max(positive, key=lambda c: summary.get(c, 0)) if positive else rule.background
         warning = None
@@ -388,7 +388,7 @@ class LabellingService:
             pass
         return MapPoints(model_version=slice_map.model_version, image=image_ids, slice=slices,
                          x=slice_map.xy[keep, 0].astype(float).tolist(), y=slice_map.xy[keep, 1].astype(float).tolist(),
-                         world=(np.round(slice_map.positions[keep].astype(float), WORLD_DECIMALS) + 0.0).tolist(),
+                         world=world_values(slice_map.positions[keep]).tolist(),
                          label=label, prediction=prediction,
                          score=score)
 
