@@ -29,12 +29,8 @@ def _batches(n: int, batch_size: int) -> range:
 
 
 @torch.no_grad()
-def embed_images(
-    model: SSStyleGAN,
-    images_u8: np.ndarray,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
+def embed_images(model: SSStyleGAN, images_u8: np.ndarray, batch_size: int = 256,
+                 device: str | torch.device = "cpu") -> np.ndarray:
     """Encode slices into W.
 
     Args:
@@ -124,13 +120,8 @@ def read_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.
 
 
 @torch.no_grad()
-def reconstruction_error(
-    model: SSStyleGAN,
-    images_u8: np.ndarray,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    use_ema: bool = True,
-) -> float:
+def reconstruction_error(model: SSStyleGAN, images_u8: np.ndarray, batch_size: int = 256,
+                         device: str | torch.device = "cpu", use_ema: bool = True) -> float:
     """Mean squared error (in [-1, 1] units) between real slices and G(mu(x)) (paper Eq. 1 without beta)."""
     check_slices(images_u8, model.cfg.resolution)
     model = model.to(device)

@@ -57,41 +57,25 @@ def model_preset(name: str, resolution: int) -> ModelConfig:
 
 
 def _cpu() -> Recipe:
-    return Recipe(
-        name="cpu",
-        description="2-core CPU: small network at 32x32, reconstruction weight 10, 30 minutes, "
-                    "a new map every 5 minutes",
-        preset="small",
-        resolution=32,
-        # The study (docs/evaluation/compute_study.md): at 32x32 a 2-core CPU trains ~4x the images of 64x64 in
-        # the same minutes, and a stronger reconstruction term (beta 10) made W more class-coherent per kimg;
-        # channels_last measured 1.15x per step at 32 (benchmarks/bench_step.py), bf16 did not pay at 32.
-        train=TrainConfig(batch_size=16, kimg=200.0, rec_weight=10.0, channels_last=True, max_minutes=30.0,
-                          milestone_minutes=5.0, checkpoint_interval=25),
-        perplexity=30.0,
-    )
+    # The study (docs/evaluation/compute_study.md): at 32x32 a 2-core CPU trains ~4x the images of 64x64 in the same
+    # minutes, and a stronger reconstruction term (beta 10) made W more class-coherent per kimg; channels_last
+    # measured 1.15x per step at 32 (benchmarks/bench_step.py), bf16 did not pay at 32.
+    train = TrainConfig(batch_size=16, kimg=200.0, rec_weight=10.0, channels_last=True, max_minutes=30.0,
+                        milestone_minutes=5.0, checkpoint_interval=25)
+    return Recipe("cpu", "2-core CPU: small network at 32x32, reconstruction weight 10, 30 minutes, a new map every "
+                         "5 minutes", preset="small", resolution=32, train=train, perplexity=30.0)
 
 
 def _gpu() -> Recipe:
-    return Recipe(
-        name="gpu",
-        description="one GPU: StyleGAN2-sized network at 128x128, 200 kimg, a new map every 10 minutes",
-        preset="default",
-        resolution=128,
-        train=TrainConfig(batch_size=32, kimg=200.0, milestone_minutes=10.0, checkpoint_interval=500),
-        perplexity=30.0,
-    )
+    train = TrainConfig(batch_size=32, kimg=200.0, milestone_minutes=10.0, checkpoint_interval=500)
+    return Recipe("gpu", "one GPU: StyleGAN2-sized network at 128x128, 200 kimg, a new map every 10 minutes",
+                  preset="default", resolution=128, train=train, perplexity=30.0)
 
 
 def _tiny() -> Recipe:
-    return Recipe(
-        name="tiny",
-        description="smoke test: tiny network at 32x32, seconds on a CPU",
-        preset="tiny",
-        resolution=32,
-        train=TrainConfig(batch_size=4, kimg=0.016, checkpoint_interval=2),
-        perplexity=5.0,
-    )
+    train = TrainConfig(batch_size=4, kimg=0.016, checkpoint_interval=2)
+    return Recipe("tiny", "smoke test: tiny network at 32x32, seconds on a CPU", preset="tiny", resolution=32,
+                  train=train, perplexity=5.0)
 
 
 RECIPES: dict[str, Callable[[], Recipe]] = {"cpu": _cpu, "gpu": _gpu, "tiny": _tiny}
