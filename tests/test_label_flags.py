@@ -108,3 +108,18 @@ def test_flags_say_why_a_label_no_longer_fits() -> None:
     assert "no longer in the studies folder" in flag_of(record, StudyState(exists=False))
     legacy = {"image": "a", "slice": 1, "class": "normal"}  # written before fingerprints: judged by range only
     assert flag_of(legacy, StudyState(exists=True, n_slices=10, fingerprint=changed)) is None
+
+
+def test_a_label_stamped_on_a_detached_header_alone_is_not_flagged_by_the_new_stamp() -> None:
+    """Labels given before a ``.nhdr`` study's data file counted in its fingerprint recorded the header alone
+    (one file): the same header with its data file now is judged by range, not flagged as changed; a real change
+    recorded the new way still is."""
+    header_only = Fingerprint(Stamp(300, 1, 1, 42, 1), "aaa")
+    with_data = Fingerprint(Stamp(9000, 2, 2, 42, 2), "bbb")
+    old_record = {"image": "scan", "slice": 3, "class": "lesion", "study": header_only.to_dict()}
+    assert flag_of(old_record, StudyState(exists=True, n_slices=10, fingerprint=with_data)) is None
+    assert "no longer exists" in flag_of({**old_record, "slice": 12},
+                                         StudyState(exists=True, n_slices=10, fingerprint=with_data))
+    new_record = {**old_record, "study": with_data.to_dict()}
+    rewritten = Fingerprint(Stamp(9000, 3, 3, 42, 2), "ccc")
+    assert "changed since" in flag_of(new_record, StudyState(exists=True, n_slices=10, fingerprint=rewritten))

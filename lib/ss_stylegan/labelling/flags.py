@@ -221,7 +221,16 @@ def flag_of(record: dict[str, Any], state: StudyState) -> str | None:
         return f"the study now has {state.n_slices} slice(s); slice {record['slice']} no longer exists"
     if record.get("study") and state.fingerprint is not None:
         then, now = Fingerprint.from_dict(record["study"]), state.fingerprint
+        if _header_only(then, now):
+            return None  # stamped before a detached header's data file counted (judged by range alone)
         if then.stamp != now.stamp and then.sha256 and now.sha256 and then.sha256 != now.sha256:
             return ("the study file changed since this slice was labelled; check the slice and store its "
                     "label again (PUT /slicelabels/) or remove it")
     return None
+
+
+def _header_only(then: Fingerprint, now: Fingerprint) -> bool:
+    """Whether ``then`` is the older record of a detached header (``.nhdr``, ``.mhd``) that stamped and hashed the
+    header alone: the same header file (inode), one file then and its data files now. (A one-file DICOM series
+    that later gains files, same folder inode, is judged the same way: by range alone.)"""
+    return then.stamp.n_files == 1 and now.stamp.n_files > 1 and then.stamp.inode == now.stamp.inode
