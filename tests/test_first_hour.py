@@ -159,3 +159,20 @@ def test_neighbour_stability_is_one_for_the_same_map_and_low_for_a_shuffled_one(
     assert neighbour_stability(before, shuffled) < 0.2
     assert neighbour_stability(None, before) is None
     assert neighbour_stability(before, dataclasses.replace(before, slices=np.arange(n) + 1)) is None
+
+
+def test_a_large_map_is_drawn_from_a_sample_that_keeps_every_labelled_slice() -> None:
+    import numpy as np
+
+    from ss_stylegan.maps.pictures import drawn_rows, map_picture
+
+    labelled = np.zeros(5000, dtype=bool)
+    labelled[[7, 4321]] = True
+    rows = drawn_rows(labelled, max_drawn=1000)
+    assert 1000 <= len(rows) <= 1002 and {7, 4321} <= set(rows.tolist()) and np.all(np.diff(rows) > 0)
+    assert np.array_equal(drawn_rows(labelled, max_drawn=1000), rows)          # the same sample each time
+    assert np.array_equal(drawn_rows(labelled[:800], max_drawn=1000), np.arange(800))
+    xy = np.random.default_rng(0).normal(size=(60_000, 2))
+    labels = [None] * 60_000
+    labels[59_999] = "lesion"
+    assert _png_size(map_picture(xy, labels, None, ["normal", "lesion"], "a large map")) == (1200, 600)

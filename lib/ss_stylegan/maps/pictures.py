@@ -9,12 +9,26 @@ from collections.abc import Sequence
 import numpy as np
 
 UNLABELLED = "#c8c8c8"
+MAX_DRAWN = 50_000   # slices drawn at most (a seeded sample beyond; labelled slices always)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def class_colours(classes: Sequence[str]) -> dict[str, str]:
     """One colour per class, in the configured class order (the same colours in both panels)."""
     return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
+
+
+def drawn_rows(labelled: np.ndarray, max_drawn: int | None = None, seed: int = 0) -> np.ndarray:
+    """Rows of a map to draw: a seeded sample of ``max_drawn`` (default :data:`MAX_DRAWN`) and every labelled
+    row (``labelled``: bool per row), in map order. A picture, not a census: drawing a million dots takes
+    seconds and shows no more."""
+    n = len(labelled)
+    limit = MAX_DRAWN if max_drawn is None else max_drawn
+    if n <= limit:
+        return np.arange(n)
+    keep = np.zeros(n, dtype=bool)
+    keep[np.random.default_rng(seed).choice(n, limit, replace=False)] = True
+    return np.flatnonzero(keep | np.asarray(labelled, dtype=bool))
 
 
 def map_picture(xy: np.ndarray, labels: Sequence[str | None], predictions: Sequence[str | None] | None,
@@ -28,9 +42,16 @@ def map_picture(xy: np.ndarray, labels: Sequence[str | None], predictions: Seque
 
     colours = class_colours(classes)
     xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    labelled = np.array([lab is not None for lab in labels], dtype=bool)
+    n_all, n_labelled = len(xy), int(labelled.sum())
+    if n_all > MAX_DRAWN:
+        rows = drawn_rows(labelled)
+        xy, labelled = xy[rows], labelled[rows]
+        labels = [labels[i] for i in rows]
+        predictions = None if predictions is None else [predictions[i] for i in rows]
+        title += f" ({len(rows):,} of {n_all:,} slices drawn)"
     size = max(1.0, min(12.0, 6000.0 / max(len(xy), 1)))
     fig, axes = plt.subplots(1, 2, figsize=(12, 6), dpi=100)
-    labelled = np.array([lab is not None for lab in labels], dtype=bool)
     ax = axes[0]
     ax.scatter(xy[~labelled, 0], xy[~labelled, 1], s=size, c=UNLABELLED, linewidths=0, label="not labelled")
     for name in classes:
@@ -38,7 +59,7 @@ def map_picture(xy: np.ndarray, labels: Sequence[str | None], predictions: Seque
         if rows.any():
             ax.scatter(xy[rows, 0], xy[rows, 1], s=max(4 * size, 25), c=colours[name], edgecolors="black",
                        linewidths=0.5, label=f"{name} ({int(rows.sum())})")
-    ax.set_title(f"by label: {int(labelled.sum())} of {len(xy)} slices labelled")
+    ax.set_title(f"by label: {n_labelled} of {n_all} slices labelled")
     ax.legend(loc="best", fontsize=8, markerscale=1.5)
     ax = axes[1]
     if predictions is None:
