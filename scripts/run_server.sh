@@ -5,9 +5,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
-STUDIES="${SSGL_STUDIES:-$ROOT/sample_datastore}"
-if [ ! -d "$STUDIES" ]; then
-    "$ROOT/.venv/bin/python" "$ROOT/scripts/make_sample_datastore.py" --out "$STUDIES"
+SAMPLE="$ROOT/sample_datastore"
+STUDIES="${SSGL_STUDIES:-$SAMPLE}"
+if [ "$STUDIES" = "$SAMPLE" ] && [ ! -d "$SAMPLE" ]; then   # only the sample is made here; a missing folder of
+    "$ROOT/.venv/bin/python" "$ROOT/scripts/make_sample_datastore.py" --out "$SAMPLE"   # yours is refused
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 cd "$ROOT"
