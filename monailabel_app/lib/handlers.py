@@ -129,7 +129,7 @@ class Handlers:
     def training_picture(self, name: str) -> bytes:
         """``GET /slicemap/pictures/{name}``: the current version's training pictures."""
         slice_map = self.service.require_map()
-        return training_picture(slice_map.version.folder if slice_map.version else "", name)
+        return training_picture(slice_map.version, name)
 
     def series_archive(self, image: str, folder: str) -> Path:
         """``GET /slicemap/series?image=``: the zip written into ``folder``."""

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ss_stylegan.labelling.errors import NotFoundError
+from ss_stylegan.labelling.results import MapPoints
+from ss_stylegan.maps.slice_map import MapVersion
+
 UNLABELLED = "#c8c8c8"
 MAX_DRAWN = 50_000   # slices drawn at most (a seeded sample beyond; labelled slices always)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -96,28 +100,24 @@ def picture_title(version_name: str, model_version: str, training: dict) -> str:
     return f"slice map {version_name}: model {model_version}{trained}"
 
 
-def points_picture(points: object, classes: Sequence[str], title: str) -> bytes:
-    """:func:`map_picture` of a service's :class:`~ss_stylegan.labelling.results.MapPoints`."""
-    xy = np.column_stack([np.asarray(points.x, dtype=float), np.asarray(points.y, dtype=float)])  # type: ignore[attr-defined]
-    predictions = points.prediction if any(p is not None for p in points.prediction) else None  # type: ignore[attr-defined]
-    return map_picture(xy, points.label, predictions, classes, title)  # type: ignore[attr-defined]
+def points_picture(points: MapPoints, classes: Sequence[str], title: str) -> bytes:
+    """:func:`map_picture` of a service's map points."""
+    xy = np.column_stack([np.asarray(points.x, dtype=float), np.asarray(points.y, dtype=float)])
+    predictions = points.prediction if any(p is not None for p in points.prediction) else None
+    return map_picture(xy, points.label, predictions, classes, title)
 
 
-def training_picture(version_folder: str | object, name: str) -> bytes:
+def training_picture(version: MapVersion | None, name: str) -> bytes:
     """One of the training's pictures published with a map version (``samples.png``, ``reconstructions.png``).
 
     Raises:
-        NotFoundError: an unknown picture, or a version published without it.
+        NotFoundError: an unknown picture, no published version, or a version published without it.
     """
-    from pathlib import Path
-
-    from ss_stylegan.labelling.errors import NotFoundError
-
     if name not in TRAINING_PICTURES:
         raise NotFoundError(f"no picture {name!r}; the pictures are {list(TRAINING_PICTURES)} and the map "
                             "(GET /slicemap/picture.png)")
-    path = Path(str(version_folder)) / "pictures" / name
-    if not path.is_file():
+    path = version.folder / "pictures" / name if version is not None else None
+    if path is None or not path.is_file():
         raise NotFoundError(f"the current map version has no {name} (it was published before pictures were "
                             "kept); the next training publishes one")
     return path.read_bytes()
