@@ -50,6 +50,7 @@ import lib.routes  # noqa: F401
 import lib.train_control  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 import lib.uploads  # noqa: F401
+import lib.web  # noqa: F401
 from lib.activelearning.slice_strategy import SliceStrategy
 from lib.answers import training_started
 from lib.configs.settings import AppSettings
@@ -63,6 +64,7 @@ from lib.label_counts import LabelCountMirror
 from lib.routes import build_router
 from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
+from lib.web import build_web_router
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
 
         hide_paths(studies=self.studies, workspace=self.settings.workspace)
         self.service.labels.open_for_writing()  # the server is the one process that writes labels
-        install(fastapi_app, build_router(self.handlers, self.control),
+        install(fastapi_app, build_router(self.handlers, self.control), build_web_router(self.handlers),
                 build_guards(datastore=self.datastore, limits=lambda: self.settings.upload_limits, mirror=self.mirror),
                 build_task_guards(datastore=self.datastore, control=self.control, models=lambda: sorted(self._infers),
                                   strategies=lambda: sorted(self._strategies)))

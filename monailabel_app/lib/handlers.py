@@ -17,6 +17,7 @@ from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.label_values import MAX_USER_CHARS
 from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
 from ss_stylegan.labelling.validation import FieldError, identifier, integer_text, only_keys, text
+from ss_stylegan.labelling.viewer import SliceView, SliceViewer
 from ss_stylegan.maps.pictures import picture_title, points_picture, training_picture
 
 from lib import answers
@@ -47,6 +48,7 @@ class Handlers:
         self.settings = settings
         self.mirror = mirror
         self._picture: tuple[Any, bytes] | None = None   # (map version, label version, changed studies) -> PNG
+        self.viewer = SliceViewer()
 
     def info(self) -> dict[str, Any]:
         """``GET /info/``'s ``ss_stylegan`` block."""
@@ -115,6 +117,20 @@ class Handlers:
     def slice_png(self, image: str, slice_text: str) -> bytes:
         """``GET /slicemap/slice?image=&slice=``."""
         return self.service.slice_png(image, integer_text(slice_text, "slice"))
+
+    def slice_view(self, image: str, slice_text: str, window: str, size_text: str | None) -> SliceView:
+        """``GET /slicemap/view?image=&slice=[&window=][&size=]``: a slice windowed for reading."""
+        study = self.service.require_study(image)
+        size = integer_text(size_text, "size") if size_text else None
+        return self.viewer.view(study, integer_text(slice_text, "slice", minimum=0), window, size)
+
+    def thumbnail(self, image: str, slice_text: str) -> bytes:
+        """``GET /slicemap/thumbnail?image=&slice=``: the slice as the model saw it, small."""
+        study = self.service.require_study(image)
+        slice_map = self.service.slice_map()
+        cfg = slice_map.read_config(self.settings.slice_cfg) if slice_map is not None else self.settings.slice_cfg
+        return self.viewer.thumbnail(study, integer_text(slice_text, "slice", minimum=0), cfg,
+                                     self.service.workspace.cache_dir)
 
     def map_picture(self) -> bytes:
         """``GET /slicemap/picture.png``: the current map by label and by prediction (kept until either changes)."""

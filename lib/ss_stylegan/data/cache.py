@@ -323,6 +323,23 @@ class SliceCache:
                    SliceConfig.from_dict(meta["slice_cfg"]), cache_dir, n_read=n_read, n_reused=n_reused)
 
 
+def cached_study_slices(path: str | Path, slice_cfg: SliceConfig, cache_dir: str | Path
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model-ready slices a build cached for one study as it is now: ``(uint8 [n, R, R] memory map,
+    int64 [n] kept slice indices)``, or None when this version of the study (same files, same settings) was
+    never cached. Nothing is read from the study itself."""
+    cfg_hash = _hash(json.dumps({"format": CACHE_FORMAT, "cfg": slice_cfg.to_dict()}, sort_keys=True))
+    try:
+        key = _hash(cfg_hash + json.dumps(_file_stats(Path(path))))
+        entry = _load_entry(Study(image_id="", path=Path(path)), Path(cache_dir) / "studies", key)
+        if entry is None:
+            return None
+        images = np.load(Path(cache_dir) / "studies" / f"{key}.npy", mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    return (images, entry.kept) if len(images) == len(entry.kept) else None
+
+
 # ---------------------------------------------------------------------- helpers
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
