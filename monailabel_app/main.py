@@ -198,7 +198,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
         for image_id in self.service.labels.images():  # label counts into the datastore info (GET /datastore/)
             self.mirror.changed(image_id)
         self.service.sync()  # the live map's suggestion index is built in the background from now on
-        log.info("SS-StyleGAN Label ready: %s", self.service.status().message)
+        log.info("SS-StyleGAN Label ready: %s; label in a browser at /ui/ on this server", self.service.status().message)
 
 
 def install(app: FastAPI, *routers: APIRouter) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install what SS-StyleGAN Label needs to run (CPU or CUDA): requirements.txt.
-# With --tests, also what the tests need (requirements-test.txt: pytest, and slicer-core for the Slicer module's
-# MRML tests). Prints each step; pip's own lines are cut down to the packages it collects.
+# With --tests, also what the tests need (requirements-test.txt: pytest, slicer-core for the Slicer module's
+# MRML tests, Playwright for the browser tests) and Debian's chromium (scripts/install_browser.sh). Prints each step; pip's own lines are cut down to the packages it collects.
 # Follows the install recipe in DESIGN.md: torch pinned to 2.13.0, numpy<2, pydicom<3, the real runtime
 # dependencies of monailabel listed in requirements.txt, then monailabel 0.8.5 itself with --no-deps
 # (its sam2 extra would build a CUDA torch from source; monai's torchvision extra breaks CPU torch).
@@ -17,6 +17,9 @@ WHAT="the server"
 if [ "${1:-}" = "--tests" ]; then
     REQUIREMENTS="$ROOT/requirements-test.txt"
     WHAT="the server and the tests"
+fi
+if [ "${1:-}" = "--tests" ]; then
+    bash "$ROOT/scripts/install_browser.sh"   # Debian's chromium for the browser tests, when it is missing
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 stamp="$VENV/.ssgl-installed-$(basename "$REQUIREMENTS" .txt)"
@@ -49,6 +52,7 @@ assert torch.__version__.startswith("2.13.0"), torch.__version__
 if os.environ["SSGL_TESTS"] == "1":
     import pytest  # noqa: F401
     import slicer  # slicer-core: the MRML scene the Slicer module's tests use
+    import playwright.sync_api  # noqa: F401  (drives Debian's chromium in tests/test_browser.py)
     assert slicer.vtkMRMLScene is not None
 print(f"setup_env: torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, "
       f"numpy {numpy.__version__}, openTSNE {openTSNE.__version__}")

@@ -53,6 +53,8 @@ ROUTES: list[tuple[str, str, Any, list[str], int]] = [
     ("GET", "/slicemap/", None, READ, 200),
     ("GET", "/slicemap/slice?image=study_00&slice=3", None, READ, 200),
     ("GET", "/slicemap/picture.png", None, READ, 200),
+    ("GET", "/slicemap/view?image=study_00&slice=3&window=lung", None, READ, 200),
+    ("GET", "/slicemap/thumbnail?image=study_00&slice=3", None, READ, 200),
     ("GET", "/slicemap/pictures/samples.png", None, READ, 200),
     ("GET", "/slicemap/series?image=study_00", None, READ, 404),  # a single-file study
     ("POST", "/infer/classify?image=no_such", {}, READ, 404),
@@ -202,11 +204,24 @@ def _route_handlers(tree: ast.AST) -> list[ast.FunctionDef]:
     return handlers
 
 
+def _public_routes() -> set[str]:
+    """``PUBLIC_ROUTES`` of ``lib/web.py``: the page's own files and the log-in, which need no token."""
+    tree = ast.parse((APP_DIR / "lib" / "web.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PUBLIC_ROUTES":
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("lib/web.py names no PUBLIC_ROUTES")
+
+
 def test_every_route_handler_takes_the_auth_dependency() -> None:
+    public = _public_routes()
+    assert public == {"ui_root", "ui_page", "ui_asset", "log_in"}  # a new public route is a decision: list it here
     checked = []
     for path in sorted(APP_DIR.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for fn in _route_handlers(tree):
+            if fn.name in public:
+                continue
             defaults = fn.args.defaults + [d for d in fn.args.kw_defaults if d is not None]
             has_auth = any(isinstance(d, ast.Call) and getattr(d.func, "id", "") == "Depends" and d.args
                            and isinstance(d.args[0], ast.Call) and getattr(d.args[0].func, "id", "") == "RBAC"
@@ -216,6 +231,30 @@ def test_every_route_handler_takes_the_auth_dependency() -> None:
     assert {"put_label", "suggest", "release_suggestions", "refuse", "add_image", "batch_infer",
             "no_reload"} <= set(checked), checked
     assert len(checked) >= 30, checked  # the app's routes and the guarded MONAI Label routes
+
+
+def test_the_page_is_public_but_its_session_and_data_need_a_token(server: RunningServer, issuer: TokenIssuer) -> None:
+    page = requests.get(server.url + "/ui/", timeout=30)
+    assert page.status_code == 200 and "<title>SS-StyleGAN Label</title>" in page.text
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for name in ("app.js", "style.css"):
+        assert requests.get(f"{server.url}/ui/{name}", timeout=30).status_code == 200
+    for path in ("/ui/..%2Fmain.py", "/ui/main.py", "/ui/lib%2Fweb.py", "/ui/.hidden.js"):
+        assert requests.get(server.url + path, timeout=30).status_code == 404, path
+    assert _call(server, "GET", "/ui/session", None, None).status_code == 401
+    assert _call(server, "GET", "/ui/session", None, issuer.token("tim", [TRAINER])).status_code == 403
+    reader = _call(server, "GET", "/ui/session", None, issuer.token("rita", [USER])).json()
+    assert reader["user"] == "rita" and reader["auth"] is True
+    assert reader["may"] == {"read": True, "annotate": False, "train": False, "admin": False}
+    annotator = _call(server, "GET", "/ui/session", None, issuer.token("ann", [USER, ANNOTATOR])).json()
+    assert annotator["may"]["annotate"] is True and annotator["may"]["train"] is False
+
+
+def test_a_wrong_password_is_a_401_that_says_so(server: RunningServer) -> None:
+    wrong = requests.post(server.url + "/auth/token", data={"username": "ann", "password": "nope"}, timeout=30)
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong user name or password"
+    right = requests.post(server.url + "/auth/token", data={"username": "ann", "password": "ann-pw"}, timeout=30)
+    assert right.status_code == 200 and right.json()["access_token"]
 
 
 def test_every_published_operation_asks_for_a_token(server: RunningServer) -> None:

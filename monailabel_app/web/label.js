@@ -215,7 +215,7 @@ export class Labeller {
     this.el("slice-caption").textContent =
       `${image} · slice ${slice} of 0–${nSlices - 1}${onTarget && this.target.suggested ? " · suggested" : ""}` +
       ` · window ${this.shown.window || ""}`;
-    this.el("label-heading").textContent = onTarget ? (this.target.suggested ? "Label the suggested slice"
+    this.el("label-heading").textContent = !this.mayLabel ? `Slice ${slice}` : onTarget ? (this.target.suggested ? "Label the suggested slice"
       : "Label this slice") : `Slice ${slice} (a neighbour)`;
     this.el("current-label").textContent = given ? `Labelled: ${given}` : "Not labelled yet.";
     for (const button of this.el("class-buttons").children) {
