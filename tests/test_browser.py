@@ -261,6 +261,9 @@ def test_log_in_shows_a_wrong_password_and_then_lets_the_annotator_label(auth_se
         time.sleep(0.1)
     records = {(r["image"], r["slice"]): r for r in auth_server.get_json("/slicelabels/")["labels"]}
     assert records[shown]["class"] == "normal" and records[shown]["user"] == "ann"
+    page.click("nav button[data-view=status]")
+    page.wait_for_selector("#train-state:has-text('training')")
+    assert not page.locator("#train-buttons").is_visible()  # an annotator, not a trainer
 
 
 def test_a_user_without_the_annotator_role_cannot_label(auth_server: RunningServer, page: Any) -> None:
@@ -303,3 +306,43 @@ def test_the_slice_image_routes_answer_and_refuse_bad_requests(server: RunningSe
                                  ("image=no_such&slice=0", 404, "not in the datastore")):
         answer = requests.get(f"{server.url}/slicemap/view?{query}", timeout=30)
         assert answer.status_code == status and words in answer.json()["detail"], (query, answer.text)
+
+
+def test_an_uploaded_study_is_classified_and_the_labels_export_downloads(server: RunningServer, page: Any,
+                                                                         tmp_path: Path) -> None:
+    from ss_stylegan.data.synthetic import make_synthetic_datastore
+
+    make_synthetic_datastore(tmp_path / "upload", n_studies=1, n_slices=10, size=32, random_state=7)
+    (scan,) = sorted((tmp_path / "upload").glob("*.nii.gz"))
+    status, body = server.request("PUT", "/slicelabels/", {"image": "study_02", "slice": 4, "class": "lesion"})
+    assert status == 200, body
+    page.goto(server.url + "/ui/")
+    wait_for_slice(page)
+    page.click("nav button[data-view=study]")
+    page.set_input_files("#study-upload", str(scan))
+    page.wait_for_selector("#study-message:has-text('uploaded, not stored')")
+    assert page.locator("#study-strip").get_attribute("data-runs") is not None
+    assert page.locator("#study-summary").inner_text().strip()
+    assert "study_00_upload" not in server.get_json("/datastore/?output=all")["objects"]
+    page.click("nav button[data-view=status]")
+    with page.expect_download() as download:
+        page.click("#export-labels")
+    path = download.value.path()
+    assert download.value.suggested_filename == "slice_labels.csv"
+    text = Path(path).read_text(encoding="utf-8")
+    assert text.splitlines()[0].startswith("image") and "study_02,4,lesion" in text
+
+
+def test_the_wheel_scrolls_and_the_status_view_offers_training_to_a_trainer(server: RunningServer, page: Any) -> None:
+    page.goto(server.url + "/ui/")
+    image, index = wait_for_slice(page)
+    box = page.locator("#viewer").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    delta = 100 if index > 0 else -100  # down the rail (towards the feet) when there is a slice below
+    page.mouse.wheel(0, delta)
+    assert wait_for_slice(page, different_from=(image, index)) == (image, index - 1 if delta > 0 else index + 1)
+    page.click("nav button[data-view=status]")
+    page.wait_for_selector("#train-state:has-text('Not training')")
+    assert page.locator("#train-buttons").is_visible()  # no login: every role
+    assert page.locator("#train-start").is_enabled() and not page.locator("#train-stop").is_enabled()
+    assert "Live map" in page.locator("#map-state").inner_text()
