@@ -1,8 +1,9 @@
 """SS-StyleGAN Label: the MONAI Label app.
 
-Trainer ``ss_stylegan`` (unlabelled SS-StyleGAN + slice map), strategies ``fps`` and ``random`` (the next
-slice to label), classifier ``classify`` (1-NN class of every slice), and the ``/slicelabels/`` and
-``/slicemap/`` routes. Every route carries MONAI Label's auth dependency (:mod:`lib.auth`), and MONAI Label's
+Trainer ``ss_stylegan`` (unlabelled SS-StyleGAN + slice map), strategies ``typiclust`` (the default), ``fps``
+(the paper's), ``random``, ``probcover`` and ``fps_w`` (the next slice to label), classifier ``classify`` (the class of
+every slice, by ``--conf classifier``), the ``/slicelabels/`` and ``/slicemap/`` routes, and the browser client at
+``/ui/``. Every route carries MONAI Label's auth dependency (:mod:`lib.auth`), and MONAI Label's
 inherited routes that take ids, tags, names or uploads are served guarded (:mod:`lib.guards`). See
 ``docs/ARCHITECTURE.md`` for the REST contract and ``lib/configs/settings.py`` for every ``--conf`` setting.
 
@@ -31,6 +32,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from ss_stylegan.config import ConfigError
 from ss_stylegan.labelling.label_values import OrphanedLabelsError
+from ss_stylegan.labelling.methods import DESCRIPTIONS, STRATEGIES
 from ss_stylegan.labelling.service import LABEL_TAG, LabellingService
 from ss_stylegan.labelling.studies import check_studies_folder
 from ss_stylegan.labelling.validation import identifier
@@ -126,7 +128,7 @@ class SSStyleGANLabelApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="SS-StyleGAN Label",
-            description="Self-supervised StyleGAN slice embedding, farthest point suggestions, 1-NN classification",
+            description="Self-supervised StyleGAN slice embedding; few-label suggestions and classification in W and its map",
             version="0.1.0",
             labels=list(self.settings.classes),
         )
@@ -152,10 +154,9 @@ class SSStyleGANLabelApp(MONAILabelApp):
         return {"ss_stylegan": SSStyleGANTrainer(self.settings, self.studies)}
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {
-            "fps": SliceStrategy(self.handlers, "fps", "Farthest point sampling in the t-SNE map of W (SS-StyleGAN)"),
-            "random": SliceStrategy(self.handlers, "random", "Random unlabelled slice (baseline)"),
-        }
+        """Every strategy by name, the server's default (``--conf pipeline`` / ``strategy``) first."""
+        names = sorted(STRATEGIES, key=lambda name: name != self.settings.strategy)
+        return {name: SliceStrategy(self.handlers, name, DESCRIPTIONS[name]) for name in names}
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         # Deliberately none: MONAI Label reruns every scoring method in a new subprocess after each

@@ -142,7 +142,7 @@ def test_before_training_a_clear_answer(untrained_server: RunningServer) -> None
     assert block["classes"] == ["normal", "lesion"]
     assert block["n_embedded"] == 0 and block["n_labelled"] == 0
     assert set(info["trainers"]) == {"ss_stylegan"}
-    assert set(info["strategies"]) == {"fps", "random"}
+    assert set(info["strategies"]) == {"typiclust", "fps", "random", "probcover", "fps_w"}
     assert info["models"]["classify"]["type"] == "classification"
 
     status, body = server.request("POST", "/activelearning/fps", {})

@@ -96,7 +96,7 @@ def test_ui_parameter_names_match_the_parameter_node() -> None:
     assert bound == fields, f"parameter node fields {sorted(fields)} vs .ui bindings {sorted(bound)}"
     combos = {w.get("name"): [i.findtext("property/string") for i in w.findall("item")]
               for w in root.iter("widget") if w.get("class") == "QComboBox"}
-    assert combos["strategyComboBox"] == ["fps", "random"]
+    assert combos["strategyComboBox"] == ["typiclust", "fps", "random", "probcover", "fps_w"]
     assert combos["colourByComboBox"] == ["label", "prediction"]
 
 

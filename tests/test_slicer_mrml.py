@@ -372,7 +372,7 @@ def test_the_module_own_test_runs_against_the_server_and_against_its_recording(
         monkeypatch.setenv("SSGL_TEST_TRAIN_TIMEOUT", "60")
         _run_module_test(mrml)
         recording = proxy.save(str(tmp_path / "labelling_loop.json"))
-    assert {e["path"].split("?")[0] for e in proxy.exchanges} >= {"/info/", "/activelearning/fps", "/slicelabels/",
+    assert {e["path"].split("?")[0] for e in proxy.exchanges} >= {"/info/", "/activelearning/typiclust", "/slicelabels/",
                                                                   "/infer/classify", "/slicemap/"}
     if os.environ.get("SSGL_UPDATE_RECORDING") == "1":
         shutil.copy(recording, SHIPPED_RECORDING)

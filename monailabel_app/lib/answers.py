@@ -10,13 +10,14 @@ import dataclasses
 from typing import Any
 
 from ss_stylegan.labelling.findings import Finding
+from ss_stylegan.labelling.methods import pipelines_info
 from ss_stylegan.labelling.results import MapPoints, ServiceStatus, StudyClassification, Suggestions
 
 from lib.configs.settings import AppSettings, train_config
 
 
 def suggestions(result: Suggestions) -> dict[str, Any]:
-    """``POST /activelearning/{fps,random}``: the first pick's fields at the top (MONAI Label's shape) plus
+    """``POST /activelearning/{strategy}``: the first pick's fields at the top (MONAI Label's shape) plus
     every pick under ``suggestions``; ``{"done": true, "message": ...}`` when nothing is left now."""
     if not result.picks:
         return {"done": True, "message": result.message, "suggestions": [], "n_labelled": result.n_labelled}
@@ -31,7 +32,8 @@ def released(client_id: str, keys: list[tuple[str, int]]) -> dict[str, Any]:
 
 
 def classification(result: StudyClassification) -> dict[str, Any]:
-    """``POST /infer/classify``: per-slice class, score, scores and labelled neighbour; the study's class."""
+    """``POST /infer/classify``: per-slice class, score, scores and labelled neighbour; where each finding is; the
+    classifier that answered and the label state (the label store's version) it reflects."""
     answer: dict[str, Any] = {
         "slices": [{
             "slice": s.slice, "class": s.label, "score": s.score, "scores": s.scores,
@@ -52,6 +54,8 @@ def classification(result: StudyClassification) -> dict[str, Any]:
         answer["warning"] = result.warning
     answer["image"] = result.image
     answer["model_version"] = result.model_version
+    answer["classifier"] = result.classifier
+    answer["label_version"] = result.label_version
     return answer
 
 
@@ -65,15 +69,17 @@ def finding(f: Finding) -> dict[str, Any]:
 
 def map_points(points: MapPoints) -> dict[str, Any]:
     """``GET /slicemap/``: every embedded slice, column-wise."""
-    return {"model_version": points.model_version,
+    return {"model_version": points.model_version, "classifier": points.classifier,
+            "label_version": points.label_version,
             "points": {"image": points.image, "slice": points.slice, "x": points.x, "y": points.y,
                        "world": points.world, "label": points.label, "prediction": points.prediction,
                        "score": points.score}}
 
 
-def info_block(status: ServiceStatus, settings: AppSettings) -> dict[str, Any]:
-    """The ``ss_stylegan`` block of ``GET /info/``."""
+def info_block(status: ServiceStatus, settings: AppSettings, whole_embedding: dict[str, Any]) -> dict[str, Any]:
+    """The ``ss_stylegan`` block of ``GET /info/``; ``whole_embedding``: the state in W of the current map."""
     return {
+        "pipelines": {**pipelines_info(settings.strategy, settings.classifier), "whole_embedding": whole_embedding},
         "state": status.state,
         "message": status.message,
         "classes": list(settings.classes),

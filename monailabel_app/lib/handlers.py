@@ -17,7 +17,7 @@ from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.label_values import MAX_USER_CHARS
 from ss_stylegan.labelling.service import MAX_CLIENT_ID_CHARS, LabellingService
 from ss_stylegan.labelling.validation import FieldError, identifier, integer_text, only_keys, text
-from ss_stylegan.labelling.viewer import SliceView, SliceViewer
+from ss_stylegan.labelling.viewer import SliceView, SliceViewer, series_archive
 from ss_stylegan.maps.pictures import picture_title, points_picture, training_picture
 
 from lib import answers
@@ -53,7 +53,8 @@ class Handlers:
     def info(self) -> dict[str, Any]:
         """``GET /info/``'s ``ss_stylegan`` block."""
         self.service.sync()
-        block = answers.info_block(self.service.status(), self.settings)
+        block = answers.info_block(self.service.status(), self.settings,
+                                   self.service.methods.status(self.service.slice_map()))
         block["problems"] += [f"{what} is failing: {err}" for what, err in self.mirror.faults.failing().items()]
         return block
 
@@ -149,7 +150,7 @@ class Handlers:
 
     def series_archive(self, image: str, folder: str) -> Path:
         """``GET /slicemap/series?image=``: the zip written into ``folder``."""
-        return self.service.series_archive(image, folder)
+        return series_archive(self.service.require_study(image), folder)
 
     def classify_image(self, image: str) -> dict[str, Any]:
         """``POST /infer/classify?image=<datastore id>`` (and MONAI Label's batch infer)."""

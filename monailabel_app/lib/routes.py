@@ -1,6 +1,6 @@
 """HTTP routes the app adds to MONAI Label's FastAPI server: ``/slicelabels/``, ``/slicemap/`` (with one
 slice's model-ready PNG at ``/slicemap/slice`` and a DICOM series study as a zip at ``/slicemap/series``), and
-its own ``POST /activelearning/{fps,random}``, ``POST /infer/classify``, ``POST /train/ss_stylegan``,
+its own ``POST /activelearning/{strategy}`` for every strategy, ``POST /infer/classify``, ``POST /train/ss_stylegan``,
 ``GET /train/`` and ``DELETE /train/``.
 
 Every handler takes MONAI Label's auth dependency first (``Depends(RBAC(role))``, roles in :mod:`lib.auth`),
@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
 
 from ss_stylegan.data.uploads import received_upload
-from ss_stylegan.labelling.service import STRATEGIES
+from ss_stylegan.labelling.methods import DESCRIPTIONS, STRATEGIES
 from ss_stylegan.labelling.validation import json_object
 
 from lib.answers import learning
@@ -134,13 +134,13 @@ def _add_task_routes(router: APIRouter, handlers: Handlers) -> None:
             return redacted(handlers.classify_image(image))
 
     router.add_api_route("/infer/classify", classify, methods=["POST"], tags=["Infer"],
-                         summary="Class of every slice of a study (1-NN in the map)",
+                         summary="Class of every slice of a study and its findings (the server's classifier)",
                          route_class_override=bounded_route(lambda: handlers.settings.upload_limits.max_bytes))
 
     for name in STRATEGIES:
         router.add_api_route(
             f"/activelearning/{name}", _suggest_route(handlers, name), methods=["POST"],
-            tags=["ActiveLearning"], summary=f"Next slice(s) to label ({name})", openapi_extra=_JSON_BODY,
+            tags=["ActiveLearning"], summary=f"Next slice(s) to label: {DESCRIPTIONS[name]}", openapi_extra=_JSON_BODY,
         )
 
     @router.delete("/activelearning/pending", tags=["ActiveLearning"],

@@ -60,6 +60,22 @@ export class Labeller {
       }
       event.stopPropagation();
     });
+    const pipelines = this.app.info.pipelines || {};
+    const strategies = pipelines.strategies || { fps: { description: "farthest point sampling in the map" } };
+    this.strategy = pipelines.strategy || "fps";
+    const chooser = this.el("strategy-select");
+    chooser.replaceChildren(...Object.entries(strategies).map(([name, s]) => {
+      const option = new Option(`${name}${name === pipelines.strategy ? " (default)" : ""}`, name);
+      option.title = s.description;
+      return option;
+    }));
+    chooser.value = this.strategy;
+    chooser.addEventListener("change", () => {
+      this.strategy = chooser.value;
+      this.queue = [];   // the next suggestion comes from the new strategy
+      this.say(`Suggestions now by ${this.strategy}: ${strategies[this.strategy].description}.`);
+      if (this.target && this.target.suggested) { this.target = null; this.next(); }
+    });
     this.refreshButtons();
   }
 
@@ -87,7 +103,7 @@ export class Labeller {
   key_(pick) { return `${pick.id}\u0000${pick.slice}`; }
 
   async fetchBatch() {
-    const answer = await api.post("/activelearning/fps", { client_id: api.clientId, count: BATCH });
+    const answer = await api.post(`/activelearning/${q(this.strategy)}`, { client_id: api.clientId, count: BATCH });
     const picks = (answer.suggestions || []).map((p) => ({ ...p, suggested: true }))
       .filter((p) => !this.skipped.has(this.key_(p)));
     return { picks, message: answer.message || "" };

@@ -70,6 +70,7 @@ export class SliceMapView {
 
   async load() {
     const answer = await api.get("/slicemap/");
+    this.classifier = answer.classifier;
     this.setPoints(answer.points, answer.model_version);
   }
 
@@ -181,7 +182,8 @@ export class SliceMapView {
     if (this.frameMs.length > 200) this.frameMs.shift();
     const labelledCount = labelled.length;
     document.getElementById("map-info").textContent =
-      `${this.n.toLocaleString()} slices · ${labelledCount} labelled · model ${this.modelVersion || "?"} · ` +
+      `${this.n.toLocaleString()} slices · ${labelledCount} labelled · predictions by ${this.classifier || "none yet"} · ` +
+      `model ${this.modelVersion || "?"} · ` +
       `frame ${ms.toFixed(1)} ms`;
   }
 

@@ -78,7 +78,8 @@ class SSStyleGANLabelParameterNode:
     serverUrl - address of the SS-StyleGAN Label server.
     userName - stored with every label; also the login name when the server needs one.
     kimg - training length in thousands of images; 0 keeps the server's setting.
-    strategy - "fps" (farthest point sampling, the method) or "random" (baseline).
+    strategy - "typiclust" (TypiClust in W: measured best, the server's default), "fps" (farthest point sampling in
+        the t-SNE map, the paper's), "random" (baseline), "probcover" or "fps_w" (in W).
     batchSize - suggestions fetched per server request.
     colourBy - colour the map by "label" or "prediction".
     """
@@ -86,7 +87,7 @@ class SSStyleGANLabelParameterNode:
     serverUrl: str = "http://127.0.0.1:8000"
     userName: str = ""
     kimg: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
-    strategy: Annotated[str, Choice(["fps", "random"])] = "fps"
+    strategy: Annotated[str, Choice(["typiclust", "fps", "random", "probcover", "fps_w"])] = "typiclust"
     batchSize: Annotated[int, WithinRange(1, 50)] = 1
     colourBy: Annotated[str, Choice(["label", "prediction"])] = "label"
 
@@ -413,7 +414,8 @@ class SSStyleGANLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 for column, value in enumerate((str(pred.slice), pred.class_name, f"{pred.score:.2f}", neighbour)):
                     table.setItem(row, column, qt.QTableWidgetItem(value))
             counts = ", ".join(f"{name}: {n}" for name, n in result.summary.items())
-            self.ui.volumeSummaryLabel.text = f"{result.image}: {result.study_summary or result.volume_class} ({counts})"
+            self.ui.volumeSummaryLabel.text = (f"{result.image}: {result.study_summary or result.volume_class} ({counts}; "
+                                               f"classifier {result.classifier})")
             self._findings = result
             rows = self.logic.findingRows(result)
             self.ui.findingsTableWidget.setRowCount(len(rows))

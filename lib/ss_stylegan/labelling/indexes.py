@@ -183,6 +183,14 @@ class MapIndexes:
             index = self._label_index(slice_map, version, labelled, flags, removed)
             return index.predict(xy), index.classes_
 
+    def labelled_rows(self, slice_map: SliceMap, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
+                      flags: dict[tuple[str, int], str], removed: np.ndarray) -> dict[int, str]:
+        """The map rows with a usable label and their classes (what the 1-NN index holds), for the classifiers
+        in W. Raises :class:`NotReadyError` when there is none."""
+        with self._nn_lock:
+            self._label_index(slice_map, version, labelled, flags, removed)
+            return dict(self._nn.applied)
+
     def require_labels(self, slice_map: SliceMap, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
                        flags: dict[tuple[str, int], str], removed: np.ndarray) -> None:
         """Raise :class:`NotReadyError` when no slice of the map has a usable label (before costly work)."""

@@ -44,6 +44,9 @@ class LabellingConfig:
         suggestion_cap: most reservations one owner may hold.
         study_rule: when a study is positive for a class (None: the first class is the background, and the
             defaults of :class:`~ss_stylegan.labelling.findings.StudyRule`).
+        strategy: the default suggestion strategy (``/activelearning/`` of the app's default; every strategy
+            of :data:`~ss_stylegan.labelling.methods.STRATEGIES` can be asked for by name).
+        classifier: the classifier of every answer (:data:`~ss_stylegan.labelling.methods.CLASSIFIERS`).
     """
 
     classes: tuple[str, ...]
@@ -53,6 +56,8 @@ class LabellingConfig:
     suggestion_ttl_s: float = 600.0
     suggestion_cap: int = 32
     study_rule: StudyRule | None = None
+    strategy: str = "typiclust"
+    classifier: str = "nn_map"
 
     def rule(self) -> StudyRule:
         return self.study_rule if self.study_rule is not None else StudyRule.of(self.classes)
@@ -115,6 +120,8 @@ class StudyClassification:
     positive: list[str] = dataclasses.field(default_factory=list)
     study_summary: str = ""
     rule: StudyRule | None = None
+    classifier: str = "nn_map"      # the classifier that answered
+    label_version: int = 0          # the label state it reflects (the label store's version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +137,8 @@ class MapPoints:
     label: list[str | None]
     prediction: list[str | None]
     score: list[float | None]
+    classifier: str | None = None   # the classifier of the predictions (None: no label yet)
+    label_version: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ss_stylegan.config import derive_seed
 from ss_stylegan.data.cache import Study, read_study_slices
 from ss_stylegan.data.fingerprint import FingerprintCache
 from ss_stylegan.data.preprocess import encode_png, model_ready_slice
-from ss_stylegan.data.readers import StudyReadError, looks_like_dicom_file, read_volume
+from ss_stylegan.data.readers import StudyReadError, read_volume
 from ss_stylegan.labelling.errors import (
     EmbeddingInProgressError,
     NotFoundError,
@@ -53,6 +52,7 @@ from ss_stylegan.labelling.label_values import (
     UnreadableImageError,
 )
 from ss_stylegan.labelling.live_map import LiveSliceMap
+from ss_stylegan.labelling.methods import STRATEGIES, W_STRATEGIES, EmbeddingMethods, predict_in_w
 from ss_stylegan.labelling.reservations import PendingSuggestions
 from ss_stylegan.labelling.results import (
     LabellingConfig,
@@ -74,7 +74,6 @@ from ss_stylegan.workspace import Workspace
 
 LABEL_TAG = "slice_class"
 """Where the labels live: ``<studies>/labels/slice_class`` (MONAI Label's label-tag layout)."""
-STRATEGIES = ("fps", "random")
 MAX_CLIENT_ID_CHARS = 128
 
 
@@ -113,6 +112,7 @@ class LabellingService:
                                       writable=False)
         self.flags.labels = self.labels
         self.indexes = MapIndexes(config.random_state, config.classes)
+        self.methods = EmbeddingMethods(len(config.classes), config.random_state)
         self._random_calls = itertools.count()
 
     # -- the folder and the map -------------------------------------------------------------------------
@@ -124,6 +124,7 @@ class LabellingService:
         slice_map = self.maps.current()
         if slice_map is not None and len(slice_map):
             self.indexes.prepare(slice_map)
+            self.methods.prepare(slice_map)
 
     def slice_map(self) -> SliceMap | None:
         """The current map, or None before training (never waits for a background embedding)."""
@@ -176,11 +177,13 @@ class LabellingService:
 
     # -- suggestions ------------------------------------------------------------------------------------
     def suggest(self, strategy: str, count: Any = 1, client_id: Any = "", owner: str | None = None) -> Suggestions:
-        """The next slice(s) to label, reserved for the client: farthest from every labelled or reserved
-        slice (``fps``) or random.
+        """The next slice(s) to label, reserved for the client, by ``strategy`` (:data:`STRATEGIES`): in W
+        (``typiclust``, ``probcover``, ``fps_w``: labelled and reserved slices count as chosen), farthest from every
+        labelled or reserved slice in the map (``fps``), or random. Until the map's state in W is ready (built in
+        the background, seconds), a W strategy answers with ``fps`` and says so.
 
         Args:
-            strategy: ``fps`` or ``random``.
+            strategy: one of :data:`STRATEGIES`.
             count: how many (1 .. ``suggestion_cap``).
             client_id: who asks (reservations are per client; default ``anonymous``).
             owner: whose cap the reservations count against (the signed-in user); the client by default.
@@ -203,7 +206,12 @@ class LabellingService:
         row_of = self.indexes.rows(slice_map)
         # the map's FPS index, kept between calls (only what changed since the last call is applied); a new
         # map's is built, or its background build waited for, before taking the lock every annotator needs
-        index = self.indexes.suggestions(slice_map) if strategy == "fps" else None
+        whole = self.methods.get(slice_map) if strategy in W_STRATEGIES else None
+        used, why = strategy, ""
+        if strategy in W_STRATEGIES and whole is None:
+            used = "fps"
+            why = f"{strategy} in W is being prepared for this map ({self.methods.status(slice_map)}); meanwhile: "
+        index = self.indexes.suggestions(slice_map) if used == "fps" else None
         with self.pending.selection_lock:  # choosing and reserving are one step for concurrent annotators
             removed = self.maps.removed_rows(slice_map)
             gone = None
@@ -216,7 +224,9 @@ class LabellingService:
                         if r is not None and (gone is None or not gone[r])]
             reserved = [r for r in (row_of.get(k) for k in self.pending.reserved(exclude_client=client))
                         if r is not None and (gone is None or not gone[r])]
-            if index is not None:
+            if whole is not None:
+                picks = whole.select(strategy, labelled, reserved, count, removed)
+            elif index is not None:
                 picks = index.select(labelled=labelled, pending=reserved, count=count, exclude=removed)
             else:  # a new draw per call, repeatable from the random state
                 selector = RandomSelector(random_state=derive_seed(self.config.random_state, next(self._random_calls)))
@@ -232,8 +242,8 @@ class LabellingService:
             picks=[Suggestion(image=key[0], slice=key[1],
                               position=tuple(float(v) for v in slice_map.xy[p.index]),  # type: ignore[arg-type]
                               world=world_mm(slice_map.positions[p.index]),
-                              distance=None if p.distance is None else float(p.distance), reason=p.reason,
-                              strategy=strategy) for p, key in zip(picks, keys)],
+                              distance=None if p.distance is None else float(p.distance), reason=why + p.reason,
+                              strategy=used) for p, key in zip(picks, keys)],
             message=message, n_labelled=len(labelled))
 
     def release_suggestions(self, client_id: Any = "", owner: str | None = None) -> list[tuple[str, int]]:
@@ -255,18 +265,28 @@ class LabellingService:
         return self.pending.release_client(client, owner)
 
     # -- classification ---------------------------------------------------------------------------------
-    def _predict(self, slice_map: SliceMap, xy: np.ndarray) -> tuple[Any, np.ndarray]:
-        return self.indexes.predict(slice_map, xy, self.labels.version, self.labels.labelled_keys,
-                                    self.flags.flags(), self.maps.removed_rows(slice_map))
+    def _predict(self, slice_map: SliceMap, xy: np.ndarray, rows: np.ndarray | None = None,
+                 w: np.ndarray | None = None) -> tuple[Any, np.ndarray, str]:
+        """The configured classifier's answer for map ``rows`` (or placed slices ``xy`` with W ``w``): prediction,
+        labelled classes and the classifier that answered (1-NN in the map while the state in W is built)."""
+        inputs = (self.labels.version, self.labels.labelled_keys, self.flags.flags(), self.maps.removed_rows(slice_map))
+        method = self.config.classifier
+        whole = self.methods.get(slice_map) if method != "nn_map" else None
+        if whole is None:
+            return (*self.indexes.predict(slice_map, xy, *inputs), "nn_map")
+        labels = self.indexes.labelled_rows(slice_map, *inputs)
+        key = (inputs[0], id(inputs[2]), id(inputs[3]))
+        return (*predict_in_w(self.methods, whole, method, labels, self.config.classes, key, rows, w), method)
 
     def _classify(self, slice_map: SliceMap, image: str | None, xy: np.ndarray, slices: np.ndarray,
-                  positions: np.ndarray, n_slices: int | None) -> StudyClassification:
-        pred, classes = self._predict(slice_map, xy)
+                  positions: np.ndarray, n_slices: int | None, rows: np.ndarray | None = None,
+                  w: np.ndarray | None = None) -> StudyClassification:
+        pred, classes, method = self._predict(slice_map, xy, rows, w)
         summary = {c: 0 for c in self.config.classes}
         out = []
         for i in range(len(xy)):
             row = int(pred.neighbour[i])
-            label = str(pred.labels[i])  # 1-NN: the neighbour's class
+            label = str(pred.labels[i])
             summary[label] = summary.get(label, 0) + 1
             out.append(SliceClass(
                 slice=int(slices[i]), label=label, score=float(pred.score[i]),
@@ -285,10 +305,14 @@ class LabellingService:
         if len(classes) < 2:
             warning = (f"only class {classes[0]!r} is labelled, so every slice gets it; label slices of "
                        "the other classes for a meaningful classification")
+        if method != self.config.classifier:
+            warning = (f"{self.config.classifier} in W is being prepared for this map; 1-NN in the map answered"
+                       + (f"; {warning}" if warning else ""))
         return StudyClassification(image=image, model_version=slice_map.model_version, slices=out, summary=summary,
                                    volume_class=volume_class, n_slices=n_slices,
                                    labelled_classes=[str(c) for c in classes], warning=warning, findings=findings,
-                                   positive=positive, study_summary=summary_text(findings, rule), rule=rule)
+                                   positive=positive, study_summary=summary_text(findings, rule), rule=rule,
+                                   classifier=method, label_version=self.labels.version)
 
     def classify_image(self, image_id: Any) -> StudyClassification:
         """Classify every embedded slice of a study in the folder (a file or DICOM series folder). Never waits
@@ -310,7 +334,7 @@ class LabellingService:
         if len(rows) == 0:
             raise self._why_not_embedded(image_id, slice_map)
         return self._classify(slice_map, image_id, slice_map.xy[rows], slice_map.slices[rows],
-                              slice_map.positions[rows], slice_map.depths.get(image_id))
+                              slice_map.positions[rows], slice_map.depths.get(image_id), rows=rows)
 
     def _why_not_embedded(self, image_id: str, slice_map: SliceMap) -> Exception:
         error = slice_map.errors.get(image_id)
@@ -342,8 +366,8 @@ class LabellingService:
         if len(study.images) == 0:
             raise StudyReadError(path, "no slice has enough foreground to classify",
                                  "check the intensity window (--conf window) or the file")
-        _, xy = self.maps.embedder.embed_and_place(study.images, slice_map)
-        return self._classify(slice_map, None, xy, study.slices, study.positions, study.n_slices)
+        w, xy = self.maps.embedder.embed_and_place(study.images, slice_map)
+        return self._classify(slice_map, None, xy, study.slices, study.positions, study.n_slices, w=w)
 
     def studies_csv(self) -> str:
         """Every study of the map classified: one CSV row per study and class other than the background, with
@@ -380,8 +404,9 @@ class LabellingService:
         label = [keys.get((img, int(s))) for img, s in zip(image_ids, slices)]
         prediction: list[str | None] = [None] * len(image_ids)
         score: list[float | None] = [None] * len(image_ids)
+        method = None
         try:
-            pred, _ = self._predict(slice_map, slice_map.xy[keep])
+            pred, _, method = self._predict(slice_map, slice_map.xy[keep], rows=np.flatnonzero(keep))
             prediction = [str(c) for c in pred.labels]
             score = [float(s) for s in pred.score]
         except NotReadyError:
@@ -390,7 +415,7 @@ class LabellingService:
                          x=slice_map.xy[keep, 0].astype(float).tolist(), y=slice_map.xy[keep, 1].astype(float).tolist(),
                          world=world_values(slice_map.positions[keep]).tolist(),
                          label=label, prediction=prediction,
-                         score=score)
+                         score=score, classifier=method, label_version=self.labels.version)
 
     # -- study files ------------------------------------------------------------------------------------
     def slice_png(self, image_id: Any, slice_index: int) -> bytes:
@@ -411,23 +436,6 @@ class LabellingService:
         except IndexError as err:
             raise SliceOutOfRangeError(f"image {image_id!r}: {err}") from err
         return encode_png(image)
-
-    def series_archive(self, image_id: Any, folder: str | Path) -> Path:
-        """A DICOM series study packed as one uncompressed zip file in ``folder``.
-
-        Raises:
-            NotFoundError: no study with this id, or the study is a single file.
-        """
-        study = self.require_study(image_id)
-        if not study.path.is_dir():
-            raise NotFoundError(f"image {image_id!r} is a single file, not a DICOM series: download it with "
-                                "GET /datastore/image")
-        target = Path(folder) / f"{image_id}.zip"
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-            for path in sorted(p for p in study.path.iterdir()
-                               if p.is_file() and not p.is_symlink() and looks_like_dicom_file(p)):
-                archive.write(path, path.name)
-        return target
 
     # -- status -----------------------------------------------------------------------------------------
     def status(self) -> ServiceStatus:

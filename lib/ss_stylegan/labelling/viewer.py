@@ -17,6 +17,7 @@ import dataclasses
 import io
 import re
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from ss_stylegan.config import SliceConfig
 from ss_stylegan.data.cache import Study, cached_study_slices
 from ss_stylegan.data.fingerprint import Stamp, stamp
 from ss_stylegan.data.preprocess import CT_WINDOWS, apply_window, model_ready_slice, window_range
-from ss_stylegan.data.readers import PICTURE_SUFFIXES, StudyReadError, Volume, read_volume
+from ss_stylegan.data.readers import PICTURE_SUFFIXES, StudyReadError, Volume, looks_like_dicom_file, read_volume
+from ss_stylegan.labelling.errors import NotFoundError
 from ss_stylegan.labelling.label_values import SliceOutOfRangeError, UnreadableImageError
 from ss_stylegan.labelling.validation import FieldError
 
@@ -200,3 +202,20 @@ class SliceViewer:
             except IndexError as err:
                 raise SliceOutOfRangeError(f"image {study.image_id!r}: {err}") from err
         return png_of(displayed(image, is_picture(study.path)), size)[0]
+
+
+def series_archive(study: Study, folder: str | Path) -> Path:
+    """A DICOM series study packed as one uncompressed zip file in ``folder`` (what a viewer downloads).
+
+    Raises:
+        NotFoundError: the study is a single file.
+    """
+    if not study.path.is_dir():
+        raise NotFoundError(f"image {study.image_id!r} is a single file, not a DICOM series: download it with "
+                            "GET /datastore/image")
+    target = Path(folder) / f"{study.image_id}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(p for p in study.path.iterdir()
+                           if p.is_file() and not p.is_symlink() and looks_like_dicom_file(p)):
+            archive.write(path, path.name)
+    return target

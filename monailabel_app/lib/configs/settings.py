@@ -30,6 +30,7 @@ to start instead of failing later.
 | max_upload_unpacked_mb | 2048 | largest uploaded file once decompressed (MB) |
 | max_upload_voxels | 268435456 | most voxels an uploaded image's header may declare (512 x 512 x 1024) |
 | workspace | <studies>/.ss_stylegan | where the cache, checkpoints and slice map live |
+| pipeline, strategy, classifier | best | ``best``: the pipeline measured best for W (TypiClust in W, 1-NN in the map; docs/evaluation/whole_embedding.md); ``paper``: FPS and 1-NN in the t-SNE map; ``strategy`` (typiclust, fps, random, probcover, fps_w) and ``classifier`` (nn_map, label_spreading, logistic, knn_cosine) override either half |
 | create_studies | false | ``true``: start on a studies folder that does not exist yet (made empty); otherwise the server refuses |
 """
 
@@ -45,6 +46,7 @@ from ss_stylegan.labelling.findings import DEFAULT_MIN_SCORE as MIN_SCORE
 from ss_stylegan.labelling.findings import DEFAULT_MIN_SLICES as MIN_SLICES
 from ss_stylegan.labelling.findings import StudyRule
 from ss_stylegan.labelling.label_values import LabelError, parse_classes
+from ss_stylegan.labelling.methods import DEFAULT_CLASSIFIER, DEFAULT_STRATEGY, pipeline_setting
 from ss_stylegan.labelling.results import LabellingConfig
 from ss_stylegan.labelling.validation import integer, number, only_keys, text
 from ss_stylegan.model.devices import resolve_device
@@ -55,9 +57,8 @@ KNOWN_KEYS = (
     "classes", "background_class", "study_min_slices", "study_min_score", "resolution", "window", "preset", "kimg",
     "steps", "train_minutes", "publish_minutes", "batch_size", "device", "perplexity", "random_state",
     "checkpoint_interval", "suggestion_ttl", "suggestion_cap", "max_upload_mb", "max_upload_unpacked_mb",
-    "max_upload_voxels", "workspace", "gpus", "create_studies")
-# keys MONAI Label itself puts into conf
-_MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")
+    "max_upload_voxels", "workspace", "gpus", "create_studies", "pipeline", "strategy", "classifier")
+_MONAI_KEYS = ("server_mode", "models", "preload", "skip_trainers", "skip_strategies", "skip_scoring")  # MONAI Label's own
 TRAIN_REQUEST_KEYS = ("kimg", "steps", "minutes", "batch_size", "device")
 
 
@@ -80,6 +81,8 @@ class AppSettings:
     gpus: list[int] | None = None  # GPU ids to train on, one process each; None: one device
     study_rule: StudyRule | None = None  # when a study is positive for a class; None: the defaults
     create_studies: bool = False  # start on a studies folder that does not exist (made empty)
+    strategy: str = DEFAULT_STRATEGY  # the default suggestion strategy
+    classifier: str = DEFAULT_CLASSIFIER  # the classifier of every answer
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], studies: str | Path) -> AppSettings:
@@ -102,14 +105,15 @@ class AppSettings:
         slice_cfg = SliceConfig.from_dict({"resolution": model_cfg.resolution, **_window(conf.get("window", "auto"))})
         perplexity, ttl = _float(conf, "perplexity", recipe.perplexity), _float(conf, "suggestion_ttl", 600.0)
         cap = _int(conf, "suggestion_cap", 32)
-        for ok, key, what, value in ((perplexity > 0, "perplexity", "> 0", perplexity), (cap >= 1, "suggestion_cap",
-                                     ">= 1", cap), (ttl > 0, "suggestion_ttl", "> 0 seconds", ttl)):
+        for ok, key, what, value in ((perplexity > 0, "perplexity", "> 0", perplexity),
+                                     (cap >= 1, "suggestion_cap", ">= 1", cap), (ttl > 0, "suggestion_ttl", "> 0 seconds", ttl)):
             if not ok:
                 raise ConfigError(f"--conf {key} must be {what}, got {value}")
         gpus = gpus_setting(conf.get("gpus", "0"), device)
         if gpus and train_cfg.batch_size % len(gpus):
             raise ConfigError(f"--conf batch_size {train_cfg.batch_size} is split over {len(gpus)} GPUs "
                               f"(--conf gpus): use a multiple of {len(gpus)}")
+        strategy, classifier = pipeline_setting(conf.get("pipeline"), conf.get("strategy"), conf.get("classifier"))
         return cls(classes=classes, slice_cfg=slice_cfg, model_cfg=model_cfg, train_cfg=train_cfg,
                    preset=conf.get("preset", recipe.preset), device=device, perplexity=perplexity,
                    random_state=_int(conf, "random_state", 0), suggestion_ttl_s=ttl, suggestion_cap=cap,
@@ -117,13 +121,15 @@ class AppSettings:
                                               max_unpacked_bytes=_positive(conf, "max_upload_unpacked_mb", 2048) << 20,
                                               max_voxels=_positive(conf, "max_upload_voxels", 512 * 512 * 1024)),
                    workspace=Path(conf["workspace"]) if conf.get("workspace") else Path(studies) / ".ss_stylegan",
-                   gpus=gpus, study_rule=_study_rule(conf, classes), create_studies=_flag(conf, "create_studies"))
+                   gpus=gpus, study_rule=_study_rule(conf, classes), create_studies=_flag(conf, "create_studies"),
+                   strategy=strategy, classifier=classifier)
 
     def labelling(self) -> LabellingConfig:
         """What the labelling service needs of these settings."""
         return LabellingConfig(classes=tuple(self.classes), slice_cfg=self.slice_cfg, device=self.device,
                                random_state=self.random_state, suggestion_ttl_s=self.suggestion_ttl_s,
-                               suggestion_cap=self.suggestion_cap, study_rule=self.study_rule)
+                               suggestion_cap=self.suggestion_cap, study_rule=self.study_rule,
+                               strategy=self.strategy, classifier=self.classifier)
 
 
 def parse_train_request(body: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 TRAINER = "ss_stylegan"
 CLASSIFIER = "classify"
-STRATEGIES = ("fps", "random")
+STRATEGIES = ("typiclust", "fps", "random", "probcover", "fps_w")
+"""The server's strategies (``GET /info/``'s ``ss_stylegan.pipelines`` describes each): TypiClust in W, the server's
+default since it measured best; the paper's FPS in the t-SNE map; random; ProbCover and FPS in W."""
 _FILENAME_RE = re.compile(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)\"?", re.IGNORECASE)
 
 
@@ -214,11 +216,11 @@ class SSGLClient:
             raise
 
     # -- selection and labels --------------------------------------------------------------------
-    def suggest(self, strategy: str = "fps", count: int = 1, client_id: str | None = None) -> list[Suggestion]:
+    def suggest(self, strategy: str = "typiclust", count: int = 1, client_id: str | None = None) -> list[Suggestion]:
         """Ask for the next slice(s) to label (``POST /activelearning/<strategy>``).
 
         Args:
-            strategy: ``"fps"`` (farthest point sampling) or ``"random"`` (baseline).
+            strategy: one of :data:`STRATEGIES` (``typiclust`` in W, ``fps`` in the map as the paper does, ...).
             count: how many suggestions to return at once (>= 1).
             client_id: who asks; the server keeps each client's pending suggestions apart.
 

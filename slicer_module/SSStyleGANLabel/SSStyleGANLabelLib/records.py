@@ -154,7 +154,7 @@ class Suggestion:
         image: datastore image id; slice: axial slice index (canonical RAS order).
         position: (x, y) in the t-SNE map; world: (R, A, S) centre of the slice in mm, for jumping to it.
         distance: map distance to the nearest labelled / already suggested slice (why it was picked).
-        reason: the server's explanation; strategy: the strategy that picked it (``fps`` / ``random``).
+        reason: the server's explanation; strategy: the strategy that picked it (``typiclust``, ``fps``, ...).
     """
 
     image: str
@@ -302,6 +302,7 @@ class Classification:
         findings: each class other than the background, with its runs of adjacent slices.
         positive: the classes the study is positive for (none: a negative study).
         study_summary: the server's one line, e.g. "lesion in slices 39–48 (10 slices)".
+        classifier: the server's classifier that answered (``nn_map``: 1-NN in the map; or one in W).
     """
 
     image: str
@@ -311,6 +312,7 @@ class Classification:
     findings: tuple[Finding, ...] = ()
     positive: tuple[str, ...] = ()
     study_summary: str = ""
+    classifier: str = "nn_map"
 
     def runs(self) -> list[FindingRun]:
         """Every run of every finding, positive findings first, then by first slice."""
@@ -349,4 +351,5 @@ class Classification:
             findings=tuple(Finding.from_json(f) for f in payload.get("findings") or ()),
             positive=tuple(str(c) for c in payload.get("positive") or ()),
             study_summary=str(payload.get("study_summary") or ""),
+            classifier=str(payload.get("classifier") or "nn_map"),
         )

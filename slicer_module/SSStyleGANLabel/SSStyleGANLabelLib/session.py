@@ -68,11 +68,11 @@ class LabelSession:
     Args:
         client: the server connection.
         user: who labels (stored with every label, and the ``client_id`` for suggestions).
-        strategy: ``"fps"`` (farthest point sampling) or ``"random"``.
+        strategy: one of the server's strategies (``typiclust``, ``fps``, ``random``, ``probcover``, ``fps_w``).
         batch_size: suggestions fetched per server call when the queue runs empty.
     """
 
-    def __init__(self, client: SSGLClient, user: str, strategy: str = "fps", batch_size: int = 1) -> None:
+    def __init__(self, client: SSGLClient, user: str, strategy: str = "typiclust", batch_size: int = 1) -> None:
         if not user or not user.strip():
             raise SessionError("enter a user name: every label is stored with the name of who gave it")
         if batch_size < 1:

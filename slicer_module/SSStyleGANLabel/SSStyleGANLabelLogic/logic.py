@@ -119,7 +119,7 @@ class SSStyleGANLabelLogic:
         return self.session
 
     # -- server and training ---------------------------------------------------------------------
-    def connect(self, url: str, user: str, password: str = "", strategy: str = "fps", batchSize: int = 1,
+    def connect(self, url: str, user: str, password: str = "", strategy: str = "typiclust", batchSize: int = 1,
                 downloadFolder: Optional[str] = None) -> ModelState:
         """Connect (logging in when a password is given), read the model state and mirror the labels."""
         client = SSGLClient(url, username=(user or None) if password else None, password=password or None)
