@@ -19,10 +19,12 @@ from ss_stylegan.selection.fps import FarthestPointSelector
 from ss_stylegan.selection.fps_features import FarthestInFeatures
 from ss_stylegan.selection.probcover import ProbCoverSelector
 from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.selection.feature_space import FeatureSpace
+from ss_stylegan.selection.online import TypiClustIndex
 from ss_stylegan.selection.typiclust import TypiClustSelector
 
 MAP_SELECTIONS = ("fps", "random")
-FEATURE_SELECTIONS = ("fps_w", "typiclust", "probcover")
+FEATURE_SELECTIONS = ("fps_w", "typiclust", "probcover", "typiclust_server")
 ALL_CLASSIFIERS = ("nn_map", *CLASSIFIERS)
 
 
@@ -37,7 +39,8 @@ def selections(points: np.ndarray, features: np.ndarray, ks: Sequence[int], n_cl
     """``(selection, k, labelled indices)`` for every selection and k; cold starts from the same seed.
 
     FPS, fps_w and ProbCover are greedy, so the picks for a smaller k are the first of the largest; TypiClust
-    clusters into as many clusters as labels, so it runs once per k."""
+    clusters into as many clusters as labels, so it runs once per k; the server's TypiClust (``typiclust_server``)
+    picks one at a time, so its first k picks are its answer for k."""
     kmax = max(ks)
     orders = {"fps": [p.index for p in FarthestPointSelector(start=fps_start, random_state=seed).select(
                   points, count=kmax)],
@@ -46,12 +49,24 @@ def selections(points: np.ndarray, features: np.ndarray, ks: Sequence[int], n_cl
         orders["fps_w"] = FarthestInFeatures(random_state=seed, start="random" if fps_start == "random"
                                              else "central").select(features, kmax)
         orders["probcover"] = ProbCoverSelector(n_classes=n_classes, random_state=seed).select(features, kmax)
+        orders["typiclust_server"] = server_typiclust(features, kmax, seed)
     for name, order in orders.items():
         for k in ks:
             yield name, k, np.asarray(order[:k], dtype=np.int64)
     if grid:
         for k in ks:
             yield "typiclust", k, np.asarray(TypiClustSelector(random_state=seed).select(features, k), dtype=np.int64)
+
+
+def server_typiclust(features: np.ndarray, count: int, seed: int) -> list[int]:
+    """TypiClust as the server runs it (:class:`~ss_stylegan.selection.online.TypiClustIndex` over a
+    :class:`~ss_stylegan.selection.feature_space.FeatureSpace`), one pick at a time, each label counted before the
+    next pick: what an annotator labelling the server's suggestions gets."""
+    index = TypiClustIndex(FeatureSpace(features, random_state=seed), random_state=seed)
+    picks: list[int] = []
+    for _ in range(count):
+        picks += [p.index for p in index.select(picks, 1)]
+    return picks
 
 
 MapClassifier = Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
