@@ -116,3 +116,22 @@ def test_resume_refuses_a_different_model_config(tmp_path: Path) -> None:
     train(_slices(), MODEL, cfg, tmp_path, device="cpu", progress_bar=False)
     with pytest.raises(CheckpointError, match="different model configuration"):
         train(_slices(), MODEL.replace(w_dim=16), cfg.replace(steps=2), tmp_path, device="cpu", progress_bar=False)
+
+
+@pytest.mark.parametrize("written_as", ["ss_stylegan.checkpoint/1", "ss_stylegan.model.checkpoint/1"])
+def test_checkpoints_of_every_release_load_and_a_foreign_file_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       written_as: str) -> None:
+    """Checkpoints written before the library moved into subpackages say ``ss_stylegan.checkpoint/1``; those
+    written by the release that moved it, ``ss_stylegan.model.checkpoint/1``. A server upgraded over either
+    workspace must go on with its model."""
+    import ss_stylegan.model.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "FORMAT", written_as)
+    path = save_checkpoint(tmp_path / written_as.split("/")[0], _state(3))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 3
+    monkeypatch.setattr(checkpoint, "FORMAT", "something.else/1")
+    foreign = save_checkpoint(tmp_path / "foreign", _state(4))
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="not an SS-StyleGAN checkpoint"):
+        load_checkpoint(foreign)

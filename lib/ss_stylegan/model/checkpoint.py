@@ -25,7 +25,11 @@ from ss_stylegan.storage.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ss_stylegan.model.checkpoint/1"
+FORMAT = "ss_stylegan.checkpoint/1"
+"""What a checkpoint says it is. A name for the file format, not the module's path: when the library moved into
+subpackages (commit 4522bdb) it was changed with the module's name by mistake, and every earlier checkpoint was
+refused; checkpoints written since then carry that name, which is read too (:data:`READ_FORMATS`)."""
+READ_FORMATS = frozenset({FORMAT, "ss_stylegan.model.checkpoint/1"})
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -111,7 +115,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a bad archive
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READ_FORMATS:
         raise CheckpointError(f"checkpoint {path} is not an SS-StyleGAN checkpoint (format {FORMAT} expected)")
     state["model_version"] = record["model_version"]
     return state
