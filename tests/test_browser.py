@@ -77,6 +77,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory, trained_template: Call
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm_uri}
     with start_server(root / "studies", TINY_CONF, log_path=root / "server.log", env=env,
                       token=issuer.token("tester", expires_in=7200)) as srv:
+        for index, cls in ((0, "normal"), (1, "lesion")):   # a label of each class: classifying answers at once
+            status, body = srv.request("PUT", "/slicelabels/", {"image": "study_02", "slice": index, "class": cls})
+            assert status == 200, body
         yield srv
 
 

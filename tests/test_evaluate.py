@@ -72,8 +72,9 @@ def test_pca_path_on_npz(tmp_path: Path) -> None:
     assert fps8["repeats"] == 2 and fps8["n_scored_mean"] == 96 - 8
     assert fps8["accuracy_mean"] > 0.9   # the lesion is a large, easy pixel-space signal
     # repeats x k x scopes x (the paper's 2 pipelines + 3 classifiers on each of fps / random
-    # + 4 classifiers on each of the 3 selections in the whole embedding)
-    assert len(result["records"]) == 2 * 2 * 2 * (2 + 2 * 3 + 3 * 4)
+    # + 4 classifiers on each of the 4 selections in the whole embedding: fps_w, typiclust, probcover and the
+    # server's typiclust)
+    assert len(result["records"]) == 2 * 2 * 2 * (2 + 2 * 3 + 4 * 4)
     best = result["paired_best"]
     assert best and {r["baseline"] for r in best} == {best[0]["baseline"]}
     assert best[0]["baseline"].startswith("pixel_pca + ") and "own best pipeline" in \
