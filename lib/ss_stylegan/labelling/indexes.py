@@ -186,10 +186,11 @@ class MapIndexes:
     def labelled_rows(self, slice_map: SliceMap, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
                       flags: dict[tuple[str, int], str], removed: np.ndarray) -> dict[int, str]:
         """The map rows with a usable label and their classes (what the 1-NN index holds), for the classifiers
-        in W. Raises :class:`NotReadyError` when there is none."""
+        in W: the same object while those labels are the same (a classifier fitted to it is kept), never changed
+        in place. Raises :class:`NotReadyError` when there is none."""
         with self._nn_lock:
             self._label_index(slice_map, version, labelled, flags, removed)
-            return dict(self._nn.applied)
+            return self._nn.applied
 
     def require_labels(self, slice_map: SliceMap, version: Any, labelled: Callable[[], dict[tuple[str, int], str]],
                        flags: dict[tuple[str, int], str], removed: np.ndarray) -> None:
@@ -216,7 +217,7 @@ class MapIndexes:
                 index.remove_labels(dropped)
             if changed:
                 index.set_labels(list(changed), list(changed.values()))
-            kept, inputs = wanted, _LabelInputs(version, flags, removed)
+            kept, inputs = (kept if wanted == kept else wanted), _LabelInputs(version, flags, removed)
         self._nn = _LabelIndex(weakref.ref(slice_map), index, inputs, kept)
         if index.n_labelled == 0:
             raise NotReadyError(

@@ -5,7 +5,8 @@ The strategies and classifiers in W need a per-map :class:`WholeEmbedding` (the 
 clusterings, ProbCover's balls, FPS in W). :class:`EmbeddingMethods` builds it in a background thread when a map
 appears (:meth:`EmbeddingMethods.prepare`, from the service's ``sync``); a request waits for it at most
 :data:`WAIT_S` seconds, and until it is ready a suggestion comes from FPS in the map (its reason says so).
-Classifier fits are kept per label state: a label changes the next answer, never more than one fit later.
+Classifier fits are kept per label state: a label changes the next answer (after one fit, shared by concurrent
+requests).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class EmbeddingMethods:
         self.random_state = random_state
         self._lock = threading.Lock()
         self._kept: _Kept | None = None
-        self._fits: dict[tuple[Any, ...], FittedClassifier] = {}
+        self._fit: tuple[WholeEmbedding, str, dict[int, str], FittedClassifier] | None = None
+        self._fit_lock = threading.Lock()
 
     def prepare(self, slice_map: SliceMap) -> bool:
         """Start building ``slice_map``'s whole-embedding state unless it exists or is being built."""
@@ -116,7 +118,7 @@ class EmbeddingMethods:
             ref = weakref.ref(slice_map)
             thread = threading.Thread(target=self._build, args=(ref,), daemon=True, name="ss_stylegan-whole-w")
             self._kept = _Kept(ref, thread=thread, started=time.monotonic())
-            self._fits.clear()
+            self._fit = None
             thread.start()
             return True
 
@@ -155,32 +157,33 @@ class EmbeddingMethods:
             return {"state": "failed", "error": kept.error}
         return {"state": "building", "seconds": round(time.monotonic() - kept.started, 1)}
 
-    def fitted(self, whole: WholeEmbedding, method: str, labels: dict[int, int], key: tuple[Any, ...]
+    def fitted(self, whole: WholeEmbedding, method: str, labels: dict[int, str], classes: Sequence[str]
                ) -> FittedClassifier:
-        """``method`` fitted to ``labels`` (map row -> class number), kept while ``key`` (the label state) holds."""
-        full_key = (id(whole), method, *key)
-        fit = self._fits.get(full_key)
-        if fit is None:
+        """``method`` fitted to ``labels`` (map row -> class; the same object while the labels are the same), kept
+        until they change. One fit at a time: concurrent requests after a label wait for that fit and share it."""
+        with self._fit_lock:
+            kept = self._fit
+            if kept is not None and kept[0] is whole and kept[1] == method and kept[2] is labels:
+                return kept[3]
+            number = {c: i for i, c in enumerate(classes)}
             rows = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
-            y = np.fromiter(labels.values(), dtype=np.int64, count=len(labels))
+            y = np.fromiter((number[c] for c in labels.values()), dtype=np.int64, count=len(labels))
             fit = whole.classifiers.fit(method, rows, y, self.n_classes)
-            self._fits = {full_key: fit}   # one label state at a time
-        return fit
+            self._fit = (whole, method, labels, fit)
+            return fit
 
 
 def predict_in_w(methods: EmbeddingMethods, whole: WholeEmbedding, classifier: str, labels: dict[int, str],
-                 classes: Sequence[str], key: tuple[Any, ...], rows: np.ndarray | None = None,
+                 classes: Sequence[str], rows: np.ndarray | None = None,
                  w: np.ndarray | None = None) -> tuple[Prediction, np.ndarray]:
     """A whole-embedding classifier's answer for map ``rows`` (or W vectors ``w`` of a study not in the map), shaped
     as the 1-NN index answers: the prediction (neighbours are map rows) and the labelled classes (its columns).
 
     Args:
-        labels: map row -> class of every usable label.
+        labels: map row -> class of every usable label (:meth:`MapIndexes.labelled_rows`).
         classes: the configured classes (their order numbers the classes).
-        key: the label state the fit is kept for.
     """
-    number = {c: i for i, c in enumerate(classes)}
-    fit = methods.fitted(whole, classifier, {r: number[c] for r, c in labels.items()}, key)
+    fit = methods.fitted(whole, classifier, labels, classes)
     space = whole.space
     x = space.x[rows] if rows is not None else space.transform(np.asarray(w))
     near = None

@@ -275,8 +275,7 @@ class LabellingService:
         if whole is None:
             return (*self.indexes.predict(slice_map, xy, *inputs), "nn_map")
         labels = self.indexes.labelled_rows(slice_map, *inputs)
-        key = (inputs[0], id(inputs[2]), id(inputs[3]))
-        return (*predict_in_w(self.methods, whole, method, labels, self.config.classes, key, rows, w), method)
+        return (*predict_in_w(self.methods, whole, method, labels, self.config.classes, rows, w), method)
 
     def _classify(self, slice_map: SliceMap, image: str | None, xy: np.ndarray, slices: np.ndarray,
                   positions: np.ndarray, n_slices: int | None, rows: np.ndarray | None = None,

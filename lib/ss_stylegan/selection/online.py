@@ -168,6 +168,7 @@ class CoverageIndex:
         self.cover = np.zeros(len(anchors), dtype=np.int32)        # chosen balls covering each anchor
         self.gain = np.diff(self.ptr).astype(np.int64)            # uncovered anchors in each ball
         self.centres: set[int] = set()
+        self.taken = np.zeros(len(anchors), dtype=bool)            # anchors that are chosen slices
         self.rng_seed = random_state
         self.max_neighbours = max_neighbours
         self._balls: dict[int, np.ndarray] = {}
@@ -183,11 +184,23 @@ class CoverageIndex:
         return self._balls[row]
 
     def _apply(self, row: int, sign: int) -> None:
-        for b in self.ball_of(row).tolist():
-            before = self.cover[b]
-            self.cover[b] += sign
-            if (before == 0) != (self.cover[b] == 0):    # b became covered (or uncovered)
-                self.gain[self.holders[self.rptr[b]:self.rptr[b + 1]]] -= sign
+        """Count ``row``'s ball as covering (``sign`` +1) or no longer (-1); the balls holding an anchor that became
+        covered (or uncovered) gain one less (or more). Vectorised over the ball and its holders."""
+        ball = self.ball_of(row)
+        if not len(ball):
+            return
+        before = self.cover[ball] == 0
+        np.add.at(self.cover, ball, sign)
+        changed = ball[before != (self.cover[ball] == 0)]
+        if len(changed):
+            starts, ends = self.rptr[changed], self.rptr[changed + 1]
+            lengths = ends - starts
+            offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+            holders = self.holders[np.arange(lengths.sum()) + offsets]
+            self.gain -= sign * np.bincount(holders, minlength=len(self.gain))
+        anchor = int(self.space.anchor_of[row])
+        if anchor >= 0:
+            self.taken[anchor] = sign > 0
 
     def sync(self, chosen: Sequence[int]) -> None:
         wanted = set(int(r) for r in chosen)
@@ -199,21 +212,19 @@ class CoverageIndex:
 
     def select(self, chosen: Sequence[int], count: int = 1, excluded: np.ndarray | None = None) -> list[OnlinePick]:
         self.sync(chosen)
-        gain = self.gain.astype(np.float64)
-        taken = self.space.anchor_of[np.fromiter(self.centres, dtype=np.int64, count=len(self.centres))]
-        gain[taken[taken >= 0]] = -np.inf
+        blocked = np.zeros(len(self.gain), dtype=bool)
         if excluded is not None and len(excluded):
-            blocked = self.space.anchor_of[excluded]
-            gain[blocked[blocked >= 0]] = -np.inf
+            anchors = self.space.anchor_of[excluded]
+            blocked[anchors[anchors >= 0]] = True
         picks: list[OnlinePick] = []
         rng = np.random.default_rng(self.rng_seed + len(self.centres))
         for _ in range(count):
+            gain = np.where(self.taken | blocked, -1, self.gain)
             a = int(np.argmax(gain)) if len(gain) else -1
-            if a < 0 or gain[a] == -np.inf:
+            if a < 0 or gain[a] < 0:
                 break
-            if gain[a] <= 0:  # every anchor covered: the rest at random, as ProbCover does
-                free = np.flatnonzero(np.isfinite(gain))
-                a = int(rng.choice(free))
+            if gain[a] == 0:  # every anchor covered: the rest at random, as ProbCover does
+                a = int(rng.choice(np.flatnonzero(gain == 0)))
                 reason = "every anchor is covered by a labelled or suggested slice: a random one"
             else:
                 reason = (f"its δ-ball in W (δ = {self.radius:.3g}) covers the most slices not yet covered "
@@ -222,14 +233,6 @@ class CoverageIndex:
             picks.append(OnlinePick(row, reason))
             self._apply(row, +1)
             self.centres.add(row)
-            gain = self.gain.astype(np.float64)
-            for r in self.centres:
-                ar = self.space.anchor_of[r]
-                if ar >= 0:
-                    gain[ar] = -np.inf
-            if excluded is not None and len(excluded):
-                blocked = self.space.anchor_of[excluded]
-                gain[blocked[blocked >= 0]] = -np.inf
         return picks
 
     def n_uncovered(self) -> int:
