@@ -36,7 +36,7 @@ from ss_stylegan.config import derive_seed
 from ss_stylegan.data.cache import find_studies
 from ss_stylegan.data.synthetic import make_synthetic_datastore, make_synthetic_study
 from ss_stylegan.maps.slice_map import MapVersion, SliceMap
-from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.selection.random_pick import random_free
 from ss_stylegan.storage.atomic import atomic_write_text
 from ss_stylegan.workspace import Workspace
 
@@ -480,8 +480,7 @@ def test_random_suggestions_follow_random_state(server: RunningServer) -> None:
     for call in range(2):
         status, ans = server.request("POST", "/activelearning/random", {"count": 3, "client_id": "grace"})
         assert status == 200, ans
-        picks = RandomSelector(random_state=derive_seed(seed, call)).select(xy, labelled=labelled, count=3,
-                                                                           exclude=gone)
+        picks = random_free(xy, np.asarray(labelled), np.asarray(gone, dtype=np.int64), 3, derive_seed(seed, call))
         assert [(s["id"], s["slice"]) for s in ans["suggestions"]] == \
             [(pts["image"][p.index], pts["slice"][p.index]) for p in picks]
     for s in ans["suggestions"]:  # grace labels what she was given (frees her reservations)

@@ -124,3 +124,18 @@ def test_pipeline_settings_and_what_info_lists() -> None:
     assert list(info["strategies"]) == list(STRATEGIES) and list(info["classifiers"]) == list(CLASSIFIERS)
     assert info["strategies"]["fps"]["route"] == "/activelearning/fps" and info["strategies"]["fps"]["space"] == "map"
     assert info["pipelines"]["paper"] == {"strategy": "fps", "classifier": "nn_map"}
+
+
+def test_random_picks_for_a_server_avoid_taken_and_excluded_rows_and_repeat_from_their_seed() -> None:
+    from ss_stylegan.selection.random_pick import random_free
+
+    points = np.random.default_rng(0).normal(size=(1000, 2))
+    taken, excluded = np.arange(0, 1000, 2), np.arange(1, 200, 2)        # every even row, and 100 odd ones
+    picks = random_free(points, taken, excluded, 50, random_state=3)
+    rows = [p.index for p in picks]
+    assert len(set(rows)) == 50 and all(r % 2 == 1 and r >= 200 for r in rows)
+    assert rows == [p.index for p in random_free(points, taken, excluded, 50, random_state=3)]
+    nearest = np.sqrt(((points[taken] - points[rows[0]]) ** 2).sum(axis=1)).min()
+    assert picks[0].distance == pytest.approx(nearest) and picks[0].reason == "random pick (baseline)"
+    almost = np.setdiff1d(np.arange(1000), [997, 999])                     # two free rows left: found anyway
+    assert sorted(p.index for p in random_free(points, almost, np.zeros(0, np.int64), 5, 1)) == [997, 999]

@@ -68,7 +68,7 @@ from ss_stylegan.labelling.results import (
 from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.labelling.validation import FieldError, identifier, integer, text
 from ss_stylegan.maps.slice_map import SliceMap
-from ss_stylegan.selection.random_pick import RandomSelector
+from ss_stylegan.selection.random_pick import random_free
 from ss_stylegan.storage.faults import space_report
 from ss_stylegan.workspace import Workspace
 
@@ -229,9 +229,9 @@ class LabellingService:
             elif index is not None:
                 picks = index.select(labelled=labelled, pending=reserved, count=count, exclude=removed)
             else:  # a new draw per call, repeatable from the random state
-                selector = RandomSelector(random_state=derive_seed(self.config.random_state, next(self._random_calls)))
-                picks = selector.select(slice_map.xy, labelled=labelled, pending=reserved, count=count,
-                                        exclude=removed)
+                picks = random_free(slice_map.xy, np.asarray([*labelled, *reserved], dtype=np.int64),
+                                    np.unique(removed) if len(removed) else removed, count,
+                                    derive_seed(self.config.random_state, next(self._random_calls)))
             keys = [(str(slice_map.image_ids[p.index]), int(slice_map.slices[p.index])) for p in picks]
             self.pending.reserve(client, keys, owner)
         message = ""
