@@ -107,6 +107,7 @@ class EmbeddingMethods:
         self._lock = threading.Lock()
         self._kept: _Kept | None = None
         self._fit: tuple[WholeEmbedding, str, dict[int, str], FittedClassifier] | None = None
+        self.map_answer: tuple[FittedClassifier, Any, Any] | None = None   # the whole map's last answer, per fit
         self._fit_lock = threading.Lock()
 
     def prepare(self, slice_map: SliceMap) -> bool:
@@ -118,7 +119,7 @@ class EmbeddingMethods:
             ref = weakref.ref(slice_map)
             thread = threading.Thread(target=self._build, args=(ref,), daemon=True, name="ss_stylegan-whole-w")
             self._kept = _Kept(ref, thread=thread, started=time.monotonic())
-            self._fit = None
+            self._fit = self.map_answer = None
             thread.start()
             return True
 
@@ -184,6 +185,12 @@ def predict_in_w(methods: EmbeddingMethods, whole: WholeEmbedding, classifier: s
         classes: the configured classes (their order numbers the classes).
     """
     fit = methods.fitted(whole, classifier, labels, classes)
+    whole_map = rows is not None and len(rows) > 50_000
+    if whole_map:   # the map's every slice (GET /slicemap/): seconds at a million slices, kept per fit
+        key = (len(rows), hash(np.asarray(rows).tobytes()))
+        kept = methods.map_answer
+        if kept is not None and kept[0] is fit and kept[1] == key:
+            return kept[2]
     space = whole.space
     x = space.x[rows] if rows is not None else space.transform(np.asarray(w))
     near = None
@@ -195,9 +202,12 @@ def predict_in_w(methods: EmbeddingMethods, whole: WholeEmbedding, classifier: s
     index = np.argmax(scores, axis=1)
     names = np.asarray([classes[i] for i in present], dtype=object)
     neighbour, distance = whole.classifiers.nearest_labelled(fit, x)
-    return Prediction(labels=names[index], class_index=index, scores=scores,
-                      score=scores[np.arange(len(index)), index], neighbour=neighbour,
-                      distance=distance.astype(np.float64)), names
+    answer = (Prediction(labels=names[index], class_index=index, scores=scores,
+                         score=scores[np.arange(len(index)), index], neighbour=neighbour,
+                         distance=distance.astype(np.float64)), names)
+    if whole_map:
+        methods.map_answer = (fit, key, answer)
+    return answer
 
 
 def pipeline_setting(pipeline: str | None, strategy: str | None, classifier: str | None) -> tuple[str, str]:
