@@ -37,7 +37,7 @@ quiet() {
 }
 noise() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
 echo "setup_env: [1/4] installing what $VENV needs for $WHAT ($(basename "$REQUIREMENTS")); on a fresh machine" \
-     "about 2 minutes and 3.3 GB, 4.1 GB with the tests' packages"
+     "about 2 minutes and 3.3 GB, 4.3 GB with the tests' packages"
 "${PIP[@]}" install --progress-bar off -r "$REQUIREMENTS" 2> >(noise) | quiet
 echo "setup_env: [2/4] monailabel 0.8.5 (without its optional extras)"
 "${PIP[@]}" install -q --no-deps "monailabel==0.8.5" 2> >(noise)
