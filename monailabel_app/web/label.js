@@ -23,7 +23,6 @@ export class Labeller {
     this.studyOfLabels = null;
     this.imageUrl = null;
     this.loadToken = 0;
-    this.done = false;
   }
 
   init() {
