@@ -29,10 +29,13 @@ here, never asserted in tests.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,22 +138,56 @@ def label_slices(server: RunningServer, n_slices: int, n_labels: int) -> None:
         list(pool.map(put, range(n_labels)))
 
 
-def annotators(server: RunningServer, rounds: int, think_s: float, strategy: str = "fps") -> list[float]:
+class Client:
+    """One annotator's HTTP client: one kept connection (``keep_alive``, as a browser holds one) or a new connection
+    per request (as ``urllib`` makes); each answer's ``Server-Timing`` is kept beside the client's own time."""
+
+    def __init__(self, server: RunningServer, keep_alive: bool) -> None:
+        parts = urllib.parse.urlsplit(server.url)
+        self.host, self.port, self.keep_alive = parts.hostname, parts.port, keep_alive
+        self.headers = {"Accept": "application/json", "Content-Type": "application/json", **server.headers()}
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: dict) -> tuple[int, dict, float, dict[str, float]]:
+        """``(status, answer, client ms, {"app": ms, "handler": ms} as the server timed them)``."""
+        t0 = time.perf_counter()
+        if self.conn is None or not self.keep_alive:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.conn.request(method, path, body=json.dumps(body), headers=self.headers)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        timing = {}
+        for item in ",".join(resp.headers.get_all("server-timing") or []).split(","):
+            name, _, dur = item.strip().partition(";dur=")
+            if dur:
+                timing[name] = float(dur)
+        if not self.keep_alive:
+            self.conn.close()
+        return resp.status, json.loads(raw), elapsed, timing
+
+
+def annotators(server: RunningServer, rounds: int, think_s: float, strategy: str = "fps",
+               keep_alive: bool = False) -> dict[str, list[float]]:
     """16 annotators at work: each asks for a suggestion, labels it, looks at the next slice for a random 0 to
-    ``2 * think_s`` seconds, and asks again (staggered starts); the latencies of the suggestion requests."""
-    latencies: list[float] = []
+    ``2 * think_s`` seconds, and asks again (staggered starts). The suggestion requests' latencies as the client saw
+    them (``client``), as the server's ASGI app spent on them (``app``: from having the request to the answer's
+    first byte) and in the route's handler (``handler``: the strategy's own work and the labels it reads)."""
+    seen: dict[str, list[float]] = {"client": [], "app": [], "handler": []}
 
     def annotator(c: int) -> None:
         rng = np.random.default_rng(100 + c)
+        client = Client(server, keep_alive)
         time.sleep(rng.uniform(0, 2 * think_s))
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            status, body = server.request("POST", f"/activelearning/{strategy}",
-                                          {"count": 1, "client_id": f"annotator{c}"})
-            latencies.append((time.perf_counter() - t0) * 1000.0)
+            status, body, ms, timing = client.request("POST", f"/activelearning/{strategy}",
+                                                      {"count": 1, "client_id": f"annotator{c}"})
             assert status == 200, body
+            seen["client"].append(ms)
+            for name in ("app", "handler"):
+                seen[name].append(timing.get(name, float("nan")))
             if body.get("id") is not None:
-                status, answer = server.request("PUT", "/slicelabels/", {
+                status, answer, _, _ = client.request("PUT", "/slicelabels/", {
                     "image": body["id"], "slice": body["slice"], "class": "lesion" if rng.random() < 0.5 else "normal",
                     "user": f"annotator{c}"})
                 assert status == 200, answer
@@ -158,11 +195,13 @@ def annotators(server: RunningServer, rounds: int, think_s: float, strategy: str
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(annotator, range(16)))
-    return latencies
+    return seen
 
 
 def tails(ms: list[float]) -> str:
-    ms = sorted(ms)
+    ms = sorted(m for m in ms if m == m)   # NaN: the answer had no such timing
+    if not ms:
+        return "(not timed)"
 
     def q(p: float) -> float:
         return ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]
@@ -254,8 +293,14 @@ def first_server(server: RunningServer, n_slices: int, n_calls: int, n_labels: i
         one = lambda c, i: {"count": 1, "client_id": f"client{c}"}  # noqa: E731
         print(f"{strategy:9s} first {first:.0f} ms;  1 client  " + tails(measure(server, "POST", path, one, n_calls, 1)))
         print(f"{strategy:9s} 16 clients back to back  " + tails(measure(server, "POST", path, one, n_calls, 16)))
-        print(f"{strategy:9s} 16 annotators (label each suggestion, then 0-{2 * think_s:g} s before the next)  "
-              + tails(annotators(server, rounds, think_s, strategy)))
+        for keep_alive in (False, True):
+            seen = annotators(server, rounds, think_s, strategy, keep_alive)
+            how = "one kept connection each" if keep_alive else "a new connection per request"
+            print(f"{strategy:9s} 16 annotators ({how}; label each suggestion, then 0-{2 * think_s:g} s before the "
+                  f"next)\n{'':12s}client  {tails(seen['client'])}\n{'':12s}server  {tails(seen['app'])}\n"
+                  f"{'':12s}handler {tails(seen['handler'])}")
+            for i in range(16):
+                server.request("DELETE", f"/activelearning/pending?client_id=annotator{i}")
         for c in ["warmup", *(f"client{i}" for i in range(16)), *(f"annotator{i}" for i in range(16))]:
             server.request("DELETE", f"/activelearning/pending?client_id={c}")
     print("info      1 client   " + tails(measure(server, "GET", "/info/", lambda c, i: {}, 20, 1)))

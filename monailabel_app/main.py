@@ -49,6 +49,7 @@ import lib.handlers  # noqa: F401
 import lib.infers.classify  # noqa: F401
 import lib.label_counts  # noqa: F401
 import lib.routes  # noqa: F401
+import lib.timing  # noqa: F401
 import lib.train_control  # noqa: F401
 import lib.trainers.ss_stylegan  # noqa: F401
 import lib.uploads  # noqa: F401
@@ -64,6 +65,7 @@ from lib.handlers import Handlers
 from lib.infers.classify import SliceClassifier
 from lib.label_counts import LabelCountMirror
 from lib.routes import build_router
+from lib.timing import ServerTimingMiddleware
 from lib.train_control import TrainControl
 from lib.trainers.ss_stylegan import SSStyleGANTrainer
 from lib.web import build_web_router
@@ -205,10 +207,12 @@ class SSStyleGANLabelApp(MONAILabelApp):
 def install(app: FastAPI, *routers: APIRouter) -> None:
     """Put the routes of ``routers`` (in order) ahead of MONAI Label's, so their paths take precedence, and
     answer a file-system error of any route (MONAI Label's own too) with the app's JSON error: 507 when the
-    disk is full, else 503 (:func:`lib.errors.storage_answer`), instead of a plain-text 500."""
+    disk is full, else 503 (:func:`lib.errors.storage_answer`), instead of a plain-text 500. Every answer says
+    how long the server spent on it (``Server-Timing``, :mod:`lib.timing`)."""
     app.add_exception_handler(OSError, _storage_fault)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.middleware_stack = None  # the running server builds its middleware again, with the handler, at once
+    app.add_middleware(ServerTimingMiddleware)  # Server-Timing: app;dur=<ms> on every answer
     before = len(app.router.routes)
     for router in routers:
         app.include_router(router)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -83,6 +85,28 @@ def test_every_strategy_has_its_route_and_says_why(default_server: RunningServer
     assert not mine & {(s["id"], s["slice"]) for s in other["suggestions"]}   # reserved slices count as chosen
     for name in (client, client + "-b"):
         default_server.request("DELETE", f"/activelearning/pending?client_id={name}")
+
+
+def test_answers_say_how_long_the_server_spent_on_them(default_server: RunningServer) -> None:
+    """``Server-Timing`` (what ``benchmarks/bench_server.py`` reads to tell the server's time from the way to it):
+    the app's time on every answer, errors too, and the handler's own time, within it, on a suggestion."""
+    def timings(req: urllib.request.Request) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                values = resp.headers.get_all("server-timing")
+        except urllib.error.HTTPError as err:
+            values = err.headers.get_all("server-timing")
+        pairs = [item.strip().split(";dur=") for item in ",".join(values or []).split(",") if item.strip()]
+        return {name: float(ms) for name, ms in pairs}
+
+    headers = {"Content-Type": "application/json", **default_server.headers()}
+    suggest = timings(urllib.request.Request(default_server.url + "/activelearning/random", method="POST",
+                                             data=b'{"client_id": "timed"}', headers=headers))
+    assert set(suggest) == {"app", "handler"} and 0 < suggest["handler"] <= suggest["app"], suggest
+    refused = timings(urllib.request.Request(default_server.url + "/activelearning/nonsense", method="POST",
+                                             data=b"{}", headers=headers))
+    assert set(refused) == {"app"} and refused["app"] > 0, refused
+    default_server.request("DELETE", "/activelearning/pending?client_id=timed")
 
 
 def test_a_classification_names_its_classifier_and_label_state(default_server: RunningServer) -> None:

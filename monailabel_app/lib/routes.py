@@ -37,6 +37,7 @@ from lib.auth import ANNOTATE, RBAC, READ, TRAIN, User, labeller, owner_of
 from lib.configs.settings import parse_train_request
 from lib.errors import http_errors, redacted
 from lib.handlers import Handlers
+from lib.timing import HandlerTimer
 from lib.train_control import TrainControl
 from lib.uploads import bounded_route
 
@@ -172,8 +173,9 @@ def _add_training_routes(router: APIRouter, handlers: Handlers, control: TrainCo
 
 
 def _suggest_route(handlers: Handlers, strategy: str) -> Any:
-    def suggest(user: User = Depends(RBAC(ANNOTATE)), body: dict[str, Any] = Depends(json_body)) -> dict[str, Any]:
-        with http_errors():
+    def suggest(response: Response, user: User = Depends(RBAC(ANNOTATE)),
+                body: dict[str, Any] = Depends(json_body)) -> dict[str, Any]:
+        with http_errors(), HandlerTimer(response):
             return handlers.suggest(strategy, body, owner=lambda client_id: owner_of(user, client_id))
 
     suggest.__name__ = f"suggest_{strategy}"
