@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +39,7 @@ class Labelled:
         self.store.set(image, slice_index, class_name, "tester", study=self.fingerprints.fingerprint(study.path))
 
     def flags_now(self) -> dict[tuple[str, int], str]:
-        self.flags._flags = self.flags._flags._replace(swept_at=0.0)   # the next call sweeps (not after FLAGS_TTL_S)
-        return self.flags.flags()
+        return self.flags.sweep()   # every labelled study looked at now (not in the background after FLAGS_TTL_S)
 
 
 def test_labels_of_unchanged_studies_are_not_flagged(trained_studies: Callable[..., Path]) -> None:
@@ -83,6 +83,26 @@ def test_a_rewritten_study_flags_its_labels_and_a_touch_does_not(trained_studies
     assert set(flags) == {("study_01", 5)}
     stack.label("study_01", 5)                                             # confirmed on the new file
     assert stack.flags_now() == {}
+
+
+def test_a_study_rewritten_in_place_is_found_by_a_background_sweep_not_by_the_request(
+        trained_studies: Callable[..., Path]) -> None:
+    """A request that finds the sweep due answers with the flags it has and starts the sweep in a thread (a
+    sweep stats, and may read or hash, every labelled study: tens of ms at thousands of studies, which every
+    annotator behind the request would wait for); the sweep's finding is in the answers soon after."""
+    studies = trained_studies()
+    stack = Labelled(studies)
+    stack.label("study_00", 5)
+    stack.label("study_01", 5)
+    assert stack.flags_now() == {}
+    shutil.copy(studies / "study_02.nii.gz", studies / "study_01.nii.gz")  # same name, another scan
+    stack.flags._flags = stack.flags._flags._replace(swept_at=0.0)          # a sweep is due
+    assert stack.flags.flags() == {}                                        # answered at once, as it was
+    deadline = time.monotonic() + 30
+    while not stack.flags.flags() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(stack.flags.flags()) == {("study_01", 5)}
+    assert stack.flags.usable() == {("study_00", 5): "lesion"}
 
 
 def test_an_unreadable_study_flags_its_labels_with_the_reason(trained_studies: Callable[..., Path]) -> None:

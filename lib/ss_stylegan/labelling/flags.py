@@ -8,6 +8,7 @@ and left out of suggestions and classification, never moved or dropped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -22,7 +23,9 @@ from ss_stylegan.labelling.live_map import LiveSliceMap
 from ss_stylegan.labelling.studies import StudyIndex
 from ss_stylegan.maps.slice_map import SliceMap
 
-FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change, else at most this often
+log = logging.getLogger(__name__)
+
+FLAGS_TTL_S = 1.0  # flags are recomputed when labels or the map change; studies swept at most this often
 
 
 class _Depth(NamedTuple):
@@ -60,6 +63,9 @@ class LabelFlags:
         self._image_flags: dict[str, _ImageFlags] = {}  # per image: its flags and what they depend on
         self._relabelled: set[str] = set()  # images whose labels changed since flags() last looked
         self._relabelled_lock = threading.Lock()
+        self._state_lock = threading.RLock()  # the flags and per-image judgements; not held while files are swept
+        self._sweeping = False
+        self._usable: tuple[int, dict[tuple[str, int], str], dict[tuple[str, int], str]] | None = None
 
     def depth_of(self, image_id: str, slice_map: SliceMap | None = None) -> int | None:
         """Number of slices of a study now (None when the folder has no such study).
@@ -118,22 +124,26 @@ class LabelFlags:
             self._relabelled.add(image_id)
 
     def flags(self) -> dict[tuple[str, int], str]:
-        """``{(image, slice): why the label no longer fits}`` for every flagged label.
+        """``{(image, slice): why the label no longer fits}`` for every flagged label (do not modify).
 
-        Every study with labels is judged again when the map or the folder's studies change, and at most every
-        ``FLAGS_TTL_S`` otherwise (a study file changed in place); a study whose labels, file stamp, map and
-        folder are unchanged since it was last judged keeps its flags, at the cost of one ``stat``. Between
-        those sweeps, a label change judges again only the studies whose labels changed, so it costs no more
-        with thousands of labelled studies.
+        Every study with labels is judged again at once when the map or the folder's studies change. A label
+        change judges again only the studies whose labels changed, so it costs no more with thousands of labelled
+        studies. A study file changed in place (same name, same folder listing) is found by a sweep that looks
+        at every labelled study's stamp (and reads or hashes the ones that changed): it runs in a background
+        thread at most every ``FLAGS_TTL_S``, never on the request that finds it due, since at a few thousand
+        labelled studies it takes tens of milliseconds and the request would make every annotator behind it wait.
         """
         assert self.labels is not None, "LabelFlags.labels is set by the labelling service"
         slice_map = self.maps.current()
         # the listing object changes only when the studies do (not when MONAI Label rewrites its state file)
         scene = (id(slice_map), self.maps.changed, self.studies.by_id())
         key = (self.labels.version, *scene)
-        cached_key, at, flags = self._flags
-        now = time.monotonic()
-        if cached_key is not None and cached_key[1:] == scene and now - at < FLAGS_TTL_S:  # (store version, *scene)
+        with self._state_lock:
+            cached_key, at, flags = self._flags
+            if cached_key is None or cached_key[1:] != scene:
+                return self._sweep(slice_map, scene, key)
+            if time.monotonic() - at >= FLAGS_TTL_S:
+                self._sweep_in_background()
             if cached_key == key:
                 return flags
             relabelled = self._take_relabelled()
@@ -143,47 +153,111 @@ class LabelFlags:
                 flags.update(self._judge(image_id, records, slice_map, scene).flags)
             self._flags = _AllFlags(key, at, flags)  # the time of the last sweep: the next one is still due at `at + TTL`
             return flags
+
+    def sweep(self) -> dict[tuple[str, int], str]:
+        """Look at every labelled study now (what the background sweep does), and return the flags."""
+        self._sweep_files()
+        return self.flags()
+
+    def usable(self) -> dict[tuple[str, int], str]:
+        """``{(image, slice): class}`` of every label that is not flagged (kept per label state and flags: do not
+        modify)."""
+        assert self.labels is not None
+        flags = self.flags()
+        version = self.labels.version   # read before the labels: a cached answer is never older than its key
+        cached = self._usable
+        if cached is not None and cached[0] == version and cached[1] is flags:
+            return cached[2]
+        usable = {k: c for k, c in self.labels.labelled_keys().items() if k not in flags}
+        self._usable = (version, flags, usable)
+        return usable
+
+    def _sweep(self, slice_map: SliceMap | None, scene: tuple[Any, ...], key: tuple[Any, ...]
+               ) -> dict[tuple[str, int], str]:
+        """Judge every labelled study (those whose signature is unchanged keep their flags). Caller holds
+        ``_state_lock``."""
         self._take_relabelled()
         flags = {}
         kept, judged = self._image_flags, {}
         for image_id in self.labels.images():
             records = self.labels.records(image_id)
             previous = kept.get(image_id)
-            if previous is not None and previous.signature == self._signature(image_id, records, scene):
-                judged[image_id] = previous
-            else:
-                judged[image_id] = self._judge(image_id, records, slice_map, scene)
+            signature = self._signature(image_id, records, scene)
+            judged[image_id] = previous if previous is not None and previous.signature == signature \
+                else self._judged(image_id, records, slice_map, signature)
             flags.update(judged[image_id].flags)
         self._image_flags = judged
-        self._flags = _AllFlags(key, now, flags)
+        self._flags = _AllFlags(key, time.monotonic(), flags)
         return flags
 
-    def usable(self) -> dict[tuple[str, int], str]:
-        """``{(image, slice): class}`` of every label that is not flagged."""
-        assert self.labels is not None
-        flags = self.flags()
-        return {k: c for k, c in self.labels.labelled_keys().items() if k not in flags}
+    def _sweep_in_background(self) -> None:
+        """Start :meth:`_sweep_files` in a thread unless one runs. Caller holds ``_state_lock``."""
+        if self._sweeping:
+            return
+        self._sweeping = True
+        threading.Thread(target=self._background_sweep, name="ss_stylegan-flags", daemon=True).start()
+
+    def _background_sweep(self) -> None:
+        try:
+            self._sweep_files()
+        except Exception:  # noqa: BLE001  (a sweep must not end the server; the next one tries again)
+            log.exception("looking at the labelled studies failed; their flags are kept as they were")
+        finally:
+            self._sweeping = False
+
+    def _sweep_files(self) -> None:
+        """Judge again every labelled study whose file stamp (or anything else its flags depend on) changed, outside
+        the state lock, then put in the new judgements of studies whose labels did not change meanwhile (a label
+        change is judged by the request that sees it)."""
+        slice_map = self.maps.current()
+        scene = (id(slice_map), self.maps.changed, self.studies.by_id())
+        changed = {}
+        for image_id in self.labels.images():
+            records = self.labels.records(image_id)
+            previous = self._image_flags.get(image_id)
+            signature = self._signature(image_id, records, scene)
+            if previous is None or previous.signature != signature:
+                changed[image_id] = self._judged(image_id, records, slice_map, signature)
+        with self._state_lock:
+            cached_key, _, flags = self._flags
+            if cached_key is None or cached_key[1:] != scene:
+                return   # the map or the studies changed meanwhile: the next call judges every study again
+            for image_id, judged in changed.items():
+                if _labels_part(self.labels.records(image_id)) != judged.signature[2]:
+                    continue   # relabelled meanwhile: judged (or about to be) by the request that sees it
+                flags = {k: v for k, v in flags.items() if k[0] != image_id}
+                flags.update(judged.flags)
+                self._image_flags[image_id] = judged
+            self._flags = _AllFlags(cached_key, time.monotonic(), flags)
 
     def _signature(self, image_id: str, records: list[dict[str, Any]], scene: tuple[Any, ...]) -> tuple[Any, ...]:
         """What an image's flags depend on: the map and the studies being re-read (``scene`` without the
         folder's listing), the study's file and its stamp (None when the study is gone), and its labels."""
         study = self.studies.study(image_id)
-        return (scene[:2], None if study is None else (study.path, study_stamp(study.path)),
-                [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records])
+        return (scene[:2], None if study is None else (study.path, study_stamp(study.path)), _labels_part(records))
 
     def _judge(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
                scene: tuple[Any, ...]) -> _ImageFlags:
-        """One image's labels judged against its study now (kept for the next sweep)."""
-        signature = self._signature(image_id, records, scene)
-        state = self.study_state(image_id, records, slice_map)
-        judged = _ImageFlags(signature, {(image_id, r["slice"]): why for r in records if (why := flag_of(r, state))})
+        """One image's labels judged against its study now (kept for the next sweep). Caller holds
+        ``_state_lock``."""
+        judged = self._judged(image_id, records, slice_map, self._signature(image_id, records, scene))
         self._image_flags[image_id] = judged
         return judged
+
+    def _judged(self, image_id: str, records: list[dict[str, Any]], slice_map: SliceMap | None,
+                signature: tuple[Any, ...]) -> _ImageFlags:
+        state = self.study_state(image_id, records, slice_map)
+        return _ImageFlags(signature, {(image_id, r["slice"]): why for r in records if (why := flag_of(r, state))})
 
     def _take_relabelled(self) -> set[str]:
         with self._relabelled_lock:
             taken, self._relabelled = self._relabelled, set()
         return taken
+
+
+def _labels_part(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What of an image's label records its flags depend on."""
+    return [(r["slice"], r["class"], r["timestamp"], r.get("study")) for r in records]
 
 
 @dataclasses.dataclass(frozen=True)

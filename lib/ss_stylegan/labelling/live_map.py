@@ -72,6 +72,7 @@ class _Loaded(NamedTuple):
 class _RowsFor(NamedTuple):
     key: Any
     rows: np.ndarray
+    studies: Any = None   # the folder listing's {image id: study} the rows were found with
 
 
 class _Difference(NamedTuple):
@@ -387,16 +388,16 @@ class LiveSliceMap:
     def removed_rows(self, slice_map: SliceMap) -> np.ndarray:
         """Rows of the map whose image has left the studies folder or changed on disk (never suggested),
         cached per map (model version, size and the stamp it was loaded with), studies and changed set."""
-        studies = frozenset(self.studies.by_id())
+        by_id = self.studies.by_id()   # the same object while the studies are (no set of every id per request)
         loaded = self._current
         changed = self.changed
         stamp = loaded.stamp if loaded.slice_map is slice_map else None
-        key = (slice_map.model_version, len(slice_map), stamp, studies, changed)
+        key = (slice_map.model_version, len(slice_map), stamp, id(by_id), changed)
         cached = self._gone
-        if stamp is None or cached.key != key:
-            gone = (slice_map.image_set() - studies) | (slice_map.image_set() & changed)
+        if stamp is None or cached.key != key or cached.studies is not by_id:
+            gone = (slice_map.image_set() - by_id.keys()) | (slice_map.image_set() & changed)
             rows = np.concatenate([slice_map.rows_of(i) for i in gone]) if gone else np.zeros(0, dtype=np.int64)
-            cached = _RowsFor(key, rows)
+            cached = _RowsFor(key, rows, by_id)
             if stamp is not None:
                 self._gone = cached
         return cached.rows
