@@ -72,12 +72,21 @@ class StudyIndex:
 
     def _list(self, stamp: int, names: frozenset[str]) -> _Listing:
         """List the folder now. Caller holds ``_lock``."""
-        self._names, self._listed_at = names, time.monotonic()
+        listed_at = time.monotonic()
+        return self._install(stamp, names, listed_at, *self._read())
+
+    def _read(self) -> tuple[list[Study], list[str]]:
+        """The folder's studies and the files that are not studies (examines every entry: no lock needed)."""
         ignored = [
             e.name for e in sorted(self.folder.iterdir(), key=lambda p: p.name)
             if not (e.name.startswith(".") or e.name in IGNORED_NAMES or e.is_dir() or is_volume_file(e))
         ]
-        studies = find_studies(self.folder)
+        return find_studies(self.folder), ignored
+
+    def _install(self, stamp: int, names: frozenset[str], listed_at: float, studies: list[Study],
+                 ignored: list[str]) -> _Listing:
+        """Make a listing the current one. Caller holds ``_lock``."""
+        self._names, self._listed_at = names, listed_at
         previous = self._cache
         if previous.studies == studies and previous.ignored == ignored:  # unchanged: keep the objects (keyed on)
             self._cache = previous._replace(stamp=stamp)
@@ -86,12 +95,18 @@ class StudyIndex:
         return self._cache
 
     def _relist(self) -> None:
+        """The background listing: the folder is examined without the lock (thousands of entries take tens of
+        milliseconds, and every request's :meth:`_scan` takes the lock when the folder's stamp moves, as it does at
+        every label while MONAI Label rewrites its state file there); the result is put in under the lock unless a
+        request listed the folder since this one began."""
         try:
+            started = time.monotonic()
+            stamp = self.folder.stat().st_mtime_ns
+            names = frozenset(n for n in os.listdir(self.folder) if not n.startswith(".") and n not in IGNORED_NAMES)
+            studies, ignored = self._read()
             with self._lock:
-                stamp = self.folder.stat().st_mtime_ns
-                names = frozenset(n for n in os.listdir(self.folder)
-                                  if not n.startswith(".") and n not in IGNORED_NAMES)
-                self._list(stamp, names)
+                if self._listed_at <= started:
+                    self._install(stamp, names, started, studies, ignored)
         except OSError:
             pass  # the folder is unreadable now; the next request reports it
         finally:
