@@ -114,7 +114,8 @@ def run(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, w_files: lis
                 record("W: typiclust + 1-NN in W's map (the grid's best)", k, lw, nn(maps["W"], lw))
                 record("W: typiclust + 1-NN in the pixel map", k, lw, nn(maps["P"], lw))
                 record("W: typiclust + 1-NN in both maps side by side (4-D)", k, lw, nn(side_by_side, lw))
-                record("W: typiclust + both maps' 1-NN votes", k, lw, nn(maps["W"], lw) + nn(maps["P"], lw))
+                in_w = nn(maps["W"], lw)   # a tie between the two maps goes to W's map
+                record("W: typiclust + both maps' 1-NN votes", k, lw, 1.001 * in_w + nn(maps["P"], lw))
                 record("W: typiclust + 3-NN in W's map", k, lw, knn_scores(maps["W"], labels, lw, n_classes, 3))
                 logistic = classify_features(fw, lw, labels[lw], n_classes, "logistic", random_state=r).scores
                 record("W: typiclust + (1-NN in W's map + logistic on W)", k, lw, nn(maps["W"], lw) + logistic)
