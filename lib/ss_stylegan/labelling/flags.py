@@ -200,8 +200,10 @@ class LabelFlags:
     def _background_sweep(self) -> None:
         try:
             self._sweep_files()
-        except Exception:  # noqa: BLE001  (a sweep must not end the server; the next one tries again)
+        except Exception:  # noqa: BLE001  (a sweep must not end the server; the next one tries after FLAGS_TTL_S)
             log.exception("looking at the labelled studies failed; their flags are kept as they were")
+            with self._state_lock:   # not a new thread per request while it keeps failing
+                self._flags = self._flags._replace(swept_at=time.monotonic())
         finally:
             self._sweeping = False
 
