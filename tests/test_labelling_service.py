@@ -189,3 +189,29 @@ def test_the_suggestion_index_of_a_new_map_is_built_in_the_background(service: L
     assert svc.indexes._fps[0]() is svc.slice_map() and svc.indexes._fps[1] is not built
     want = expected_fps(svc, "b", 2)
     assert [(s.image, s.slice) for s in svc.suggest("fps", count=2, client_id="b").picks] == want
+
+
+def test_the_state_in_w_is_built_only_once_something_in_w_is_asked_for(tmp_path: Path) -> None:
+    """With the paper's pipeline (FPS and 1-NN in the map) a new map does not cost its state in W (seconds of
+    background work per map version at a million slices) until a request asks for a strategy in W; from then on,
+    every new map's state is built at once."""
+    write_map(tmp_path / "studies", 0, "v1")
+    config = LabellingConfig(classes=("normal", "lesion"), slice_cfg=SliceConfig(resolution=32), strategy="fps",
+                             classifier="nn_map")
+    svc = LabellingService(config, tmp_path / "studies", Workspace(tmp_path / "studies" / ".ss_stylegan"),
+                           training_running=lambda: False)
+    svc.labels.open_for_writing()
+    svc.sync()
+    svc.maps.wait_refresh()
+    svc.set_label("img_01", 5, "normal")
+    svc.set_label("img_02", 7, "lesion")
+    svc.suggest("fps", client_id="a")
+    svc.classify_image("img_04")
+    assert not svc.uses_w() and svc.methods.status(svc.slice_map())["state"] == "not started"
+    svc.suggest("typiclust", client_id="b")                     # asked for by name: its build starts now
+    assert svc.uses_w() and svc.methods.status(svc.slice_map())["state"] != "not started"
+    assert svc.methods.get(svc.slice_map(), wait_s=120) is not None
+    assert [p.strategy for p in svc.suggest("typiclust", client_id="c").picks] == ["typiclust"]
+    write_map(tmp_path / "studies", 5, "v2")                    # a training publishes another map
+    svc.sync()
+    assert svc.methods._kept is not None and svc.methods._kept.map_ref() is svc.slice_map()

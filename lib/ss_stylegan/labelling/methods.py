@@ -109,6 +109,7 @@ class EmbeddingMethods:
         self._fit: tuple[WholeEmbedding, str, dict[int, str], FittedClassifier] | None = None
         self.map_answer: tuple[FittedClassifier, Any, Any] | None = None   # the whole map's last answer, per fit
         self._fit_lock = threading.Lock()
+        self.used = False   # whether a strategy or classifier in W was asked for (see get)
 
     def prepare(self, slice_map: SliceMap) -> bool:
         """Start building ``slice_map``'s whole-embedding state unless it exists or is being built."""
@@ -137,7 +138,9 @@ class EmbeddingMethods:
                 self._kept.value, self._kept.error, self._kept.thread = value, error, None
 
     def get(self, slice_map: SliceMap, wait_s: float = WAIT_S) -> WholeEmbedding | None:
-        """The map's whole-embedding state, waiting for its build at most ``wait_s`` seconds (None if not ready)."""
+        """The map's whole-embedding state, waiting for its build at most ``wait_s`` seconds (None if not ready).
+        From the first call on, :attr:`used` is true (the server then prepares every new map's state at once)."""
+        self.used = True
         self.prepare(slice_map)
         with self._lock:
             kept = self._kept
@@ -151,7 +154,9 @@ class EmbeddingMethods:
         with self._lock:
             kept = self._kept
         if slice_map is None or kept is None or kept.map_ref() is not slice_map:
-            return {"state": "not started"}
+            return {"state": "not started", "message": "built in the background when a strategy or classifier in W "
+                                                       "is first asked for (or at once when the server's pipeline "
+                                                       "uses one)"}
         if kept.value is not None:
             return kept.value.describe()
         if kept.error is not None:

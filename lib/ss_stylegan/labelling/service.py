@@ -124,7 +124,13 @@ class LabellingService:
         slice_map = self.maps.current()
         if slice_map is not None and len(slice_map):
             self.indexes.prepare(slice_map)
-            self.methods.prepare(slice_map)
+            if self.uses_w():   # (3-6 s of background work per map version: not when nothing asks for it)
+                self.methods.prepare(slice_map)
+
+    def uses_w(self) -> bool:
+        """Whether each map's state in W is built as soon as the map is there: the server's strategy or classifier
+        is in W, or a request has asked for one (until then, the first such request starts the build)."""
+        return self.config.strategy in W_STRATEGIES or self.config.classifier != "nn_map" or self.methods.used
 
     def slice_map(self) -> SliceMap | None:
         """The current map, or None before training (never waits for a background embedding)."""
