@@ -24,7 +24,9 @@ the tests check this over random sequences of changes. Distances are summed dime
 float64; on a 2-D map (the t-SNE map) they are bitwise those of the from-scratch selector, in more
 dimensions they can differ in the last bit (and a pick only on such a tie).
 
-Thread-safe: one lock guards every public method. A server that reserves the picks in a separate
+After each ``select`` a background thread makes exact what the next pick will need (:meth:`SuggestionIndex.warm`),
+so that work is done between requests rather than in the next one. Thread-safe: one lock guards every public
+method. A server that reserves the picks in a separate
 structure must still hold its own lock across ``select`` and that reservation (as it does with the
 stateless selector), or a second request could be synchronised before the first one's picks are reserved
 (:class:`~ss_stylegan.labelling.fair_lock.FairLock` serves waiters in order).
@@ -96,6 +98,8 @@ class SuggestionIndex:
         self.X = np.ascontiguousarray(X, dtype=np.float64)
         self.n = self.X.shape[0]
         self._lock = threading.RLock()
+        self._warming = False                                              # a warm-up thread is on its way
+        self.warm_up = True                                                # warm up after each select
         self._centre_rows = _NO_ROWS                                       # sorted, unique
         self._is_centre = np.zeros(self.n, dtype=bool)
         self._excluded = np.zeros(self.n, dtype=bool)
@@ -129,7 +133,33 @@ class SuggestionIndex:
         with self._lock:
             count = _check_count(count)
             self.update(labelled, pending, exclude)
-            return self.pick(count)
+            picks = self.pick(count)
+        if picks and self.warm_up:
+            self._warm_in_background()
+        return picks
+
+    def warm(self) -> None:
+        """Do now what the next pick would do first: make exact the distances of the blocks that the last picks
+        made stale (those that can hold the farthest point). It changes no answer, only when the work is done:
+        after a request instead of in the next one, which an annotator labelling a slice leaves seconds for.
+        (Labelling a reserved slice keeps the centres as they are, so the warm-up is what the next pick needs.)"""
+        with self._lock:
+            if len(self._centre_rows):
+                centres = self._centre_array()
+                self._blocks.farthest(centres, self.X[centres])
+
+    def _warm_in_background(self) -> None:
+        with self._lock:
+            if self._warming:
+                return
+            self._warming = True
+        threading.Thread(target=self._background_warm, name="ss_stylegan-fps-warm", daemon=True).start()
+
+    def _background_warm(self) -> None:
+        try:
+            self.warm()
+        finally:
+            self._warming = False
 
     def update(self, labelled: Iterable[int] = (), pending: Iterable[int] = (), exclude: Iterable[int] = ()) -> None:
         """Make the centres exactly ``(labelled | pending) - exclude`` and the unavailable points ``exclude``;
