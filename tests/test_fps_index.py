@@ -66,6 +66,27 @@ def test_picks_equal_from_scratch_fps_over_random_changes(start: str, block_size
     assert n_picks > 40
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_warm_up_between_requests_leaves_the_next_pick_nothing_to_measure_and_changes_no_answer(seed: int) -> None:
+    """What :meth:`SuggestionIndex.warm` (run in the background after each select) does: afterwards no stale block
+    can hold the farthest point, so the next pick on the same centres measures nothing; the picks stay exactly the
+    from-scratch selector's."""
+    X = _map(2000, 2, seed)
+    rng = np.random.default_rng(200 + seed)
+    index = SuggestionIndex(X, start="central", random_state=seed, block_size=16)
+    index.warm_up = False   # warmed here, by hand, so the test sees each state
+    scratch = FarthestPointSelector(start="central", random_state=seed)
+    for labelled, pending, excluded, count in _random_ops(len(X), rng, 40):
+        got = index.select(labelled=labelled, pending=pending, count=count, exclude=excluded)
+        assert got == scratch.select(X, labelled=labelled, pending=pending, count=count, exclude=excluded)
+        index.warm()
+        if not index.n_centres:
+            continue   # nothing labelled, reserved or picked: the next pick is the first one, measured from nothing
+        blocks = index._blocks
+        best = np.max(blocks.max_key, where=~blocks.stale, initial=-np.inf)
+        assert not np.any(blocks.stale & blocks.has_available & (blocks.bound >= best))
+
+
 @pytest.mark.parametrize("path", ["direct", "union", "groups", "tree", "tree rebuilt often"])
 def test_every_way_of_measuring_blocks_gives_the_same_picks(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks made exact are measured against every centre (few pairs), against the candidates of all of them
