@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +86,23 @@ def test_a_warm_up_between_requests_leaves_the_next_pick_nothing_to_measure_and_
         blocks = index._blocks
         best = np.max(blocks.max_key, where=~blocks.stale, initial=-np.inf)
         assert not np.any(blocks.stale & blocks.has_available & (blocks.bound >= best))
+
+
+def test_the_background_warm_up_runs_after_a_select_and_gives_way_to_a_waiting_request() -> None:
+    X = _map(4000, 2, 3)
+
+    def stale_in_reach(index: SuggestionIndex) -> bool:
+        blocks = index._blocks
+        best = np.max(blocks.max_key, where=~blocks.stale, initial=-np.inf)
+        return bool(np.any(blocks.stale & blocks.has_available & (blocks.bound >= best)))
+
+    for waiting in (False, True):
+        index = SuggestionIndex(X, start="central", random_state=0, block_size=16, busy=lambda: waiting)
+        index.select(labelled=[1, 2, 3], count=1)
+        deadline = time.monotonic() + 30
+        while index._warming and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stale_in_reach(index) == waiting   # warmed unless a request waits (it would do that work itself)
 
 
 @pytest.mark.parametrize("path", ["direct", "union", "groups", "tree", "tree rebuilt often"])

@@ -44,6 +44,10 @@ class FairLock:
             else:
                 self._held = False
 
+    def waiting(self) -> bool:
+        """Whether a thread is waiting for the lock now (a snapshot)."""
+        return bool(self._waiters)
+
     def __enter__(self) -> FairLock:
         self.acquire()
         return self

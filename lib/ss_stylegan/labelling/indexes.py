@@ -100,8 +100,9 @@ class MapIndexes:
         classes: the configured class names (for the message when nothing is labelled).
     """
 
-    def __init__(self, random_state: int, classes: Sequence[str]) -> None:
+    def __init__(self, random_state: int, classes: Sequence[str], busy: Callable[[], bool] | None = None) -> None:
         self.random_state = random_state
+        self.busy = busy             # the FPS index's warm-up is skipped while a request waits (SuggestionIndex)
         self.classes = tuple(classes)
         self._rows = _NOTHING        # MapRows
         self._fps = _NOTHING         # SuggestionIndex
@@ -142,18 +143,21 @@ class MapIndexes:
             with self._fps_lock:
                 if self._fps.holds(slice_map):
                     return self._fps.value
-        return self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
+        return self._install(slice_map, self._new_index(slice_map))
 
     def _build(self, ref: weakref.ref[SliceMap]) -> None:
         slice_map = ref()
         if slice_map is None:
             return
         try:
-            self._install(slice_map, SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state))
+            self._install(slice_map, self._new_index(slice_map))
         finally:
             with self._fps_lock:
                 if self._building.map_ref is ref:
                     self._building = _NOTHING
+
+    def _new_index(self, slice_map: SliceMap) -> SuggestionIndex:
+        return SuggestionIndex(slice_map.xy, start="central", random_state=self.random_state, busy=self.busy)
 
     def _install(self, slice_map: SliceMap, index: SuggestionIndex) -> SuggestionIndex:
         """Keep ``index`` for ``slice_map`` unless one is kept for it already (that one is returned)."""

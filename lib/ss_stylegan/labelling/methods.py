@@ -15,7 +15,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,12 +59,13 @@ WAIT_S = 3.0
 class WholeEmbedding:
     """What choosing and classifying in W need for one map, built once (seconds; see ``bench_server.py``)."""
 
-    def __init__(self, slice_map: SliceMap, n_classes: int, random_state: int) -> None:
+    def __init__(self, slice_map: SliceMap, n_classes: int, random_state: int,
+                 busy: Callable[[], bool] | None = None) -> None:
         t0 = time.perf_counter()
         self.space = FeatureSpace(slice_map.w, random_state=random_state)
         self.typiclust = TypiClustIndex(self.space, random_state=random_state)
         self.coverage = CoverageIndex(self.space, n_classes=n_classes, random_state=random_state)
-        self.fps_w = SuggestionIndex(self.space.x, start="central", random_state=random_state)
+        self.fps_w = SuggestionIndex(self.space.x, start="central", random_state=random_state, busy=busy)
         self.classifiers = FeatureClassifiers(self.space, random_state=random_state)
         self.build_s = time.perf_counter() - t0
 
@@ -101,8 +102,9 @@ class EmbeddingMethods:
         random_state: seed of the anchors, clusterings and first picks.
     """
 
-    def __init__(self, n_classes: int, random_state: int = 0) -> None:
+    def __init__(self, n_classes: int, random_state: int = 0, busy: Callable[[], bool] | None = None) -> None:
         self.n_classes = n_classes
+        self.busy = busy
         self.random_state = random_state
         self._lock = threading.Lock()
         self._kept: _Kept | None = None
@@ -130,7 +132,7 @@ class EmbeddingMethods:
             return
         value, error = None, None
         try:
-            value = WholeEmbedding(slice_map, self.n_classes, self.random_state)
+            value = WholeEmbedding(slice_map, self.n_classes, self.random_state, self.busy)
         except (ValueError, MemoryError, np.linalg.LinAlgError) as err:  # a map too small or odd: say so
             error = f"{type(err).__name__}: {err}"
         with self._lock:

@@ -111,8 +111,9 @@ class LabellingService:
         self.labels = SliceLabelStore(self.folder / "labels" / LABEL_TAG, config.classes, self.flags.depth_of,
                                       writable=False)
         self.flags.labels = self.labels
-        self.indexes = MapIndexes(config.random_state, config.classes)
-        self.methods = EmbeddingMethods(len(config.classes), config.random_state)
+        busy = self.pending.selection_lock.waiting   # FPS warm-ups give way to waiting requests
+        self.indexes = MapIndexes(config.random_state, config.classes, busy)
+        self.methods = EmbeddingMethods(len(config.classes), config.random_state, busy)
         self._random_calls = itertools.count()
 
     # -- the folder and the map -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ stateless selector), or a second request could be synchronised before the first 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -67,6 +67,8 @@ class SuggestionIndex:
             see :mod:`ss_stylegan.selection`).
         random_state: seed of the ``"random"`` start.
         block_size: points per block (see the module docstring); any value >= 1 gives the same picks.
+        busy: says whether a request is waiting for the server's lock; the warm-up after a select is skipped then
+            (the waiting request does that work itself, and warms after its own select).
 
     Usage by a server, once per published map (build a new one when the map changes)::
 
@@ -87,6 +89,7 @@ class SuggestionIndex:
         start: str = DEFAULT_START,
         random_state: int | None = 0,
         block_size: int = BLOCK_SIZE,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         if start not in STARTS:
             raise SelectionError(f"start must be one of {STARTS}, got {start!r}")
@@ -100,6 +103,7 @@ class SuggestionIndex:
         self._lock = threading.RLock()
         self._warming = False                                              # a warm-up thread is on its way
         self.warm_up = True                                                # warm up after each select
+        self.busy = busy                                                   # another request is waiting: no warm-up
         self._centre_rows = _NO_ROWS                                       # sorted, unique
         self._is_centre = np.zeros(self.n, dtype=bool)
         self._excluded = np.zeros(self.n, dtype=bool)
@@ -157,7 +161,8 @@ class SuggestionIndex:
 
     def _background_warm(self) -> None:
         try:
-            self.warm()
+            if self.busy is None or not self.busy():   # a waiting request does this work itself, then warms
+                self.warm()
         finally:
             self._warming = False
 
