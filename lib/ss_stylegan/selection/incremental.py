@@ -25,10 +25,11 @@ float64; on a 2-D map (the t-SNE map) they are bitwise those of the from-scratch
 dimensions they can differ in the last bit (and a pick only on such a tie).
 
 After each ``select`` a background thread makes exact what the next pick will need (:meth:`SuggestionIndex.warm`),
-so that work is done between requests rather than in the next one. Thread-safe: one lock guards every public
-method. A server that reserves the picks in a separate
-structure must still hold its own lock across ``select`` and that reservation (as it does with the
-stateless selector), or a second request could be synchronised before the first one's picks are reserved
+so that work is done between requests rather than in the next one.
+
+Thread-safe: one lock guards every public method. A server that reserves the picks in a separate structure must
+still hold its own lock across ``select`` and that reservation (as it does with the stateless selector), or a
+second request could be synchronised before the first one's picks are reserved
 (:class:`~ss_stylegan.labelling.fair_lock.FairLock` serves waiters in order).
 """
 
